@@ -1,0 +1,283 @@
+//! The bridge as a plain function from request to response, given the four ports. The router
+//! only dispatches; each area's handlers live in `routes/`.
+
+use serde::de::DeserializeOwned;
+use subtle::ConstantTimeEq;
+
+use crate::gong::client::{parse_response, GongClient, Operation};
+use crate::ports::{Clock, Config, Kv, Outbound, Request, Response};
+use crate::problem::ApiError;
+use crate::routes;
+use crate::settings;
+use crate::store::Store;
+
+/// Everything a handler may touch.
+pub struct Bridge<'a> {
+    pub kv: &'a dyn Kv,
+    pub config: &'a dyn Config,
+    pub outbound: &'a dyn Outbound,
+    pub clock: &'a dyn Clock,
+}
+
+impl<'a> Bridge<'a> {
+    pub fn store(&self) -> Store<'a> {
+        Store::new(self.kv)
+    }
+
+    /// Now, as RFC 3339 in UTC without fractional seconds.
+    pub fn now(&self) -> String {
+        crate::validation::format_gong_datetime(self.clock.now())
+    }
+
+    pub fn gong(&self) -> Result<GongClient, ApiError> {
+        settings::gong_client(self.config)
+    }
+
+    /// Sends one request to Gong with the configured timeout.
+    pub fn send(&self, op: Operation, request: Request) -> Result<Response, ApiError> {
+        self.outbound
+            .send(request, settings::gong_timeout(self.config))
+            .map_err(|error| ApiError::GongUnreachable { op, error })
+    }
+
+    /// Sends and parses the expected success; any other answer is a typed Gong error.
+    pub fn call<T: DeserializeOwned>(&self, op: Operation, request: Request, success: &[u16]) -> Result<T, ApiError> {
+        let response = self.send(op, request)?;
+        parse_response(&response, success).map_err(|error| ApiError::Gong { op, error })
+    }
+
+    /// The integrationId in use: the `integration_id` variable, else the one kept by
+    /// `PUT /integration`; with neither, the caller must register first.
+    pub fn integration_id(&self) -> Result<i64, ApiError> {
+        if let Some(id) = settings::integration_id_variable(self.config)? {
+            return Ok(id);
+        }
+        match self.store().integration()? {
+            Some(kept) => Ok(kept.integration_id),
+            None => Err(ApiError::Conflict(
+                "no Gong integration yet: register one with PUT /integration, or set the integration_id variable".into(),
+            )),
+        }
+    }
+}
+
+/// Handles one request; never panics on bad input, and every error becomes problem+json.
+pub fn handle(bridge: &Bridge, request: Request) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    match route(bridge, request) {
+        Ok(response) => response,
+        Err(error) => {
+            // Logged without secrets: errors never carry credentials (see gong::client::Auth).
+            if error.status() >= 500 {
+                eprintln!("gong-crm-bridge: {method} {path} -> {}: {error}", error.status());
+            }
+            error.into_response()
+        }
+    }
+}
+
+fn route(bridge: &Bridge, request: Request) -> Result<Response, ApiError> {
+    use http::Method;
+    let path = request.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let method = request.method().clone();
+
+    if segments.as_slice() == ["healthz"] {
+        return match method {
+            Method::GET | Method::HEAD => Ok(routes::health::get(bridge)),
+            _ => Err(not_allowed(&method, "GET")),
+        };
+    }
+
+    // Webhooks authenticate themselves (signature or their own bearer token).
+    if segments.as_slice() == ["webhooks"] {
+        return match method {
+            Method::POST => routes::webhooks::receive(bridge, &request),
+            _ => Err(not_allowed(&method, "POST")),
+        };
+    }
+
+    // Refuse unknown paths before authentication only by shape, so that a scanner learns
+    // nothing more than "unauthorized" for real routes.
+    let allowed = allowed_methods(&segments).ok_or_else(|| ApiError::NotFound {
+        method: method.to_string(),
+        path: path.clone(),
+    })?;
+    authorize(bridge, &request)?;
+
+    let changes_state = !matches!(method, Method::GET | Method::HEAD);
+    if changes_state && request.headers().contains_key("idempotency-key") {
+        return with_idempotency(bridge, &request, |request| dispatch(bridge, request, &method, &segments, allowed));
+    }
+    dispatch(bridge, &request, &method, &segments, allowed)
+}
+
+fn dispatch(bridge: &Bridge, request: &Request, method: &http::Method, segments: &[&str], allowed: &'static str) -> Result<Response, ApiError> {
+    use http::Method;
+    let request = request;
+    match (method, segments) {
+        (&Method::PUT, ["integration"]) => routes::integration::register(bridge, request),
+        (&Method::GET, ["integration"]) => routes::integration::list(bridge),
+        (&Method::DELETE, ["integration"]) => routes::integration::delete(bridge, request),
+        (&Method::POST, ["schema", object_type]) => routes::schema::upload(bridge, request, object_type),
+        (&Method::GET, ["schema", object_type]) => routes::schema::list(bridge, Some(object_type)),
+        (&Method::GET, ["schema"]) => routes::schema::list(bridge, None),
+        (&Method::POST, ["records", object_type]) => routes::records::upload(bridge, request, object_type),
+        (&Method::GET, ["records", object_type]) => routes::records::get(bridge, request, object_type),
+        (&Method::GET, ["records", object_type, object_id, "status"]) => {
+            routes::requests::record_status(bridge, object_type, object_id)
+        }
+        (&Method::GET, ["requests"]) => routes::requests::list(bridge, request),
+        (&Method::GET, ["requests", id]) => routes::requests::get(bridge, id),
+        (&Method::POST, ["requests", id, "retry"]) => routes::requests::retry(bridge, id),
+        (&Method::POST, ["sweep"]) => sweep(bridge),
+        _ => Err(not_allowed(method, allowed)),
+    }
+}
+
+/// Runs a state-changing management request under its `Idempotency-Key`, scoped to the
+/// method and path: a replay answers the stored response, a reuse with another body is 422.
+fn with_idempotency(
+    bridge: &Bridge,
+    request: &Request,
+    run: impl FnOnce(&Request) -> Result<Response, ApiError>,
+) -> Result<Response, ApiError> {
+    let key = request.headers().get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or("").trim().to_owned();
+    if !is_valid_client_request_id(&key) {
+        return Err(ApiError::bad_request(
+            "Idempotency-Key must be 1 to 64 characters of letters, digits, '-' or '_' (Gong's clientRequestId rule)",
+        ));
+    }
+    let idem = crate::idempotency::Idempotency {
+        kv: bridge.kv,
+        clock: bridge.clock,
+        ttl: settings::idempotency_ttl(bridge.config),
+        settle: settings::idempotency_settle(bridge.config),
+    };
+    let scope = format!("{} {}", request.method(), request.uri().path());
+    let claim = match idem.begin_checked(&scope, &key, &crate::idempotency::fingerprint(request.body()))? {
+        crate::idempotency::Begin::Replay(response) => return Ok(response),
+        crate::idempotency::Begin::Proceed(claim) => claim,
+    };
+    let response = run(request).unwrap_or_else(ApiError::into_response);
+    if let Err(e) = idem.complete(claim, &response) {
+        eprintln!("gong-crm-bridge: could not store the idempotency record for {scope}: {e}");
+    }
+    Ok(response)
+}
+
+/// `POST /sweep`: removes expired idempotency keys (for a Spin cron trigger or any scheduler).
+fn sweep(bridge: &Bridge) -> Result<Response, ApiError> {
+    let idem = crate::idempotency::Idempotency {
+        kv: bridge.kv,
+        clock: bridge.clock,
+        ttl: settings::idempotency_ttl(bridge.config),
+        settle: settings::idempotency_settle(bridge.config),
+    };
+    let removed = idem.sweep()?;
+    Ok(crate::problem::json_response(200, &serde_json::json!({ "expiredKeysRemoved": removed })))
+}
+
+fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
+    match segments {
+        ["integration"] => Some("GET, PUT, DELETE"),
+        ["schema"] => Some("GET"),
+        ["schema", _] => Some("GET, POST"),
+        ["records", _] => Some("GET, POST"),
+        ["requests"] => Some("GET"),
+        ["requests", _] => Some("GET"),
+        ["records", _, _, "status"] => Some("GET"),
+        ["sweep"] => Some("POST"),
+        ["requests", _, "retry"] => Some("POST"),
+        _ => None,
+    }
+}
+
+fn not_allowed(method: &http::Method, allowed: &'static str) -> ApiError {
+    ApiError::MethodNotAllowed { method: method.to_string(), allowed }
+}
+
+/// `Authorization: Bearer <api_token>`, compared in constant time (over SHA-256 digests, so
+/// the token's length does not leak either).
+fn authorize(bridge: &Bridge, request: &Request) -> Result<(), ApiError> {
+    let expected = settings::api_token(bridge.config)?;
+    let given = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .ok_or_else(|| ApiError::Unauthorized("send Authorization: Bearer <api_token>".into()))?;
+    use sha2::Digest;
+    let a = sha2::Sha256::digest(given.as_bytes());
+    let b = sha2::Sha256::digest(expected.as_bytes());
+    if bool::from(a.as_slice().ct_eq(b.as_slice())) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized("the bearer token is not valid".into()))
+    }
+}
+
+/// Query parameters, decoded.
+pub fn query_pairs(request: &Request) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes()).into_owned().collect()
+}
+
+/// A boolean query flag: absent → false; `true`/`1` → true; `false`/`0` → false; else 400.
+pub fn query_flag(request: &Request, name: &str) -> Result<bool, ApiError> {
+    match query_pairs(request).into_iter().find(|(k, _)| k == name).map(|(_, v)| v) {
+        None => Ok(false),
+        Some(v) => match v.as_str() {
+            "" | "true" | "1" => Ok(true),
+            "false" | "0" => Ok(false),
+            other => Err(ApiError::bad_request(format!("query parameter {name}={other:?} must be true or false"))),
+        },
+    }
+}
+
+/// Parses a JSON body into `T`, answering 400 with serde's precise message.
+pub fn json_body<T: DeserializeOwned>(request: &Request) -> Result<T, ApiError> {
+    serde_json::from_slice(request.body()).map_err(|e| ApiError::bad_request(format!("the body is not the expected JSON: {e}")))
+}
+
+/// A clientRequestId from the `Idempotency-Key` header, when it is one Gong accepts
+/// (letters, digits, `-`, `_`; at most 64), else a new one.
+pub fn client_request_id(request: &Request) -> Result<String, ApiError> {
+    match request.headers().get("idempotency-key") {
+        None => Ok(new_client_request_id()),
+        Some(value) => {
+            let key = value.to_str().unwrap_or("").trim();
+            if is_valid_client_request_id(key) {
+                Ok(key.to_owned())
+            } else {
+                Err(ApiError::bad_request(
+                    "Idempotency-Key must be 1 to 64 characters of letters, digits, '-' or '_' (Gong's clientRequestId rule)",
+                ))
+            }
+        }
+    }
+}
+
+pub fn new_client_request_id() -> String {
+    format!("gcb-{}", uuid::Uuid::new_v4().simple())
+}
+
+pub fn is_valid_client_request_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_request_id_rule() {
+        assert!(is_valid_client_request_id("abc-DEF_123"));
+        assert!(!is_valid_client_request_id(""));
+        assert!(!is_valid_client_request_id("a b"));
+        assert!(!is_valid_client_request_id("a.b"));
+        assert!(!is_valid_client_request_id(&"x".repeat(65)));
+        assert!(is_valid_client_request_id(&new_client_request_id()));
+    }
+}

@@ -1,0 +1,241 @@
+//! Every error a route can return, as one typed enum, turned into an RFC 9457
+//! `application/problem+json` response in exactly one place (`ApiError::into_response`).
+
+use serde_json::{json, Map, Value};
+
+use crate::gong::client::{GongError, Operation};
+use crate::ports::{KvError, OutboundError, Response};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("no route for {method} {path}")]
+    NotFound { method: String, path: String },
+    #[error("{0}")]
+    NotFoundResource(String),
+    #[error("{method} is not allowed here; allowed: {allowed}")]
+    MethodNotAllowed { method: String, allowed: &'static str },
+    #[error("{detail}")]
+    BadRequest { detail: String, errors: Vec<Value> },
+    #[error("{detail}")]
+    Unprocessable { title: &'static str, detail: String, errors: Vec<Value>, extra: Map<String, Value> },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{detail}")]
+    InProgress { detail: String, retry_after: u64 },
+    #[error("the body is {size} bytes; at most {limit} are accepted")]
+    PayloadTooLarge { size: usize, limit: usize },
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("the bridge is not configured: missing variable(s) {}", .0.join(", "))]
+    NotConfigured(Vec<String>),
+    #[error("{0}")]
+    BadConfig(String),
+    #[error("{0}")]
+    Kv(#[from] KvError),
+    #[error("{}: {error}", .op.describe())]
+    Gong { op: Operation, error: GongError },
+    #[error("{}: {error}", .op.describe())]
+    GongUnreachable { op: Operation, error: OutboundError },
+    #[error("{0}")]
+    Internal(String),
+    /// A Gong failure after the bridge stored the data: the answer names the request under
+    /// which it is kept and how to resend it.
+    #[error("{inner}")]
+    Kept { client_request_id: String, inner: Box<ApiError> },
+}
+
+impl ApiError {
+    pub fn bad_request(detail: impl Into<String>) -> ApiError {
+        ApiError::BadRequest { detail: detail.into(), errors: Vec::new() }
+    }
+
+    pub fn unprocessable(title: &'static str, detail: impl Into<String>, errors: Vec<Value>) -> ApiError {
+        ApiError::Unprocessable { title, detail: detail.into(), errors, extra: Map::new() }
+    }
+
+    /// Status, stable slug (the problem `type`), and title.
+    fn classify(&self) -> (u16, &'static str, &'static str) {
+        match self {
+            ApiError::Unauthorized(_) => (401, "unauthorized", "Unauthorized"),
+            ApiError::NotFound { .. } => (404, "no-such-route", "No such route"),
+            ApiError::NotFoundResource(_) => (404, "not-found", "Not found"),
+            ApiError::MethodNotAllowed { .. } => (405, "method-not-allowed", "Method not allowed"),
+            ApiError::BadRequest { .. } => (400, "bad-request", "Bad request"),
+            ApiError::Unprocessable { title, .. } => (422, "validation", title),
+            ApiError::Conflict(_) => (409, "conflict", "Conflict"),
+            ApiError::InProgress { .. } => (409, "in-progress", "Request still in progress"),
+            ApiError::PayloadTooLarge { .. } => (413, "payload-too-large", "Payload too large"),
+            ApiError::UnsupportedMediaType(_) => (415, "unsupported-media-type", "Unsupported media type"),
+            ApiError::NotConfigured(_) => (503, "not-configured", "Bridge not configured"),
+            ApiError::BadConfig(_) => (503, "bad-configuration", "Bridge misconfigured"),
+            ApiError::Kv(_) => (503, "kv-unavailable", "Key-value store unavailable"),
+            ApiError::Gong { error, .. } => match error {
+                // Our validation passed, so a 400 from Gong is about the content: 422 with its words.
+                GongError::Rejected { .. } => (422, "gong-rejected", "Gong rejected the request"),
+                GongError::Unauthorized { .. } => (502, "gong-auth", "Gong refused the bridge's credentials"),
+                GongError::NotFound { .. } => (502, "gong-not-found", "Gong answered 404"),
+                GongError::Conflict { .. } => (409, "gong-conflict", "Gong answered 409 Conflict"),
+                GongError::RateLimited { .. } => (503, "gong-rate-limited", "Gong's rate limit was hit"),
+                GongError::ServerError { .. } => (502, "gong-failed", "Gong failed"),
+                GongError::Unexpected { .. } => (502, "gong-unexpected", "Gong answered unexpectedly"),
+                GongError::BadBody { .. } => (502, "gong-bad-body", "Gong's answer could not be read"),
+            },
+            ApiError::GongUnreachable { error, .. } => match error {
+                OutboundError::Timeout(_) => (504, "gong-timeout", "Gong did not answer in time"),
+                _ => (502, "gong-unreachable", "Gong could not be reached"),
+            },
+            ApiError::Internal(_) => (500, "internal", "Internal error"),
+            ApiError::Kept { inner, .. } => inner.classify(),
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        self.classify().0
+    }
+
+    pub fn into_response(self) -> Response {
+        if let ApiError::Kept { client_request_id, inner } = self {
+            return kept_response(*inner, &client_request_id);
+        }
+        let (status, slug, title) = self.classify();
+        let mut body = Map::new();
+        body.insert("type".into(), json!(format!("urn:gong-crm-bridge:problem:{slug}")));
+        body.insert("title".into(), json!(title));
+        body.insert("status".into(), json!(status));
+        body.insert("detail".into(), json!(self.to_string()));
+        let mut retry_after = None;
+        let mut www_authenticate = false;
+        match self {
+            ApiError::BadRequest { errors, .. } if !errors.is_empty() => {
+                body.insert("errors".into(), Value::Array(errors));
+            }
+            ApiError::Unprocessable { errors, extra, .. } => {
+                if !errors.is_empty() {
+                    body.insert("errors".into(), Value::Array(errors));
+                }
+                body.extend(extra);
+            }
+            ApiError::NotConfigured(missing) => {
+                body.insert("missing".into(), json!(missing));
+            }
+            ApiError::InProgress { retry_after: secs, .. } => retry_after = Some(secs),
+            ApiError::Unauthorized(_) => www_authenticate = true,
+            ApiError::Gong { op, error } => {
+                body.insert("gongOperation".into(), json!(op.describe()));
+                let said = match &error {
+                    GongError::Rejected { status, error }
+                    | GongError::Unauthorized { status, error }
+                    | GongError::ServerError { status, error }
+                    | GongError::Unexpected { status, error } => Some((*status, error)),
+                    GongError::Conflict { error } => Some((409, error)),
+                    GongError::NotFound { error } => Some((404, error)),
+                    GongError::RateLimited { retry_after: secs, error } => {
+                        retry_after = *secs;
+                        Some((429, error))
+                    }
+                    GongError::BadBody { status, .. } => {
+                        body.insert("gongStatus".into(), json!(status));
+                        None
+                    }
+                };
+                if let Some((gong_status, said)) = said {
+                    body.insert("gongStatus".into(), json!(gong_status));
+                    if let Some(id) = &said.request_id {
+                        body.insert("gongRequestId".into(), json!(id));
+                    }
+                    body.insert("gongErrors".into(), json!(said.errors));
+                }
+            }
+            ApiError::GongUnreachable { op, .. } => {
+                body.insert("gongOperation".into(), json!(op.describe()));
+            }
+            _ => {}
+        }
+        let mut builder = http::Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, "application/problem+json");
+        if let Some(secs) = retry_after {
+            builder = builder.header(http::header::RETRY_AFTER, secs.to_string());
+        }
+        if www_authenticate {
+            builder = builder.header(http::header::WWW_AUTHENTICATE, "Bearer");
+        }
+        let bytes = serde_json::to_vec(&Value::Object(body)).unwrap_or_default();
+        builder.body(bytes).unwrap_or_else(|_| http::Response::new(Vec::new()))
+    }
+}
+
+fn kept_response(inner: ApiError, client_request_id: &str) -> Response {
+    let mut response = inner.into_response();
+    if let Ok(Value::Object(mut body)) = serde_json::from_slice::<Value>(response.body()) {
+        body.insert("clientRequestId".into(), json!(client_request_id));
+        body.insert("kept".into(), json!(true));
+        body.insert(
+            "retry".into(),
+            json!(format!("the validated data is kept by the bridge; POST /requests/{client_request_id}/retry resends it")),
+        );
+        *response.body_mut() = serde_json::to_vec(&Value::Object(body)).unwrap_or_default();
+    }
+    response
+}
+
+/// A JSON success response.
+pub fn json_response(status: u16, value: &Value) -> Response {
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    http::Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(bytes)
+        .unwrap_or_else(|_| http::Response::new(Vec::new()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gong::models::ErrorResponse;
+
+    fn body(r: &Response) -> Value {
+        serde_json::from_slice(r.body()).unwrap()
+    }
+
+    #[test]
+    fn gong_429_becomes_503_with_retry_after_and_gongs_words() {
+        let r = ApiError::Gong {
+            op: Operation::UploadEntities,
+            error: GongError::RateLimited {
+                retry_after: Some(12),
+                error: ErrorResponse::parse(br#"{"requestId":"q","errors":["too many"]}"#),
+            },
+        }
+        .into_response();
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["retry-after"], "12");
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+        let b = body(&r);
+        assert_eq!(b["gongErrors"], json!(["too many"]));
+        assert_eq!(b["gongRequestId"], "q");
+        assert_eq!(b["status"], 503);
+    }
+
+    #[test]
+    fn mapping_of_gong_failures() {
+        let e = |error| ApiError::Gong { op: Operation::ListIntegrations, error }.status();
+        let er = ErrorResponse::default();
+        assert_eq!(e(GongError::Rejected { status: 400, error: er.clone() }), 422);
+        assert_eq!(e(GongError::Unauthorized { status: 401, error: er.clone() }), 502);
+        assert_eq!(e(GongError::ServerError { status: 500, error: er.clone() }), 502);
+        let t = ApiError::GongUnreachable { op: Operation::ListIntegrations, error: OutboundError::Timeout(std::time::Duration::from_secs(1)) };
+        assert_eq!(t.status(), 504);
+        let u = ApiError::GongUnreachable { op: Operation::ListIntegrations, error: OutboundError::Unreachable("refused".into()) };
+        assert_eq!(u.status(), 502);
+    }
+
+    #[test]
+    fn validation_errors_are_listed() {
+        let r = ApiError::unprocessable("Invalid records", "1 record failed", vec![json!({"objectId":"a","field":"x","rule":"r"})]).into_response();
+        assert_eq!(r.status(), 422);
+        assert_eq!(body(&r)["errors"][0]["rule"], "r");
+    }
+}

@@ -1,0 +1,101 @@
+//! `POST /webhooks`: the one URL a CRM is given. Authenticated (Standard Webhooks signature,
+//! or a static bearer token for CRMs that cannot sign), acted on exactly once per
+//! `webhook-id`, then dispatched to the same code as the management API.
+
+use sha2::Digest;
+use subtle::ConstantTimeEq;
+
+use crate::app::Bridge;
+use crate::idempotency::{self, Begin, Idempotency};
+use crate::ports::{Request, Response};
+use crate::problem::ApiError;
+use crate::routes::records::{upload_records, UploadInput};
+use crate::routes::{integration, schema, violations_to_problem};
+use crate::settings;
+use crate::validation::{BodyFormat, RecordOptions};
+use crate::webhooks::signature::WebhookSecret;
+use crate::webhooks::{parse_event, Event};
+
+fn header<'r>(request: &'r Request, name: &str) -> Option<&'r str> {
+    request.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Checks the delivery's authentication against the raw body; returns the delivery id.
+fn authenticate(bridge: &Bridge, request: &Request) -> Result<String, ApiError> {
+    let secret = bridge.config.get(settings::WEBHOOK_SECRET);
+    let bearer = bridge.config.get(settings::WEBHOOK_BEARER_TOKEN);
+    if secret.is_none() && bearer.is_none() {
+        return Err(ApiError::NotConfigured(vec![format!("{} (or {})", settings::WEBHOOK_SECRET, settings::WEBHOOK_BEARER_TOKEN)]));
+    }
+    let signed = header(request, "webhook-signature").is_some();
+    if let (Some(token), false) = (&bearer, signed) {
+        let given = header(request, "authorization").and_then(|v| v.strip_prefix("Bearer ")).map(str::trim).unwrap_or("");
+        let a = sha2::Sha256::digest(given.as_bytes());
+        let b = sha2::Sha256::digest(token.as_bytes());
+        if !bool::from(a.as_slice().ct_eq(b.as_slice())) {
+            return Err(ApiError::Unauthorized("webhook: missing or wrong bearer token".into()));
+        }
+        // Unsigned deliveries are keyed by webhook-id or Idempotency-Key, else by the body.
+        let id = header(request, "webhook-id").or_else(|| header(request, "idempotency-key"));
+        return Ok(match id {
+            Some(id) if !id.trim().is_empty() => id.trim().to_owned(),
+            _ => format!("body-{}", idempotency::fingerprint(request.body())),
+        });
+    }
+    let Some(secret) = secret else {
+        return Err(ApiError::Unauthorized("webhook: signed deliveries are not configured (no webhook_secret)".into()));
+    };
+    let now = bridge.clock.now().unix_timestamp();
+    WebhookSecret::parse(&secret)
+        .verify(
+            header(request, "webhook-id"),
+            header(request, "webhook-timestamp"),
+            header(request, "webhook-signature"),
+            request.body(),
+            now,
+        )
+        .map_err(|e| ApiError::Unauthorized(format!("webhook signature check failed: {e}")))?;
+    Ok(header(request, "webhook-id").unwrap_or_default().to_owned())
+}
+
+pub fn receive(bridge: &Bridge, request: &Request) -> Result<Response, ApiError> {
+    let delivery = authenticate(bridge, request)?;
+    let idem = Idempotency {
+        kv: bridge.kv,
+        clock: bridge.clock,
+        ttl: settings::idempotency_ttl(bridge.config),
+        settle: settings::idempotency_settle(bridge.config),
+    };
+    let claim = match idem.begin_checked("webhooks", &delivery, &idempotency::fingerprint(request.body()))? {
+        Begin::Replay(response) => return Ok(response),
+        Begin::Proceed(claim) => claim,
+    };
+    let client_request_id = claim.client_request_id("wh-");
+    let response = dispatch(bridge, request.body(), client_request_id, delivery).unwrap_or_else(ApiError::into_response);
+    if let Err(e) = idem.complete(claim, &response) {
+        // The work is done; only its replay record is missing, and a re-delivery maps to the
+        // same clientRequestId, which Gong (409) and the request record both recognise.
+        eprintln!("gong-crm-bridge: could not store the webhook's idempotency record: {e}");
+    }
+    Ok(response)
+}
+
+fn dispatch(bridge: &Bridge, body: &[u8], client_request_id: String, delivery: String) -> Result<Response, ApiError> {
+    let event = parse_event(body).map_err(|v| violations_to_problem("Invalid webhook", "the webhook payload is invalid", v, None))?;
+    match event {
+        Event::Records { object_type, records_json, .. } => upload_records(
+            bridge,
+            UploadInput {
+                object_type_raw: &object_type,
+                body: &records_json,
+                format: BodyFormat::Json,
+                options: RecordOptions::default(),
+                client_request_id,
+                delivery: Some(delivery),
+            },
+        ),
+        Event::Schema { object_type, fields_json } => schema::upload_schema(bridge, &object_type, &fields_json, false),
+        Event::IntegrationRegistered { name, owner_email } => integration::register_integration(bridge, name, owner_email),
+        Event::IntegrationDeleted => integration::delete_integration(bridge, client_request_id, Some(delivery)),
+    }
+}

@@ -1,0 +1,1 @@
+//! Validation end to end (issue: validation).

@@ -1,0 +1,1 @@
+//! Webhooks end to end (issue: webhooks).
