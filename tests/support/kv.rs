@@ -50,6 +50,9 @@ struct Inner {
     data: BTreeMap<String, Vec<u8>>,
     rules: Vec<FailRule>,
     stats: KvStats,
+    /// Simulated network latency of every guest operation (a remote store, as on Fermyon
+    /// Cloud), applied by the host before the operation takes effect.
+    latency: std::time::Duration,
 }
 
 /// In-memory Spin key-value store shared by every instance that uses it. Cheap to clone.
@@ -78,6 +81,16 @@ impl MemKv {
         self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Every later guest get/set/delete/exists/get-keys waits a random time up to this long
+    /// before it takes effect, which opens the race windows a remote store has.
+    pub fn set_latency(&self, latency: std::time::Duration) {
+        self.lock().latency = latency;
+    }
+
+    pub fn latency(&self) -> std::time::Duration {
+        self.lock().latency
     }
 
     // ----- failure injection -------------------------------------------------------------

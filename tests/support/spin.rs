@@ -71,6 +71,19 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
 
 impl kv_bindings::Host for HostState {}
 
+/// Waits the store's simulated latency (zero by default): a uniformly random time up to it,
+/// since a remote store's operations take unequal times, which is what opens race windows.
+async fn kv_wait(latency: std::time::Duration) {
+    if latency.is_zero() {
+        return;
+    }
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    let fraction = (hasher.finish() % 1_000) as u32;
+    tokio::time::sleep(latency * fraction / 1_000).await;
+}
+
 impl kv_bindings::HostStore for HostState {
     async fn open(
         &mut self,
@@ -88,6 +101,7 @@ impl kv_bindings::HostStore for HostState {
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, kv_bindings::Error>> {
         self.table.get(&store)?;
+        kv_wait(self.kv.latency()).await;
         Ok(self.kv.guest_get(&key))
     }
 
@@ -98,6 +112,7 @@ impl kv_bindings::HostStore for HostState {
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), kv_bindings::Error>> {
         self.table.get(&store)?;
+        kv_wait(self.kv.latency()).await;
         Ok(self.kv.guest_set(&key, value))
     }
 
@@ -107,6 +122,7 @@ impl kv_bindings::HostStore for HostState {
         key: String,
     ) -> wasmtime::Result<Result<(), kv_bindings::Error>> {
         self.table.get(&store)?;
+        kv_wait(self.kv.latency()).await;
         Ok(self.kv.guest_delete(&key))
     }
 
@@ -116,6 +132,7 @@ impl kv_bindings::HostStore for HostState {
         key: String,
     ) -> wasmtime::Result<Result<bool, kv_bindings::Error>> {
         self.table.get(&store)?;
+        kv_wait(self.kv.latency()).await;
         Ok(self.kv.guest_exists(&key))
     }
 
@@ -124,6 +141,7 @@ impl kv_bindings::HostStore for HostState {
         store: Resource<KvStoreHandle>,
     ) -> wasmtime::Result<Result<Vec<String>, kv_bindings::Error>> {
         self.table.get(&store)?;
+        kv_wait(self.kv.latency()).await;
         Ok(self.kv.guest_get_keys())
     }
 
