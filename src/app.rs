@@ -7,9 +7,13 @@ use subtle::ConstantTimeEq;
 use crate::gong::client::{parse_response, GongClient, Operation};
 use crate::ports::{Clock, Config, Kv, Outbound, Request, Response};
 use crate::problem::ApiError;
+use crate::quota::{self, Decision, QuotaState};
 use crate::routes;
 use crate::settings;
 use crate::store::Store;
+
+/// KV key of the shared Gong call budget (`quota::QuotaState`).
+pub const QUOTA_KEY: &str = "quota";
 
 /// Everything a handler may touch.
 pub struct Bridge<'a> {
@@ -33,11 +37,60 @@ impl<'a> Bridge<'a> {
         settings::gong_client(self.config)
     }
 
-    /// Sends one request to Gong with the configured timeout.
+    /// Sends one request to Gong with the configured timeout, within the shared call budget.
     pub fn send(&self, op: Operation, request: Request) -> Result<Response, ApiError> {
-        self.outbound
+        self.spend_quota()?;
+        let response = self
+            .outbound
             .send(request, settings::gong_timeout(self.config))
-            .map_err(|error| ApiError::GongUnreachable { op, error })
+            .map_err(|error| ApiError::GongUnreachable { op, error })?;
+        if response.status().as_u16() == 429 {
+            let retry_after = crate::gong::client::retry_after_seconds(&response);
+            let now = self.clock.now().unix_timestamp();
+            if let Err(e) = self.update_quota(|state| quota::block(state, now, retry_after)) {
+                eprintln!("gong-crm-bridge: could not record Gong's 429 for other replicas: {e}");
+            }
+        }
+        Ok(response)
+    }
+
+    fn update_quota(&self, change: impl FnOnce(&mut QuotaState)) -> Result<(), ApiError> {
+        let store = self.store();
+        let mut state: QuotaState = store.get_json(QUOTA_KEY)?.unwrap_or_default();
+        change(&mut state);
+        store.put_json(QUOTA_KEY, &state)
+    }
+
+    /// Takes one call from the budget, waiting (at most 3 s) for the next second if this
+    /// second's calls are used up.
+    fn spend_quota(&self) -> Result<(), ApiError> {
+        let limits = settings::quota_limits(self.config);
+        let store = self.store();
+        let mut waited_ms = 0u64;
+        loop {
+            let mut state: QuotaState = store.get_json(QUOTA_KEY)?.unwrap_or_default();
+            let now = self.clock.now();
+            let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
+            match quota::decide(&mut state, limits, now_ms) {
+                Decision::Go => return store.put_json(QUOTA_KEY, &state),
+                Decision::Wait(ms) if waited_ms + ms <= 3_000 => {
+                    self.clock.sleep(std::time::Duration::from_millis(ms));
+                    waited_ms += ms;
+                }
+                Decision::Wait(ms) => {
+                    return Err(ApiError::Throttled {
+                        detail: format!("{} Gong calls per second are used up", limits.per_second),
+                        retry_after: ms.div_ceil(1000).max(1),
+                    })
+                }
+                Decision::Blocked { until, reason } => {
+                    return Err(ApiError::Throttled {
+                        detail: format!("no Gong call until {until} (Unix time): {reason}"),
+                        retry_after: (until - now.unix_timestamp()).max(1) as u64,
+                    })
+                }
+            }
+        }
     }
 
     /// Sends and parses the expected success; any other answer is a typed Gong error.
@@ -65,8 +118,18 @@ impl<'a> Bridge<'a> {
 pub fn handle(bridge: &Bridge, request: Request) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let checks_buffer = !matches!(path.as_str(), "/healthz" | "/flush");
     match route(bridge, request) {
-        Ok(response) => response,
+        Ok(response) => {
+            // Every served request also checks whether buffered records are due (cheap unless
+            // a scan is due); a problem there never changes this request's answer.
+            if checks_buffer && response.status().as_u16() != 401 {
+                if let Err(e) = routes::flush::check(bridge) {
+                    eprintln!("gong-crm-bridge: buffer check: {e}");
+                }
+            }
+            response
+        }
         Err(error) => {
             // Logged without secrets: errors never carry credentials (see gong::client::Auth).
             if error.status() >= 500 {
@@ -132,6 +195,10 @@ fn dispatch(bridge: &Bridge, request: &Request, method: &http::Method, segments:
         (&Method::GET, ["requests", id]) => routes::requests::get(bridge, id),
         (&Method::POST, ["requests", id, "retry"]) => routes::requests::retry(bridge, id),
         (&Method::POST, ["sweep"]) => sweep(bridge),
+        (&Method::POST, ["flush"]) => routes::failures::flush_now(bridge, request),
+        (&Method::GET, ["failures"]) => routes::failures::list(bridge, request),
+        (&Method::POST, ["failures", "retry"]) => routes::failures::retry(bridge, request),
+        (&Method::DELETE, ["failures", object_type, object_id]) => routes::failures::discard(bridge, object_type, object_id),
         _ => Err(not_allowed(method, allowed)),
     }
 }
@@ -189,6 +256,10 @@ fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
         ["requests", _] => Some("GET"),
         ["records", _, _, "status"] => Some("GET"),
         ["sweep"] => Some("POST"),
+        ["flush"] => Some("POST"),
+        ["failures"] => Some("GET"),
+        ["failures", "retry"] => Some("POST"),
+        ["failures", _, _] => Some("DELETE"),
         ["requests", _, "retry"] => Some("POST"),
         _ => None,
     }

@@ -344,3 +344,50 @@ mod tests {
         assert!(crate::app::is_valid_client_request_id(&derive_client_request_id("wh-", "a.b/c d")));
     }
 }
+
+/// A lease over the same claim-settle-verify protocol: at most one holder at a time (under
+/// the settle assumption), expiring by itself if the holder dies.
+pub mod lease {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Serialize};
+
+    use crate::ports::{Clock, Kv};
+    use crate::problem::ApiError;
+
+    #[derive(Serialize, Deserialize)]
+    struct Holder {
+        owner: String,
+        until: i64,
+    }
+
+    pub struct Lease {
+        key: String,
+        owner: String,
+    }
+
+    /// Takes the lease `key` for `ttl`, or returns `None` while someone else holds it.
+    pub fn acquire(kv: &dyn Kv, clock: &dyn Clock, key: &str, ttl: Duration, settle: Duration) -> Result<Option<Lease>, ApiError> {
+        let now = clock.now().unix_timestamp();
+        let current: Option<Holder> = kv.get(key)?.and_then(|b| serde_json::from_slice(&b).ok());
+        if current.is_some_and(|h| h.until > now) {
+            return Ok(None);
+        }
+        let owner = uuid::Uuid::new_v4().simple().to_string();
+        let mine = Holder { owner: owner.clone(), until: now + ttl.as_secs() as i64 };
+        kv.set(key, &serde_json::to_vec(&mine).map_err(|e| ApiError::Internal(e.to_string()))?)?;
+        if !settle.is_zero() {
+            clock.sleep(settle);
+        }
+        let after: Option<Holder> = kv.get(key)?.and_then(|b| serde_json::from_slice(&b).ok());
+        Ok(after.filter(|h| h.owner == owner).map(|_| Lease { key: key.to_owned(), owner }))
+    }
+
+    /// Gives the lease back (only if still ours); failing to is harmless: it expires.
+    pub fn release(kv: &dyn Kv, lease: Lease) {
+        let current: Option<Holder> = kv.get(&lease.key).ok().flatten().and_then(|b| serde_json::from_slice(&b).ok());
+        if current.is_some_and(|h| h.owner == lease.owner) {
+            let _ = kv.delete(&lease.key);
+        }
+    }
+}

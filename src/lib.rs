@@ -5,10 +5,12 @@
 //! by `spin_edge`, behind the small traits in `ports`.
 
 pub mod app;
+pub mod buffer;
 pub mod gong;
 pub mod idempotency;
 pub mod ports;
 pub mod problem;
+pub mod quota;
 pub mod routes;
 pub mod settings;
 pub mod store;

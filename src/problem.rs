@@ -40,6 +40,9 @@ pub enum ApiError {
     GongUnreachable { op: Operation, error: OutboundError },
     #[error("{0}")]
     Internal(String),
+    /// The shared Gong/platform budget does not allow a call now.
+    #[error("{detail}")]
+    Throttled { detail: String, retry_after: u64 },
     /// A Gong failure after the bridge stored the data: the answer names the request under
     /// which it is kept and how to resend it.
     #[error("{inner}")]
@@ -87,6 +90,7 @@ impl ApiError {
                 _ => (502, "gong-unreachable", "Gong could not be reached"),
             },
             ApiError::Internal(_) => (500, "internal", "Internal error"),
+            ApiError::Throttled { .. } => (503, "throttled", "Gong call budget exhausted for now"),
             ApiError::Kept { inner, .. } => inner.classify(),
         }
     }
@@ -120,7 +124,9 @@ impl ApiError {
             ApiError::NotConfigured(missing) => {
                 body.insert("missing".into(), json!(missing));
             }
-            ApiError::InProgress { retry_after: secs, .. } => retry_after = Some(secs),
+            ApiError::InProgress { retry_after: secs, .. } | ApiError::Throttled { retry_after: secs, .. } => {
+                retry_after = Some(secs)
+            }
             ApiError::Unauthorized(_) => www_authenticate = true,
             ApiError::Gong { op, error } => {
                 body.insert("gongOperation".into(), json!(op.describe()));

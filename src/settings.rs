@@ -97,3 +97,34 @@ pub fn idempotency_ttl(config: &dyn Config) -> Duration {
 pub fn idempotency_settle(config: &dyn Config) -> Duration {
     duration_variable(config, IDEMPOTENCY_SETTLE_MS, Duration::from_millis, crate::idempotency::DEFAULT_SETTLE)
 }
+
+pub const GONG_CALLS_PER_SECOND: &str = "gong_calls_per_second";
+pub const GONG_DAILY_CALL_CAP: &str = "gong_daily_call_cap";
+pub const OUTBOUND_HOURLY_CAP: &str = "outbound_hourly_cap";
+pub const BATCH_MAX_RECORDS: &str = "batch_max_records";
+pub const BATCH_MAX_BYTES: &str = "batch_max_bytes";
+pub const FLUSH_INTERVAL_SECONDS: &str = "flush_interval_seconds";
+pub const KV_MAX_KEYS: &str = "kv_max_keys";
+
+fn number<T: std::str::FromStr>(config: &dyn Config, name: &str) -> Option<T> {
+    config.get(name).and_then(|v| v.trim().parse::<T>().ok())
+}
+
+/// The shared call budget; a variable set to 0 switches that limit off.
+pub fn quota_limits(config: &dyn Config) -> crate::quota::QuotaLimits {
+    let d = crate::quota::QuotaLimits::default();
+    crate::quota::QuotaLimits {
+        per_second: number(config, GONG_CALLS_PER_SECOND).unwrap_or(d.per_second),
+        per_hour: number(config, OUTBOUND_HOURLY_CAP).unwrap_or(d.per_hour),
+        per_day: number(config, GONG_DAILY_CALL_CAP).unwrap_or(d.per_day),
+    }
+}
+
+pub fn flush_limits(config: &dyn Config) -> crate::buffer::FlushLimits {
+    let d = crate::buffer::FlushLimits::default();
+    crate::buffer::FlushLimits {
+        max_records: number::<usize>(config, BATCH_MAX_RECORDS).filter(|n| *n > 0).unwrap_or(d.max_records),
+        max_bytes: number::<usize>(config, BATCH_MAX_BYTES).filter(|n| *n > 0).unwrap_or(d.max_bytes),
+        interval_seconds: number::<i64>(config, FLUSH_INTERVAL_SECONDS).filter(|n| *n >= 0).unwrap_or(d.interval_seconds),
+    }
+}

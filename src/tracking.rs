@@ -97,6 +97,10 @@ pub struct RequestRecord {
     /// Webhook deliveries (`webhook-id`s) that contributed to this request.
     #[serde(default)]
     pub deliveries: Vec<String>,
+    /// A file flushed from the pending buffer: its payload is kept until Gong's final status
+    /// has been applied (failed lines go to the failure store from it).
+    #[serde(default)]
+    pub from_buffer: bool,
 }
 
 impl RequestRecord {
@@ -177,6 +181,7 @@ mod tests {
             payload_chunks: 0,
             line_map_chunks: 1,
             deliveries: vec![],
+            from_buffer: false,
         }
     }
 

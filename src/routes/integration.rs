@@ -151,6 +151,7 @@ pub fn delete_integration(bridge: &Bridge, crid: String, delivery: Option<String
             ldjson: None,
             line_object_ids: None,
             delivery,
+            from_buffer: false,
         },
     )?;
     Ok(accepted_response(&record.record, record.replayed, serde_json::Map::new()))

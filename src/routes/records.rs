@@ -100,6 +100,7 @@ pub fn upload_records(bridge: &Bridge, input: UploadInput) -> Result<Response, A
             ldjson: Some(batch.ldjson),
             line_object_ids: Some(batch.line_object_ids),
             delivery: input.delivery,
+            from_buffer: false,
         },
     )?;
     let mut extra = Map::new();

@@ -16,7 +16,7 @@ use crate::problem::{json_response, ApiError};
 use crate::store::{request_key, schema_key, INTEGRATION_KEY};
 use crate::tracking::{object_id_on_line, RequestOperation, RequestRecord, TrackedStatus, Totals};
 
-const PAYLOAD: &str = "payload";
+pub const PAYLOAD: &str = "payload";
 /// Uploads of at most this many records index each record for
 /// `GET /records/{type}/{id}/status`; larger (bulk) uploads are tracked per request only, to
 /// keep the key count bounded.
@@ -53,6 +53,8 @@ pub struct Submission {
     pub line_object_ids: Option<Vec<String>>,
     /// The webhook delivery behind this submission, if any.
     pub delivery: Option<String>,
+    /// A file flushed from the pending buffer (see `RequestRecord::from_buffer`).
+    pub from_buffer: bool,
 }
 
 pub struct Tracked {
@@ -102,6 +104,7 @@ pub fn submit_tracked(bridge: &Bridge, gong: &GongClient, submission: Submission
         payload_chunks,
         line_map_chunks,
         deliveries: submission.delivery.into_iter().collect(),
+        from_buffer: submission.from_buffer,
     };
     store.put_json(&key, &record)?;
     // Indexes: newest-first listing, and "where is my record" for small uploads. Both are
@@ -169,7 +172,7 @@ fn send(bridge: &Bridge, gong: &GongClient, record: &mut RequestRecord, payload:
             record.status = TrackedStatus::Pending;
             record.gong_request_id = gong_request_id.or(record.gong_request_id.take());
             record.last_error = note;
-            let chunks = std::mem::take(&mut record.payload_chunks);
+            let chunks = if record.from_buffer { 0 } else { std::mem::take(&mut record.payload_chunks) };
             // Gong has the file now; if this write fails the record stays SUBMITTING, which a
             // status poll resolves, so the 202 still holds.
             if let Err(e) = store.put_json(&request_key(&record.client_request_id), record) {
@@ -212,7 +215,7 @@ pub fn accepted_response(record: &RequestRecord, replayed: bool, extra: Map<Stri
     response
 }
 
-fn load(bridge: &Bridge, id: &str) -> Result<RequestRecord, ApiError> {
+pub fn load(bridge: &Bridge, id: &str) -> Result<RequestRecord, ApiError> {
     if !is_valid_client_request_id(id) {
         return Err(ApiError::NotFoundResource(format!("{id:?} is not a clientRequestId")));
     }
@@ -251,7 +254,7 @@ pub fn get(bridge: &Bridge, id: &str) -> Result<Response, ApiError> {
     Ok(json_response(200, &Value::Object(body)))
 }
 
-fn poll(bridge: &Bridge, record: &mut RequestRecord) -> Result<(), ApiError> {
+pub fn poll(bridge: &Bridge, record: &mut RequestRecord) -> Result<(), ApiError> {
     let gong = bridge.gong()?;
     let answer: RequestStatusResponse = bridge.call(
         Operation::RequestStatus,
@@ -266,7 +269,7 @@ fn poll(bridge: &Bridge, record: &mut RequestRecord) -> Result<(), ApiError> {
     };
     let was_submitting = record.status == TrackedStatus::Submitting;
     record.apply_status(&answer, |line| object_id_on_line(&line_map, line), bridge.now());
-    if was_submitting && record.payload_chunks > 0 {
+    if was_submitting && record.payload_chunks > 0 && !record.from_buffer {
         // Gong knows the request, so the kept file is no longer needed.
         let chunks = std::mem::take(&mut record.payload_chunks);
         let _ = store.delete_blob(PAYLOAD, &record.client_request_id, chunks);
@@ -352,6 +355,34 @@ pub fn list(bridge: &Bridge, request: &crate::ports::Request) -> Result<Response
 pub fn record_status(bridge: &Bridge, object_type_raw: &str, object_id: &str) -> Result<Response, ApiError> {
     let object_type = ObjectType::parse_upload(object_type_raw)
         .ok_or_else(|| ApiError::NotFoundResource(format!("objectType {object_type_raw:?} is not a Gong upload type")))?;
+    let pending = crate::routes::flush::pending_versions(bridge, object_type, object_id)?;
+    if let Some(latest) = pending.iter().max_by_key(|k| k.modified) {
+        return Ok(json_response(
+            200,
+            &json!({
+                "objectType": object_type,
+                "objectId": object_id,
+                "state": "waiting",
+                "explanation": format!("buffered in the bridge; it goes to Gong with the next {object_type} flush"),
+                "pendingVersions": pending.len(),
+                "latestModifiedDate": time::OffsetDateTime::from_unix_timestamp(latest.modified).ok().map(crate::validation::format_gong_datetime),
+            }),
+        ));
+    }
+    if let Some(failure) = bridge.store().get_json::<crate::routes::flush::Failure>(&crate::routes::flush::failure_key(object_type, object_id))? {
+        return Ok(json_response(
+            200,
+            &json!({
+                "objectType": object_type,
+                "objectId": object_id,
+                "state": "failed",
+                "explanation": failure.description,
+                "clientRequestId": failure.client_request_id,
+                "failedAt": failure.failed_at,
+                "retry": "POST /failures/retry with {\"objectType\", \"ids\"} re-queues it",
+            }),
+        ));
+    }
     let entry: RecordIndexEntry = bridge.store().get_json(&record_index_key(object_type, object_id))?.ok_or_else(|| {
         ApiError::NotFoundResource(format!(
             "the bridge has no upload of {object_type} {object_id} on record (uploads of more than {RECORD_INDEX_MAX} records are tracked per request: see GET /requests)"

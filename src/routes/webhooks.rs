@@ -9,10 +9,11 @@ use crate::app::Bridge;
 use crate::idempotency::{self, Begin, Idempotency};
 use crate::ports::{Request, Response};
 use crate::problem::ApiError;
-use crate::routes::records::{upload_records, UploadInput};
 use crate::routes::{integration, schema, violations_to_problem};
 use crate::settings;
-use crate::validation::{BodyFormat, RecordOptions};
+use crate::gong::models::{ObjectType, UPLOAD_OBJECT_TYPES};
+use crate::routes::flush;
+use crate::validation::{self, RecordOptions};
 use crate::webhooks::signature::WebhookSecret;
 use crate::webhooks::{parse_event, Event};
 
@@ -83,19 +84,53 @@ pub fn receive(bridge: &Bridge, request: &Request) -> Result<Response, ApiError>
 fn dispatch(bridge: &Bridge, body: &[u8], client_request_id: String, delivery: String) -> Result<Response, ApiError> {
     let event = parse_event(body).map_err(|v| violations_to_problem("Invalid webhook", "the webhook payload is invalid", v, None))?;
     match event {
-        Event::Records { object_type, records_json, .. } => upload_records(
-            bridge,
-            UploadInput {
-                object_type_raw: &object_type,
-                body: &records_json,
-                format: BodyFormat::Json,
-                options: RecordOptions::default(),
-                client_request_id,
-                delivery: Some(delivery),
-            },
-        ),
+        Event::Records { object_type, records_json, .. } => buffer(bridge, &object_type, &records_json, &delivery),
         Event::Schema { object_type, fields_json } => schema::upload_schema(bridge, &object_type, &fields_json, false),
         Event::IntegrationRegistered { name, owner_email } => integration::register_integration(bridge, name, owner_email),
         Event::IntegrationDeleted => integration::delete_integration(bridge, client_request_id, Some(delivery)),
     }
+}
+
+/// Validates a delivery's records and writes them to the pending buffer: 202 once they are
+/// stored; from then on delivering them to Gong is the bridge's job (see `routes::flush`).
+fn buffer(bridge: &Bridge, object_type_raw: &str, records_json: &[u8], delivery: &str) -> Result<Response, ApiError> {
+    let object_type = ObjectType::parse_upload(object_type_raw).ok_or_else(|| {
+        ApiError::unprocessable(
+            "Invalid object type",
+            format!("objectType {object_type_raw:?} is not one of {} (case-sensitive)", UPLOAD_OBJECT_TYPES.join(", ")),
+            vec![serde_json::json!({"field": "data.objectType", "rule": "objectType.enum", "allowed": UPLOAD_OBJECT_TYPES})],
+        )
+    })?;
+    let schema = if object_type.has_schema() { bridge.store().schema(object_type)? } else { None };
+    let records: Vec<serde_json::Value> = serde_json::from_slice(records_json).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let mut valid = Vec::with_capacity(records.len());
+    let mut violations = Vec::new();
+    let mut warnings = Vec::new();
+    for (index, record) in records.into_iter().enumerate() {
+        match validation::validate_record(object_type, record, index, None, schema.as_deref(), RecordOptions::default(), &mut warnings) {
+            Ok(record) => valid.push(record),
+            Err(mut v) => violations.append(&mut v),
+        }
+    }
+    if !violations.is_empty() {
+        return Err(violations_to_problem("Invalid records", "the delivery's records are invalid; nothing was accepted", violations, None));
+    }
+    let status_urls: Vec<String> = valid.iter().take(100).map(|r| format!("/records/{}/{}/status", object_type.as_str(), r.object_id)).collect();
+    let buffered = flush::buffer_records(bridge, object_type, valid)?;
+    let mut response = crate::problem::json_response(
+        202,
+        &serde_json::json!({
+            "status": "BUFFERED",
+            "objectType": object_type,
+            "delivery": delivery,
+            "accepted": buffered.accepted,
+            "superseded": buffered.superseded,
+            "warnings": warnings,
+            "statusUrls": status_urls,
+        }),
+    );
+    if let Some(first) = status_urls.first().and_then(|u| http::HeaderValue::from_str(u).ok()) {
+        response.headers_mut().insert(http::header::LOCATION, first);
+    }
+    Ok(response)
 }

@@ -1,0 +1,446 @@
+//! Coalescing: buffering validated webhook records, flushing them to Gong as one file per
+//! type, following each file until Gong's final status, and the failure store.
+//! Design and failure analysis: `docs/buffer.md`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::app::Bridge;
+use crate::buffer::{self, PendingKey, FLUSH_ORDER, PENDING_PREFIX};
+use crate::gong::models::ObjectType;
+use crate::idempotency::lease;
+use crate::problem::ApiError;
+use crate::quota::QuotaState;
+use crate::routes::requests::{self, submit_tracked, Submission, PAYLOAD};
+use crate::settings;
+use crate::tracking::{RequestOperation, TrackedStatus};
+use crate::validation::{self, ValidRecord};
+
+const INFLIGHT_PREFIX: &str = "inflight/";
+const FAILURE_PREFIX: &str = "fail/";
+const LATEST_PREFIX: &str = "latest/";
+const FLUSH_LEASE: &str = "lease/flush";
+const NEXT_CHECK_KEY: &str = "flush/next-check";
+/// On ordinary requests the buffer is scanned at most this often (a scan lists every key).
+const CHECK_EVERY_SECONDS: i64 = 5;
+/// Status polls of in-flight files per request, so that a request stays fast.
+pub const POLLS_PER_REQUEST: usize = 3;
+/// Files one request may send, so that one request stays bounded.
+const FILES_PER_REQUEST: usize = 12;
+
+fn latest_key(object_type: ObjectType, object_id: &str) -> String {
+    format!("{LATEST_PREFIX}{}/{object_id}", object_type.as_str())
+}
+
+pub fn failure_key(object_type: ObjectType, object_id: &str) -> String {
+    format!("{FAILURE_PREFIX}{}/{object_id}", object_type.as_str())
+}
+
+fn inflight_key(client_request_id: &str) -> String {
+    format!("{INFLIGHT_PREFIX}{client_request_id}")
+}
+
+/// A file sent from the buffer whose final status has not been applied yet.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InFlight {
+    object_type: ObjectType,
+    /// The highest `attempt` among the file's records (file-level failures retry once).
+    attempt: u32,
+    sent_at: i64,
+}
+
+/// A record Gong refused, with what Gong said.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Failure {
+    pub object_type: ObjectType,
+    pub object_id: String,
+    pub modified: i64,
+    pub description: String,
+    pub client_request_id: String,
+    pub failed_at: String,
+    /// The record as sent (one LDJSON line), so a retry resends exactly it.
+    pub line: String,
+}
+
+// ----- buffering ---------------------------------------------------------------------------
+
+#[derive(Debug, Default)]
+pub struct Buffered {
+    pub accepted: usize,
+    /// Versions older than one already accepted for the same record: kept out, never sent.
+    pub superseded: usize,
+}
+
+/// Writes validated records to the pending buffer. Each version gets a key of its own, written
+/// before anything else, so once this returns Ok the records are the bridge's responsibility.
+pub fn buffer_records(bridge: &Bridge, object_type: ObjectType, records: Vec<ValidRecord>) -> Result<Buffered, ApiError> {
+    let store = bridge.store();
+    let now = bridge.clock.now().unix_timestamp();
+    let mut outcome = Buffered::default();
+    for record in records {
+        let modified = record.modified.unix_timestamp();
+        let latest: Option<i64> = store.get_json(&latest_key(object_type, &record.object_id))?;
+        if latest.is_some_and(|l| l > modified) {
+            outcome.superseded += 1;
+            continue;
+        }
+        let key = PendingKey { object_type, object_id: record.object_id.clone(), modified, received: now, bytes: record.line.len(), attempt: 0 };
+        bridge.kv.set(&key.encode(), &record.line)?;
+        // A hint for late, older deliveries; pending versions themselves decide at flush time.
+        if latest.is_none_or(|l| l < modified) {
+            store.put_json(&latest_key(object_type, &record.object_id), &modified)?;
+        }
+        outcome.accepted += 1;
+    }
+    Ok(outcome)
+}
+
+// ----- flushing ----------------------------------------------------------------------------
+
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FlushReport {
+    pub scanned: bool,
+    pub files: Vec<Value>,
+    pub pending: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throttled_until: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    pub polled: usize,
+    pub failures_added: usize,
+    pub requeued: usize,
+}
+
+/// On an ordinary request: scan only if the last scan is old enough, then flush what is due.
+pub fn check(bridge: &Bridge) -> Result<FlushReport, ApiError> {
+    let now = bridge.clock.now().unix_timestamp();
+    let next: Option<i64> = bridge.store().get_json(NEXT_CHECK_KEY)?;
+    if next.is_some_and(|n| n > now) {
+        return Ok(FlushReport::default());
+    }
+    bridge.store().put_json(NEXT_CHECK_KEY, &(now + CHECK_EVERY_SECONDS))?;
+    run(bridge, false)
+}
+
+/// Flushes every type that is due (all pending ones with `force`), in dependency order, then
+/// polls in-flight files.
+pub fn run(bridge: &Bridge, force: bool) -> Result<FlushReport, ApiError> {
+    let mut report = FlushReport { scanned: true, ..Default::default() };
+    let keys = bridge.kv.keys()?;
+    let mut pending: Vec<PendingKey> = keys.iter().filter_map(|k| PendingKey::decode(k)).collect();
+    let inflight: Vec<String> = keys.iter().filter_map(|k| k.strip_prefix(INFLIGHT_PREFIX)).map(str::to_owned).collect();
+    drop(keys);
+    let limits = settings::flush_limits(bridge.config);
+    let now = bridge.clock.now().unix_timestamp();
+
+    if let Some(until) = blocked_until(bridge, now)? {
+        report.throttled_until = Some(until);
+        report.note = Some(format!("Gong calls are paused until {until} (Unix time); records stay buffered and go then"));
+    } else if !pending.is_empty() {
+        flush_due(bridge, &mut pending, limits, force, now, &mut report)?;
+    }
+    if report.throttled_until.is_none() {
+        poll_inflight(bridge, &inflight, &mut report)?;
+    }
+    report.pending = json!(buffer::summarize(&pending)
+        .into_iter()
+        .map(|(t, s)| (t.as_str().to_owned(), json!({"records": s.records, "versions": s.versions, "bytes": s.bytes, "oldestReceived": s.oldest_received})))
+        .collect::<serde_json::Map<_, _>>());
+    Ok(report)
+}
+
+fn blocked_until(bridge: &Bridge, now: i64) -> Result<Option<i64>, ApiError> {
+    let state: QuotaState = bridge.store().get_json(crate::app::QUOTA_KEY)?.unwrap_or_default();
+    Ok((state.blocked_until > now).then_some(state.blocked_until))
+}
+
+fn flush_due(bridge: &Bridge, pending: &mut Vec<PendingKey>, limits: buffer::FlushLimits, force: bool, now: i64, report: &mut FlushReport) -> Result<(), ApiError> {
+    let summaries = buffer::summarize(pending);
+    let due: Vec<ObjectType> = FLUSH_ORDER
+        .into_iter()
+        .filter(|t| summaries.get(t).is_some_and(|s| (force && s.records > 0) || buffer::due_reason(s, limits, now).is_some()))
+        .collect();
+    if due.is_empty() {
+        return Ok(());
+    }
+    let integration_id = match bridge.integration_id() {
+        Ok(id) => id,
+        Err(_) => {
+            report.note = Some("records are buffered but no Gong integration is registered yet (PUT /integration)".into());
+            return Ok(());
+        }
+    };
+    let settle = settings::idempotency_settle(bridge.config);
+    let Some(held) = lease::acquire(bridge.kv, bridge.clock, FLUSH_LEASE, Duration::from_secs(120), settle)? else {
+        report.note = Some("another replica is flushing right now".into());
+        return Ok(());
+    };
+    let gong = bridge.gong();
+    let result = (|| -> Result<(), ApiError> {
+        let gong = gong?;
+        for object_type in due {
+            // Several files while the type stays due (e.g. far more than batch_max_records).
+            loop {
+                if report.files.len() >= FILES_PER_REQUEST {
+                    return Ok(());
+                }
+                let summary = buffer::summarize(pending).remove(&object_type).unwrap_or_default();
+                if summary.records == 0 || !(force || buffer::due_reason(&summary, limits, now).is_some()) {
+                    break;
+                }
+                let chosen = buffer::select_for_file(pending, object_type, limits);
+                if chosen.is_empty() {
+                    break;
+                }
+                match flush_file(bridge, &gong, integration_id, object_type, &chosen) {
+                    Ok(file) => {
+                        report.files.push(file);
+                        pending.retain(|k| !chosen.contains(k));
+                    }
+                    Err(ApiError::Throttled { detail, retry_after }) => {
+                        report.throttled_until = Some(now + retry_after as i64);
+                        report.note = Some(format!("{detail}; records stay buffered"));
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        if let Some(until) = blocked_until(bridge, now)? {
+                            report.throttled_until = Some(until);
+                        }
+                        report.note = Some(format!("flushing {object_type} failed, records stay buffered: {e}"));
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Ok(())
+    })();
+    lease::release(bridge.kv, held);
+    result
+}
+
+/// Sends one file. Its pending versions are deleted only after Gong's 201.
+fn flush_file(bridge: &Bridge, gong: &crate::gong::client::GongClient, integration_id: i64, object_type: ObjectType, chosen: &[PendingKey]) -> Result<Value, ApiError> {
+    let mut records = Vec::with_capacity(chosen.len());
+    let mut attempt = 0;
+    for key in chosen {
+        // A version deleted meanwhile (another flush) is simply not in this file.
+        let Some(line) = bridge.kv.get(&key.encode())? else { continue };
+        let Ok(modified) = time::OffsetDateTime::from_unix_timestamp(key.modified) else { continue };
+        attempt = attempt.max(key.attempt);
+        records.push(ValidRecord { object_id: key.object_id.clone(), modified, line });
+    }
+    let (ldjson, line_ids, merged) = validation::build_ldjson(records);
+    if line_ids.is_empty() {
+        return Ok(json!({"objectType": object_type, "records": 0}));
+    }
+    let client_request_id = format!("fl-{}-{}", object_type.as_str().to_ascii_lowercase(), uuid::Uuid::new_v4().simple());
+    let marker = InFlight { object_type, attempt, sent_at: bridge.clock.now().unix_timestamp() };
+    // The marker goes first: whatever happens next, a poll finds this file.
+    bridge.store().put_json(&inflight_key(&client_request_id), &marker)?;
+    let count = line_ids.len();
+    let submitted = submit_tracked(
+        bridge,
+        gong,
+        Submission {
+            client_request_id: client_request_id.clone(),
+            operation: RequestOperation::UploadEntities,
+            object_type: Some(object_type),
+            integration_id,
+            record_count: Some(count),
+            ldjson: Some(ldjson),
+            line_object_ids: Some(line_ids),
+            delivery: None,
+            from_buffer: true,
+        },
+    );
+    match submitted {
+        Ok(_) => {
+            for key in chosen {
+                // A failed delete only means the version is sent again later: duplicate, not lost.
+                if let Err(e) = bridge.kv.delete(&key.encode()) {
+                    eprintln!("gong-crm-bridge: sent version left in the buffer ({e}); it will be sent again");
+                }
+            }
+            Ok(json!({"objectType": object_type, "clientRequestId": client_request_id, "records": count, "mergedVersions": merged}))
+        }
+        Err(error) => {
+            // Gong did not take the file: the records are still pending; forget the attempt.
+            let _ = bridge.kv.delete(&inflight_key(&client_request_id));
+            if let Ok(Some(record)) = bridge.store().get_json::<crate::tracking::RequestRecord>(&crate::store::request_key(&client_request_id)) {
+                let _ = bridge.store().delete_blob(PAYLOAD, &client_request_id, record.payload_chunks);
+            }
+            Err(match error {
+                ApiError::Kept { inner, .. } => match *inner {
+                    ApiError::Gong { error: crate::gong::client::GongError::RateLimited { retry_after, .. }, .. } => {
+                        ApiError::Throttled { detail: "Gong answered 429".into(), retry_after: retry_after.unwrap_or(60) }
+                    }
+                    other => other,
+                },
+                other => other,
+            })
+        }
+    }
+}
+
+// ----- following files to their end --------------------------------------------------------
+
+fn poll_inflight(bridge: &Bridge, inflight: &[String], report: &mut FlushReport) -> Result<(), ApiError> {
+    let store = bridge.store();
+    for client_request_id in inflight.iter().take(POLLS_PER_REQUEST) {
+        let Some(marker) = store.get_json::<InFlight>(&inflight_key(client_request_id))? else { continue };
+        let mut record = match requests::load(bridge, client_request_id) {
+            Ok(record) => record,
+            // No record: the file never reached Gong (the bridge stopped before storing it);
+            // its versions are still pending.
+            Err(_) => {
+                store.delete(&inflight_key(client_request_id))?;
+                continue;
+            }
+        };
+        if record.status == TrackedStatus::NotSent {
+            store.delete(&inflight_key(client_request_id))?;
+            continue;
+        }
+        if !record.status.is_final() {
+            match requests::poll(bridge, &mut record) {
+                Ok(()) => report.polled += 1,
+                Err(ApiError::Throttled { retry_after, .. }) => {
+                    report.throttled_until = Some(bridge.clock.now().unix_timestamp() + retry_after as i64);
+                    return Ok(());
+                }
+                Err(e) => {
+                    eprintln!("gong-crm-bridge: polling {client_request_id}: {e}");
+                    continue;
+                }
+            }
+        }
+        if record.status.is_final() {
+            settle_file(bridge, &record, &marker, report)?;
+        }
+    }
+    Ok(())
+}
+
+/// Applies a final status: failed lines go to the failure store; a file-level failure puts the
+/// file's records back to pending once, then into the failure store. Everything is written
+/// before the marker is removed, so a crash in between repeats this step (idempotently).
+fn settle_file(bridge: &Bridge, record: &crate::tracking::RequestRecord, marker: &InFlight, report: &mut FlushReport) -> Result<(), ApiError> {
+    let store = bridge.store();
+    let id = &record.client_request_id;
+    if record.status == TrackedStatus::Failed {
+        let Some(payload) = store.get_blob(PAYLOAD, id, record.payload_chunks)? else {
+            return Err(ApiError::Internal(format!("file {id} failed but its payload is gone")));
+        };
+        let lines: Vec<&[u8]> = payload.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+        let file_level: Vec<&str> = record.errors.iter().filter(|e| e.line <= 0).map(|e| e.description.as_str()).collect();
+        let now = bridge.now();
+        let now_unix = bridge.clock.now().unix_timestamp();
+        if !file_level.is_empty() {
+            let description = format!("Gong failed the whole file: {}", file_level.join("; "));
+            for line in &lines {
+                let Some((object_id, modified)) = identify(line) else { continue };
+                if marker.attempt == 0 {
+                    let key = PendingKey { object_type: marker.object_type, object_id, modified, received: now_unix, bytes: line.len(), attempt: 1 };
+                    bridge.kv.set(&key.encode(), line)?;
+                    report.requeued += 1;
+                } else {
+                    add_failure(bridge, marker.object_type, object_id, modified, &description, id, &now, line)?;
+                    report.failures_added += 1;
+                }
+            }
+        } else {
+            for error in &record.errors {
+                let Some(line) = usize::try_from(error.line - 1).ok().and_then(|i| lines.get(i)) else { continue };
+                let Some((object_id, modified)) = identify(line) else { continue };
+                add_failure(bridge, marker.object_type, object_id, modified, &error.description, id, &now, line)?;
+                report.failures_added += 1;
+            }
+        }
+    }
+    store.delete_blob(PAYLOAD, id, record.payload_chunks)?;
+    store.delete(&inflight_key(id))?;
+    Ok(())
+}
+
+/// objectId and modifiedDate of an LDJSON line the bridge itself wrote.
+fn identify(line: &[u8]) -> Option<(String, i64)> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Head {
+        object_id: String,
+        modified_date: String,
+    }
+    let head: Head = serde_json::from_slice(line).ok()?;
+    let modified = validation::parse_gong_datetime(&head.modified_date).ok()?.unix_timestamp();
+    Some((head.object_id, modified))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn add_failure(bridge: &Bridge, object_type: ObjectType, object_id: String, modified: i64, description: &str, client_request_id: &str, now: &str, line: &[u8]) -> Result<(), ApiError> {
+    let failure = Failure {
+        object_type,
+        object_id: object_id.clone(),
+        modified,
+        description: description.to_owned(),
+        client_request_id: client_request_id.to_owned(),
+        failed_at: now.to_owned(),
+        line: String::from_utf8_lossy(line).into_owned(),
+    };
+    bridge.store().put_json(&failure_key(object_type, &object_id), &failure)
+}
+
+// ----- the failure store -------------------------------------------------------------------
+
+pub fn list_failures(bridge: &Bridge, object_type: Option<ObjectType>, limit: usize) -> Result<(Vec<Failure>, usize), ApiError> {
+    let prefix = match object_type {
+        Some(t) => format!("{FAILURE_PREFIX}{}/", t.as_str()),
+        None => FAILURE_PREFIX.to_owned(),
+    };
+    let mut keys: Vec<String> = bridge.kv.keys()?.into_iter().filter(|k| k.starts_with(&prefix)).collect();
+    keys.sort();
+    let total = keys.len();
+    let mut out = Vec::new();
+    for key in keys.iter().take(limit) {
+        if let Some(f) = bridge.store().get_json::<Failure>(key)? {
+            out.push(f);
+        }
+    }
+    Ok((out, total))
+}
+
+/// Puts failures back into the buffer (all, one type, or some ids of one type).
+pub fn retry_failures(bridge: &Bridge, object_type: Option<ObjectType>, ids: Option<&[String]>) -> Result<usize, ApiError> {
+    let (failures, _) = list_failures(bridge, object_type, usize::MAX)?;
+    let now = bridge.clock.now().unix_timestamp();
+    let mut requeued = 0;
+    for f in failures.into_iter().filter(|f| ids.is_none_or(|ids| ids.contains(&f.object_id))) {
+        let key = PendingKey { object_type: f.object_type, object_id: f.object_id.clone(), modified: f.modified, received: now, bytes: f.line.len(), attempt: 0 };
+        // Pending first, then the failure entry goes: a crash between leaves both, never neither.
+        bridge.kv.set(&key.encode(), f.line.as_bytes())?;
+        bridge.kv.delete(&failure_key(f.object_type, &f.object_id))?;
+        requeued += 1;
+    }
+    Ok(requeued)
+}
+
+/// Pending versions of one record (for "where is my record").
+pub fn pending_versions(bridge: &Bridge, object_type: ObjectType, object_id: &str) -> Result<Vec<PendingKey>, ApiError> {
+    let prefix = PendingKey::record_prefix(object_type, object_id);
+    Ok(bridge
+        .kv
+        .keys()?
+        .iter()
+        .filter(|k| k.starts_with(&prefix))
+        .filter_map(|k| PendingKey::decode(k))
+        .filter(|k| k.object_id == object_id)
+        .collect())
+}
+
+pub fn is_pending_key(key: &str) -> bool {
+    key.starts_with(PENDING_PREFIX)
+}
