@@ -229,7 +229,7 @@ impl GongClient {
                 ("clientRequestId", client_request_id),
             ],
         );
-        let boundary = multipart_boundary(client_request_id);
+        let boundary = multipart_boundary();
         let body = multipart_body(&boundary, "dataFile", &format!("{}.ldjson", object_type.as_str()), "application/x-ndjson", ldjson);
         self.request(http::Method::POST, url, Some(&format!("multipart/form-data; boundary={boundary}")), body)
     }
@@ -262,11 +262,10 @@ impl GongClient {
     }
 }
 
-/// A boundary that cannot occur in the file: LDJSON lines are JSON objects, which never contain
-/// a bare line starting with `--`, but a unique token keeps it safe for any content.
-fn multipart_boundary(seed: &str) -> String {
-    let clean: String = seed.chars().filter(|c| c.is_ascii_alphanumeric()).take(40).collect();
-    format!("gong-crm-bridge-{clean}-{}", uuid::Uuid::new_v4().simple())
+/// A random boundary (RFC 2046: at most 70 characters). LDJSON lines are JSON objects, so a
+/// line starting with `--` followed by 128 random bits cannot occur in the file.
+fn multipart_boundary() -> String {
+    format!("gong-crm-bridge-{}", uuid::Uuid::new_v4().simple())
 }
 
 fn multipart_body(boundary: &str, name: &str, filename: &str, content_type: &str, content: &[u8]) -> Vec<u8> {
@@ -393,6 +392,7 @@ mod tests {
         );
         let ct = req.headers()["content-type"].to_str().unwrap().to_owned();
         let boundary = ct.strip_prefix("multipart/form-data; boundary=").unwrap();
+        assert!(boundary.len() <= 70, "RFC 2046 caps boundaries at 70 characters");
         let body = String::from_utf8(req.body().clone()).unwrap();
         assert!(body.starts_with(&format!("--{boundary}\r\nContent-Disposition: form-data; name=\"dataFile\"; filename=\"DEAL.ldjson\"\r\n")));
         assert!(body.contains("\r\n\r\n{\"objectId\":\"a\"}\n\r\n"));

@@ -886,6 +886,31 @@ mod tests {
             .unwrap();
             b.ldjson.len()
         });
+        // TEMP-PROFILE
+        let parse_only = best(&mut || {
+            let mut n = 0;
+            for line in ldjson_body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                let v: Value = serde_json::from_slice(line).unwrap();
+                n += v.as_object().map_or(0, |m| m.len());
+            }
+            n
+        });
+        let validator = RecordValidator::new(ObjectType::Account, Some(&schema), opts());
+        let parse_validate = best(&mut || {
+            let mut w = Capped::new(10);
+            let mut n = 0;
+            for line in ldjson_body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                let v: Value = serde_json::from_slice(line).unwrap();
+                n += validator.validate(v, 0, None, &mut w).is_ok() as usize;
+            }
+            n
+        });
+        let ours_nb = best(&mut || {
+            let mut run = Run::new(RecordValidator::new(ObjectType::Account, Some(&schema), opts()), opts(), ldjson_body.len());
+            read_ldjson(&ldjson_body, &mut run);
+            run.pending.len()
+        });
+        println!("parse only {parse_only:?}, parse+validate {parse_validate:?}, parse+validate+serialise {ours_nb:?}");
         let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
         println!(
             "LDJSON {} MB: serde {base_ld:?}, validate+build {ours_ld:?} (x{:.2}), normalising {ours_norm:?} (x{:.2}); JSON array: serde {base_json:?}, validate+build {ours_json:?} (x{:.2})",

@@ -336,6 +336,13 @@ async fn gong_error_mapping_keeps_the_data() {
         let record = app.kv().get_json(&format!("request/{key}")).unwrap();
         assert_eq!(record["status"], "NOT_SENT", "case {i}");
         assert!(app.kv().get(&format!("blob/payload/{key}/0")).is_some(), "case {i}: file kept");
+        if status == 503 {
+            // After a 429 every caller waits Retry-After: a retry now is refused, data still kept.
+            let retried = call(&app, "POST", &format!("/requests/{key}/retry"), &[], Vec::new()).await;
+            assert!(expect(&retried, 503)["detail"].as_str().unwrap().contains("429"));
+            assert_eq!(app.mock().received_on("POST", "/v2/crm/entities").len(), 1);
+            continue;
+        }
         // A retry resends the kept file with the same clientRequestId.
         let retried = call(&app, "POST", &format!("/requests/{key}/retry"), &[], Vec::new()).await;
         assert_eq!(expect(&retried, 202)["status"], "PENDING", "case {i}");

@@ -53,6 +53,20 @@ async fn deliver(app: &TestApp, id: &str, body: &Value) -> TestResponse {
     deliver_signed(app, id, ts, &sign(id, ts, &bytes), &bytes).await
 }
 
+/// Forces a flush of everything buffered and returns the report.
+async fn flush(app: &TestApp) -> Value {
+    expect(&call(app, "POST", "/flush?force=true", &[], Vec::new()).await, 200)
+}
+
+fn uploaded_lines(app: &TestApp) -> Vec<Value> {
+    app.mock()
+        .received_on("POST", "/v2/crm/entities")
+        .iter()
+        .flat_map(|u| u.part("dataFile").unwrap_or_else(|| panic!("no dataFile part: {:?}", u.multipart_error)).lines())
+        .map(|l| serde_json::from_str(&l).unwrap())
+        .collect()
+}
+
 fn upsert(object_id: &str, modified: &str) -> Value {
     json!({"type": "record.upserted", "timestamp": "2024-01-01T00:00:00Z",
            "data": {"objectType": "ACCOUNT", "record": {"objectId": object_id, "modifiedDate": modified, "name": "Acme"}}})
@@ -90,8 +104,8 @@ async fn signatures_valid_invalid_stale_rotated_and_empty() {
     // Key rotation: an old signature first, the current one second.
     let rotated = format!("{} {}", wrong, sign("msg_1", ts, &body));
     let r = deliver_signed(&app, "msg_1", ts, &rotated, &body).await;
-    assert_eq!(expect(&r, 202)["clientRequestId"], "wh-msg_1");
-    assert_eq!(app.mock().received_on("POST", "/v2/crm/entities").len(), 1);
+    assert_eq!(expect(&r, 202)["status"], "BUFFERED");
+    assert_eq!(app.kv().keys_with_prefix("pend/ACCOUNT/a1/").len(), 1);
 }
 
 #[tokio::test]
@@ -105,28 +119,28 @@ async fn replay_returns_the_same_answer_and_gong_sees_one_request() {
     assert_eq!(second.json(), first_body);
     assert_eq!(second.header("idempotency-replayed"), Some("true"));
     assert_eq!(second.header("location"), first.header("location"));
-    let uploads = app.mock().received_on("POST", "/v2/crm/entities");
-    assert_eq!(uploads.len(), 1);
-    assert_eq!(uploads[0].query_param("clientRequestId"), Some("wh-msg_replay"));
+    assert_eq!(app.kv().keys_with_prefix("pend/").len(), 1);
 
-    // Same id, another payload: 422, still one request at Gong.
+    // Same id, another payload: 422, and nothing new is buffered.
     let changed = deliver(&app, "msg_replay", &upsert("a1", "2024-01-02T00:00:00Z")).await;
     assert_eq!(expect(&changed, 422)["errors"][0]["rule"], "idempotency.fingerprint_mismatch");
+    flush(&app).await;
     assert_eq!(app.mock().received_on("POST", "/v2/crm/entities").len(), 1);
+    assert_eq!(uploaded_lines(&app).len(), 1);
 }
 
 #[tokio::test]
-async fn a_redelivery_after_a_gong_failure_sends_again_under_the_same_client_request_id() {
+async fn a_file_gong_refuses_stays_buffered_and_goes_with_the_next_flush() {
     let app = app_with(None, "5").await;
     app.mock().on("POST", "/v2/crm/entities", MockResponse::json(500, json!({"errors": ["boom"]})));
-    let event = upsert("a1", "2024-01-01T00:00:00Z");
-    let failed = deliver(&app, "msg_retry", &event).await;
-    assert_eq!(expect(&failed, 502)["kept"], true);
-    let ok = deliver(&app, "msg_retry", &event).await;
-    assert_eq!(expect(&ok, 202)["status"], "PENDING");
-    let uploads = app.mock().received_on("POST", "/v2/crm/entities");
-    assert_eq!(uploads.len(), 2);
-    assert!(uploads.iter().all(|u| u.query_param("clientRequestId") == Some("wh-msg_retry")));
+    expect(&deliver(&app, "msg_retry", &upsert("a1", "2024-01-01T00:00:00Z")).await, 202);
+    let report = flush(&app).await;
+    assert!(report["note"].as_str().unwrap().contains("boom"), "{report}");
+    assert_eq!(app.kv().keys_with_prefix("pend/ACCOUNT/a1/").len(), 1, "still buffered");
+    let report = flush(&app).await;
+    assert_eq!(report["files"][0]["records"], 1, "{report}");
+    assert!(app.kv().keys_with_prefix("pend/").is_empty());
+    assert_eq!(app.mock().received_on("POST", "/v2/crm/entities").len(), 2);
 }
 
 async fn fifty_at_once(apps: &[TestApp], id: &str) -> Vec<u16> {
@@ -154,11 +168,14 @@ async fn fifty_concurrent_deliveries_of_one_id_reach_gong_once() {
     let app = app_with(Some(kv), "100").await;
     let statuses = fifty_at_once(std::slice::from_ref(&app), "msg_concurrent").await;
     assert!(statuses.iter().all(|s| *s == 202 || *s == 409), "{statuses:?}");
-    assert_eq!(app.mock().received_on("POST", "/v2/crm/entities").len(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 202).count(), 1, "{statuses:?}");
     // Afterwards every re-delivery is a replay.
     let again = deliver(&app, "msg_concurrent", &upsert("a1", "2024-01-01T00:00:00Z")).await;
     assert_eq!(again.header("idempotency-replayed"), Some("true"));
+    app.kv().set_latency(std::time::Duration::ZERO);
+    flush(&app).await;
     assert_eq!(app.mock().received_on("POST", "/v2/crm/entities").len(), 1);
+    assert_eq!(uploaded_lines(&app).len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -175,7 +192,11 @@ async fn two_replicas_sharing_one_kv_forward_once() {
         .await;
     let statuses = fifty_at_once(&[a.clone(), b], "msg_replicas").await;
     assert!(statuses.iter().all(|s| *s == 202 || *s == 409), "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 202).count(), 1, "{statuses:?}");
+    kv.set_latency(std::time::Duration::ZERO);
+    flush(&a).await;
     assert_eq!(a.mock().received_on("POST", "/v2/crm/entities").len(), 1, "{statuses:?}");
+    assert_eq!(uploaded_lines(&a).len(), 1);
 }
 
 #[tokio::test]
@@ -196,6 +217,7 @@ async fn deletes_schema_and_integration_events() {
     let app = app_with(None, "5").await;
     let del = json!({"type": "record.deleted", "data": {"objectType": "DEAL", "records": [{"objectId": "d1", "modifiedDate": "2024-01-01T00:00:00Z"}]}});
     expect(&deliver(&app, "msg_del", &del).await, 202);
+    flush(&app).await;
     let upload = &app.mock().received_on("POST", "/v2/crm/entities")[0];
     let line: Value = serde_json::from_str(&upload.part("dataFile").unwrap().lines()[0]).unwrap();
     assert_eq!(line["isDeleted"], true);
@@ -228,50 +250,55 @@ async fn static_bearer_for_crms_that_cannot_sign() {
     let r = app.request("POST", "/webhooks", &[("authorization", "Bearer wrong")], body.clone()).await;
     expect(&r, 401);
     let ok = app.request("POST", "/webhooks", &[("authorization", "Bearer crm-token"), ("webhook-id", "evt-9")], body.clone()).await;
-    assert_eq!(expect(&ok, 202)["clientRequestId"], "wh-evt-9");
+    assert_eq!(expect(&ok, 202)["delivery"], "evt-9");
     let replay = app.request("POST", "/webhooks", &[("authorization", "Bearer crm-token"), ("webhook-id", "evt-9")], body).await;
     assert_eq!(replay.header("idempotency-replayed"), Some("true"));
-    assert_eq!(app.mock().received_on("POST", "/v2/crm/entities").len(), 1);
+    assert_eq!(app.kv().keys_with_prefix("pend/").len(), 1);
 }
 
 #[tokio::test]
 async fn a_records_status_through_its_life_and_request_listing() {
     let app = app_with(None, "5").await;
+    let status = |app: TestApp| async move { expect(&call(&app, "GET", "/records/ACCOUNT/a1/status", &[], Vec::new()).await, 200) };
     // Not known yet.
     expect(&call(&app, "GET", "/records/ACCOUNT/a1/status", &[], Vec::new()).await, 404);
-    // Gong refuses first: not sent, kept.
-    app.mock().on("POST", "/v2/crm/entities", MockResponse::json(503, json!({"errors": ["maintenance"]})));
-    expect(&deliver(&app, "msg_life", &upsert("a1", "2024-01-01T00:00:00Z")).await, 502);
-    let s = expect(&call(&app, "GET", "/records/ACCOUNT/a1/status", &[], Vec::new()).await, 200);
-    assert_eq!(s["state"], "not_sent");
-    assert!(s["explanation"].as_str().unwrap().contains("maintenance"));
-    // Re-delivered: sent, pending at Gong.
+    // Accepted: waiting in the bridge.
     expect(&deliver(&app, "msg_life", &upsert("a1", "2024-01-01T00:00:00Z")).await, 202);
+    let s = status(app.clone()).await;
+    assert_eq!(s["state"], "waiting");
+    // Gong refuses the file: still waiting.
+    app.mock().on("POST", "/v2/crm/entities", MockResponse::json(503, json!({"errors": ["maintenance"]})));
+    flush(&app).await;
+    assert_eq!(status(app.clone()).await["state"], "waiting");
+    // Sent, pending at Gong.
     app.mock().on("GET", "/v2/crm/request-status", MockResponse::json(200, json!({"status": "PENDING", "errors": []})));
-    let s = expect(&call(&app, "GET", "/records/ACCOUNT/a1/status", &[], Vec::new()).await, 200);
-    assert_eq!(s["state"], "sent");
-    assert_eq!(s["clientRequestId"], "wh-msg_life");
-    // Gong fails the record's line.
+    let report = flush(&app).await;
+    let sent_in = report["files"][0]["clientRequestId"].as_str().unwrap().to_owned();
+    let s = status(app.clone()).await;
+    assert_eq!(s["state"], "sent", "{s}");
+    assert_eq!(s["clientRequestId"], sent_in.as_str());
+    // Gong fails the record's line: it moves to the failure store with Gong's words.
     app.mock().on(
         "GET",
         "/v2/crm/request-status",
         MockResponse::json(200, json!({"status": "FAILED", "errors": [{"line": 1, "description": "name too long"}], "totalErrorCount": 1, "totalSuccessCount": 0})),
     );
-    let s = expect(&call(&app, "GET", "/records/ACCOUNT/a1/status", &[], Vec::new()).await, 200);
+    let report = flush(&app).await;
+    assert_eq!(report["failuresAdded"], 1, "{report}");
+    let s = status(app.clone()).await;
     assert_eq!(s["state"], "failed");
     assert_eq!(s["explanation"], "name too long");
-    let record = app.kv().get_json("request/wh-msg_life").unwrap();
-    assert_eq!(record["deliveries"], json!(["msg_life"]));
 
     // Listing, newest first, filtered and paginated.
     expect(&deliver(&app, "msg_second", &upsert("b1", "2024-01-01T00:00:00Z")).await, 202);
+    flush(&app).await;
     let all = expect(&call(&app, "GET", "/requests", &[], Vec::new()).await, 200);
     let ids: Vec<_> = all["requests"].as_array().unwrap().iter().map(|r| r["clientRequestId"].as_str().unwrap().to_owned()).collect();
-    assert_eq!(ids.len(), 2);
-    assert!(ids.contains(&"wh-msg_life".to_owned()) && ids.contains(&"wh-msg_second".to_owned()));
+    assert!(ids.len() >= 2, "{ids:?}");
+    assert!(ids.contains(&sent_in));
     let failed = expect(&call(&app, "GET", "/requests?status=FAILED", &[], Vec::new()).await, 200);
     assert_eq!(failed["requests"].as_array().unwrap().len(), 1);
-    assert_eq!(failed["requests"][0]["clientRequestId"], "wh-msg_life");
+    assert_eq!(failed["requests"][0]["clientRequestId"], sent_in.as_str());
     let page = expect(&call(&app, "GET", "/requests?limit=1", &[], Vec::new()).await, 200);
     assert_eq!(page["requests"].as_array().unwrap().len(), 1);
     let next = page["next"].as_str().expect("a next page").to_owned();
@@ -299,6 +326,6 @@ async fn the_sweep_removes_expired_idempotency_keys() {
     assert_eq!(swept["expiredKeysRemoved"], 1);
     assert!(app.kv().keys_with_prefix("idem/").is_empty());
     assert!(app.kv().keys_with_prefix("idemexp/").is_empty());
-    // The request record stays: only the replay memory expired.
-    assert!(app.kv().get("request/wh-msg_expiring").is_some());
+    // The buffered record stays: only the replay memory expired.
+    assert_eq!(app.kv().keys_with_prefix("pend/ACCOUNT/a1/").len(), 1);
 }
