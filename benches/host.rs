@@ -150,6 +150,14 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
+/// The 1/5/15-minute load averages (other work on the machine skews every figure).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
 fn cpus() -> String {
     std::thread::available_parallelism()
         .map(|n| n.to_string())
@@ -250,7 +258,9 @@ fn mock_request(addr: SocketAddr, gong_auth: &str) -> anyhow::Result<hyper::Requ
         .context("building the request to the mock Gong")
 }
 
-async fn check_mock_response(response: hyper::Response<hyper::body::Incoming>) -> anyhow::Result<()> {
+async fn check_mock_response(
+    response: hyper::Response<hyper::body::Incoming>,
+) -> anyhow::Result<()> {
     let status = response.status();
     let body = response
         .into_body()
@@ -349,6 +359,7 @@ fn run() -> anyhow::Result<()> {
     ensure!(compiles > 0, "BENCH_HOST_COMPILES must be at least 1");
     check_nearest_rank();
     let bench_started = Instant::now();
+    let load_at_start = load_average();
 
     // Builds the component (cargo build --release --target wasm32-wasip2 --lib) and loads it
     // (possibly from the on-disk cache; the uncached compile is measured below).
@@ -410,6 +421,12 @@ fn run() -> anyhow::Result<()> {
         // --- requests ---
         let app = TestApp::builder()
             .var("integration_id", INTEGRATION_ID)
+            // The bridge's call budget (3 Gong calls/s, 450/hour, 9,000/day by default) would
+            // pace or refuse the benchmark's calls; 0 switches each limit off. The budget's KV
+            // bookkeeping still runs on every outbound call.
+            .var("gong_calls_per_second", "0")
+            .var("outbound_hourly_cap", "0")
+            .var("gong_daily_call_cap", "0")
             .guest_stderr(false)
             .build()
             .await;
@@ -467,16 +484,18 @@ fn run() -> anyhow::Result<()> {
 
         println!("## Host benchmark (`benches/host.rs`)");
         println!();
+        println!("Machine: {}, {} CPUs available.", cpu_model(), cpus());
         println!(
-            "Machine: {}, {} CPUs available; bench binary built with debug assertions {}, \
-             dependencies per the Cargo profile in use.",
-            cpu_model(),
-            cpus(),
-            if cfg!(debug_assertions) { "on (dev profile)" } else { "off" }
+            "Bench crate (tests/support host glue, plus the wasmtime/hyper/tokio generics \
+             monomorphised for it): debug assertions {}, CARGO_PROFILE_DEV_OPT_LEVEL at build \
+             time {}; dependencies per the Cargo profile in use.",
+            if cfg!(debug_assertions) { "on" } else { "off" },
+            option_env!("CARGO_PROFILE_DEV_OPT_LEVEL").unwrap_or("unset")
         );
         println!(
             "Warm-up {warmup}, then {n} measured per kind; requests sequential on one tokio \
-             multi-thread runtime, the 4 kinds interleaved round-robin."
+             multi-thread runtime, the 4 kinds interleaved round-robin. Call budget off \
+             (`gong_calls_per_second`, `outbound_hourly_cap`, `gong_daily_call_cap` = 0)."
         );
         println!();
         println!("### Component and host setup");
@@ -492,7 +511,7 @@ fn run() -> anyhow::Result<()> {
             wasm_size as f64 / 1024.0
         );
         println!(
-            "| compile, uncached (`Component::new` from bytes), {} run(s) | min {} ms, median {} ms, max {} ms |",
+            "| compile, uncached (`Component::new` from bytes), {} run(s) | min {} ms, p50 {} ms, max {} ms |",
             compile.n,
             ms(compile.min),
             ms(compile.p50),
@@ -554,6 +573,10 @@ fn run() -> anyhow::Result<()> {
         );
         println!();
         println!(
+            "Load average (1/5/15 min) at start {load_at_start}, at end {}.",
+            load_average()
+        );
+        println!(
             "Request phase {:.1} s; whole run {:.1} s (component build {:.1} s, initial load {} ms{}).",
             requests_time.as_secs_f64(),
             bench_started.elapsed().as_secs_f64(),
@@ -578,6 +601,12 @@ fn check_nearest_rank() {
     assert_eq!(nearest_rank(&five, 990), Duration::from_micros(50));
     assert_eq!(nearest_rank(&d(&[7]), 990), Duration::from_micros(7));
     let two_thousand = d(&(1..=2000).collect::<Vec<_>>());
-    assert_eq!(nearest_rank(&two_thousand, 500), Duration::from_micros(1000));
-    assert_eq!(nearest_rank(&two_thousand, 990), Duration::from_micros(1980));
+    assert_eq!(
+        nearest_rank(&two_thousand, 500),
+        Duration::from_micros(1000)
+    );
+    assert_eq!(
+        nearest_rank(&two_thousand, 990),
+        Duration::from_micros(1980)
+    );
 }

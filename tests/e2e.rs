@@ -5,6 +5,8 @@ mod support;
 
 #[path = "e2e/management.rs"]
 mod management;
+#[path = "e2e/nothing_lost.rs"]
+mod nothing_lost;
 #[path = "e2e/validation.rs"]
 mod validation;
 #[path = "e2e/webhooks.rs"]

@@ -243,6 +243,9 @@ fn flush_file(bridge: &Bridge, gong: &crate::gong::client::GongClient, integrati
     // The marker goes first: whatever happens next, a poll finds this file.
     bridge.store().put_json(&inflight_key(&client_request_id), &marker)?;
     let count = line_ids.len();
+    // Known now, so a failure below can clean up even if the request record was never stored.
+    let payload_chunks = ldjson.len().div_ceil(crate::store::CHUNK_BYTES);
+    let line_map_chunks = line_ids.iter().map(|id| id.len() + 1).sum::<usize>().div_ceil(crate::store::CHUNK_BYTES);
     let submitted = submit_tracked(
         bridge,
         gong,
@@ -269,10 +272,15 @@ fn flush_file(bridge: &Bridge, gong: &crate::gong::client::GongClient, integrati
             Ok(json!({"objectType": object_type, "clientRequestId": client_request_id, "records": count, "mergedVersions": merged}))
         }
         Err(error) => {
-            // Gong did not take the file: the records are still pending; forget the attempt.
+            // Gong did not take the file: the records are still pending; forget the attempt
+            // (the request record stays, NOT_SENT, as history of what Gong said).
             let _ = bridge.kv.delete(&inflight_key(&client_request_id));
-            if let Ok(Some(record)) = bridge.store().get_json::<crate::tracking::RequestRecord>(&crate::store::request_key(&client_request_id)) {
-                let _ = bridge.store().delete_blob(PAYLOAD, &client_request_id, record.payload_chunks);
+            let _ = bridge.store().delete_blob(PAYLOAD, &client_request_id, payload_chunks);
+            let _ = bridge.store().delete_blob(requests::LINES, &client_request_id, line_map_chunks);
+            if let Ok(Some(mut record)) = bridge.store().get_json::<crate::tracking::RequestRecord>(&crate::store::request_key(&client_request_id)) {
+                record.payload_chunks = 0;
+                record.line_map_chunks = 0;
+                let _ = bridge.store().put_json(&crate::store::request_key(&client_request_id), &record);
             }
             Err(match error {
                 ApiError::Kept { inner, .. } => match *inner {

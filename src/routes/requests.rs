@@ -41,7 +41,7 @@ pub struct RecordIndexEntry {
     pub line: usize,
     pub at: String,
 }
-const LINES: &str = "lines";
+pub const LINES: &str = "lines";
 
 pub struct Submission {
     pub client_request_id: String,

@@ -193,8 +193,15 @@ pub fn normalize_gong_datetime(s: &str) -> Result<OffsetDateTime, DateTimeProble
 /// Every value [`parse_gong_datetime`] returns converts to UTC; for an arbitrary value whose
 /// UTC equivalent is out of `time`'s range, its own offset is kept (`±HH:MM`) instead of panicking.
 pub fn format_gong_datetime(t: OffsetDateTime) -> String {
-    let t = t.checked_to_offset(UtcOffset::UTC).unwrap_or(t);
     let mut out = String::with_capacity(25);
+    write_gong_datetime(&mut out, t);
+    out
+}
+
+/// [`format_gong_datetime`] appending to `out`, so normalisation can reuse the buffer of the
+/// string it replaces instead of allocating one per value.
+pub(crate) fn write_gong_datetime(out: &mut String, t: OffsetDateTime) {
+    let t = t.checked_to_offset(UtcOffset::UTC).unwrap_or(t);
     // Writing into a String cannot fail.
     let _ = write!(
         out,
@@ -218,7 +225,6 @@ pub fn format_gong_datetime(t: OffsetDateTime) -> String {
             offset.minutes_past_hour().unsigned_abs()
         );
     }
-    out
 }
 
 /// Parses a Gong DATE: exactly `YYYY-MM-DD`, a real calendar date.

@@ -191,7 +191,7 @@ impl<'de> Visitor<'de> for Records<'_, '_> {
     }
 }
 
-/// A record's output line, stored in the shared buffer.
+/// A record's output line (with its '\n'), stored in the shared buffer.
 struct Pending {
     object_id: String,
     modified: OffsetDateTime,
@@ -250,6 +250,7 @@ impl<'s> Run<'s> {
                 match serde_json::to_writer(&mut self.lines, &checked.value) {
                     Ok(()) => {
                         self.received += 1;
+                        self.lines.push(b'\n');
                         self.pending.push(Pending {
                             object_id: checked.object_id,
                             modified: checked.modified,
@@ -310,7 +311,7 @@ impl<'s> Run<'s> {
                 rejected_records: self.rejected_records,
             });
         }
-        let (ldjson, line_object_ids, merged_duplicates) = assemble(&self.lines, self.pending);
+        let (ldjson, line_object_ids, merged_duplicates) = assemble(self.lines, self.pending);
         Ok(RecordBatch {
             ldjson,
             line_object_ids,
@@ -326,14 +327,18 @@ impl<'s> Run<'s> {
 /// Which items to keep, in output order: per objectId only the latest version (latest
 /// `modified`; on a tie, the later one in input order), sorted by `modified` ascending, ties in
 /// input order. Returns the kept indices and how many were merged away.
+///
+/// Instants are compared as nanoseconds since the epoch, computed once per item: comparing
+/// `OffsetDateTime`s converts both to UTC on every comparison.
 fn dedup_and_order<'a, T>(
     items: &'a [T],
     object_id: impl Fn(&'a T) -> &'a str,
     modified: impl Fn(&T) -> OffsetDateTime,
 ) -> (Vec<usize>, usize) {
-    let mut latest: HashMap<&str, (OffsetDateTime, usize)> = HashMap::with_capacity(items.len());
+    // Keyed by client-supplied objectIds, so this map keeps std's DoS-resistant hasher.
+    let mut latest: HashMap<&str, (i128, usize)> = HashMap::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
-        let m = modified(item);
+        let m = modified(item).unix_timestamp_nanos();
         match latest.entry(object_id(item)) {
             Entry::Vacant(e) => {
                 e.insert((m, i));
@@ -345,22 +350,29 @@ fn dedup_and_order<'a, T>(
             }
         }
     }
-    let merged = items.len() - latest.len();
+    let merged = items.len().saturating_sub(latest.len());
     // Sorting (modified, input index) pairs is a stable sort by modified.
-    let mut kept: Vec<(OffsetDateTime, usize)> = latest.into_values().collect();
+    let mut kept: Vec<(i128, usize)> = latest.into_values().collect();
     kept.sort_unstable();
     (kept.into_iter().map(|(_, i)| i).collect(), merged)
 }
 
-fn assemble(lines: &[u8], pending: Vec<Pending>) -> (Vec<u8>, Vec<String>, usize) {
+/// The output file from the shared buffer, where each record's line already ends in '\n'.
+fn assemble(lines: Vec<u8>, pending: Vec<Pending>) -> (Vec<u8>, Vec<String>, usize) {
     let (order, merged) = dedup_and_order(&pending, |p| p.object_id.as_str(), |p| p.modified);
+    let in_place = order.len() == pending.len() && order.iter().enumerate().all(|(k, &i)| k == i);
+    if in_place {
+        // Already sorted and without duplicates (typical of a CRM export): the buffer is the
+        // file, no copy needed.
+        let ids = pending.into_iter().map(|p| p.object_id).collect();
+        return (lines, ids, merged);
+    }
     let mut slots: Vec<Option<Pending>> = pending.into_iter().map(Some).collect();
-    let mut out = Vec::with_capacity(lines.len() + order.len());
+    let mut out = Vec::with_capacity(lines.len());
     let mut ids = Vec::with_capacity(order.len());
     for i in order {
         if let Some(p) = slots.get_mut(i).and_then(Option::take) {
             out.extend_from_slice(lines.get(p.start..p.end).unwrap_or_default());
-            out.push(b'\n');
             ids.push(p.object_id);
         }
     }
@@ -886,31 +898,6 @@ mod tests {
             .unwrap();
             b.ldjson.len()
         });
-        // TEMP-PROFILE
-        let parse_only = best(&mut || {
-            let mut n = 0;
-            for line in ldjson_body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                let v: Value = serde_json::from_slice(line).unwrap();
-                n += v.as_object().map_or(0, |m| m.len());
-            }
-            n
-        });
-        let validator = RecordValidator::new(ObjectType::Account, Some(&schema), opts());
-        let parse_validate = best(&mut || {
-            let mut w = Capped::new(10);
-            let mut n = 0;
-            for line in ldjson_body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                let v: Value = serde_json::from_slice(line).unwrap();
-                n += validator.validate(v, 0, None, &mut w).is_ok() as usize;
-            }
-            n
-        });
-        let ours_nb = best(&mut || {
-            let mut run = Run::new(RecordValidator::new(ObjectType::Account, Some(&schema), opts()), opts(), ldjson_body.len());
-            read_ldjson(&ldjson_body, &mut run);
-            run.pending.len()
-        });
-        println!("parse only {parse_only:?}, parse+validate {parse_validate:?}, parse+validate+serialise {ours_nb:?}");
         let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
         println!(
             "LDJSON {} MB: serde {base_ld:?}, validate+build {ours_ld:?} (x{:.2}), normalising {ours_norm:?} (x{:.2}); JSON array: serde {base_json:?}, validate+build {ours_json:?} (x{:.2})",

@@ -7,11 +7,12 @@
 //! the record's objectId and, when normalising, rewritten datetimes.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
-use super::datetime::{format_gong_datetime, lex, parse_gong_date};
+use super::datetime::{lex, parse_gong_date, write_gong_datetime};
 use super::{excerpt, json_kind, Capped, Violation};
 use crate::gong::models::{ObjectType, SchemaField};
 
@@ -77,6 +78,47 @@ pub(crate) fn serialize_failure(
     .with_object_id(Some(excerpt(object_id)))
 }
 
+/// Hashes field names and picklist values for the per-request lookup tables.
+///
+/// Every key of every record is looked up once, so the default SipHash was a measurable part of
+/// validating a large body. These tables are built once from the schema and never grow with the
+/// request, so a fast non-cryptographic (FxHash-style) hash is safe here: a crafted key can at
+/// worst slow its own lookup in a table of schema size.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct FieldHasher(u64);
+
+type FieldHash = BuildHasherDefault<FieldHasher>;
+
+impl FieldHasher {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::K);
+    }
+}
+
+impl Hasher for FieldHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        for &b in chunks.remainder() {
+            self.add(u64::from(b));
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// What a value of a field must look like.
 #[derive(Debug)]
 enum Check<'s> {
@@ -91,7 +133,7 @@ enum Check<'s> {
     Bool,
     SortOrder,
     Url,
-    OneOf(HashSet<&'s str>),
+    OneOf(HashSet<&'s str, FieldHash>),
     /// A schema field whose type this code does not know: anything goes.
     Any,
 }
@@ -166,7 +208,7 @@ pub(crate) struct Checked {
 #[derive(Debug)]
 enum Custom<'s> {
     /// The type has a schema and we know it: live fields by uniqueName.
-    Schema(HashMap<&'s str, Check<'s>>),
+    Schema(HashMap<&'s str, Check<'s>, FieldHash>),
     /// The type has a schema but the caller does not know it: every custom key is unknown.
     Unknown,
     /// BUSINESS_USER and STAGE: Gong has no custom-field schema for them.
@@ -213,7 +255,7 @@ impl<'s> RecordValidator<'s> {
         let custom = if !object_type.has_schema() {
             Custom::NoSchema
         } else if let Some(fields) = schema {
-            let mut map = HashMap::with_capacity(fields.len());
+            let mut map = HashMap::with_capacity_and_hasher(fields.len(), FieldHash::default());
             for f in fields {
                 // A field sent with isDeleted=true is gone at Gong, with its data.
                 if f.is_deleted == Some(true) {
@@ -588,7 +630,8 @@ impl<'s> RecordValidator<'s> {
         };
         if self.opts.normalize {
             if !lexed.is_canonical(s) {
-                *s = format_gong_datetime(lexed.at);
+                s.clear();
+                write_gong_datetime(s, lexed.at);
             }
             return Some(lexed.at);
         }

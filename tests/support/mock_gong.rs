@@ -334,6 +334,13 @@ impl MockGong {
     pub fn reset(&self) {
         *self.inner.shared.lock() = MockState::default();
     }
+    /// Drops every scripted response (one-shot and sticky) but keeps what was received:
+    /// "the faults stop".
+    pub fn unscript(&self) {
+        let mut state = self.inner.shared.lock();
+        state.one_shot.clear();
+        state.sticky.clear();
+    }
 
     /// One-shot responses not consumed yet: `(method, path, count)`, sorted.
     pub fn unused_responses(&self) -> Vec<(String, String, usize)> {
