@@ -16,8 +16,14 @@
 //!
 //! ```text
 //! cargo bench --profile dev --bench host          # deps at opt-level 2, no wasmtime rebuild
+//! CARGO_PROFILE_DEV_OPT_LEVEL=2 cargo bench --profile dev --bench host
 //! BENCH_HOST_REQUESTS=5000 cargo bench --profile dev --bench host
 //! ```
+//!
+//! The second form is the one to publish: with the plain dev profile this crate itself (the
+//! tests/support host glue and every wasmtime/hyper/tokio generic monomorphised for its
+//! `HostState`) is at opt-level 0, which about doubles the request latencies. It recompiles
+//! only this crate, not wasmtime (`--profile bench` would rebuild everything at opt-level 3).
 //!
 //! Knobs (env): `BENCH_HOST_REQUESTS` (measured per kind, default 2000), `BENCH_HOST_WARMUP`
 //! (default 200), `BENCH_HOST_COMPILES` (uncached compiles, default 3).

@@ -29,6 +29,8 @@ const CHECK_EVERY_SECONDS: i64 = 5;
 pub const POLLS_PER_REQUEST: usize = 3;
 /// Files one request may send, so that one request stays bounded.
 const FILES_PER_REQUEST: usize = 12;
+/// Deliveries listed in a flushed file's request record (the rest are counted only).
+const MAX_DELIVERIES_LISTED: usize = 1_000;
 
 fn latest_key(object_type: ObjectType, object_id: &str) -> String {
     format!("{LATEST_PREFIX}{}/{object_id}", object_type.as_str())
@@ -68,6 +70,24 @@ pub struct Failure {
 
 // ----- buffering ---------------------------------------------------------------------------
 
+/// A pending version's value: the delivery (webhook-id) that brought it, a newline, then the
+/// LDJSON line. Header values cannot hold a newline and LDJSON lines hold none, so the first
+/// newline always separates the two.
+fn pending_value(delivery: &str, line: &[u8]) -> Vec<u8> {
+    let mut value = Vec::with_capacity(delivery.len() + 1 + line.len());
+    value.extend_from_slice(delivery.as_bytes());
+    value.push(b'\n');
+    value.extend_from_slice(line);
+    value
+}
+
+fn split_pending_value(value: &[u8]) -> (&str, &[u8]) {
+    match value.iter().position(|b| *b == b'\n') {
+        Some(at) => (std::str::from_utf8(&value[..at]).unwrap_or(""), &value[at + 1..]),
+        None => ("", value),
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Buffered {
     pub accepted: usize,
@@ -77,7 +97,7 @@ pub struct Buffered {
 
 /// Writes validated records to the pending buffer. Each version gets a key of its own, written
 /// before anything else, so once this returns Ok the records are the bridge's responsibility.
-pub fn buffer_records(bridge: &Bridge, object_type: ObjectType, records: Vec<ValidRecord>) -> Result<Buffered, ApiError> {
+pub fn buffer_records(bridge: &Bridge, object_type: ObjectType, records: Vec<ValidRecord>, delivery: &str) -> Result<Buffered, ApiError> {
     let store = bridge.store();
     let now = bridge.clock.now().unix_timestamp();
     let mut outcome = Buffered::default();
@@ -89,7 +109,7 @@ pub fn buffer_records(bridge: &Bridge, object_type: ObjectType, records: Vec<Val
             continue;
         }
         let key = PendingKey { object_type, object_id: record.object_id.clone(), modified, received: now, bytes: record.line.len(), attempt: 0 };
-        bridge.kv.set(&key.encode(), &record.line)?;
+        bridge.kv.set(&key.encode(), &pending_value(delivery, &record.line))?;
         // A hint for late, older deliveries; pending versions themselves decide at flush time.
         if latest.is_none_or(|l| l < modified) {
             store.put_json(&latest_key(object_type, &record.object_id), &modified)?;
@@ -226,13 +246,19 @@ fn flush_due(bridge: &Bridge, pending: &mut Vec<PendingKey>, limits: buffer::Flu
 /// Sends one file. Its pending versions are deleted only after Gong's 201.
 fn flush_file(bridge: &Bridge, gong: &crate::gong::client::GongClient, integration_id: i64, object_type: ObjectType, chosen: &[PendingKey]) -> Result<Value, ApiError> {
     let mut records = Vec::with_capacity(chosen.len());
+    let mut deliveries = Vec::new();
     let mut attempt = 0;
     for key in chosen {
         // A version deleted meanwhile (another flush) is simply not in this file.
-        let Some(line) = bridge.kv.get(&key.encode())? else { continue };
+        let Some(value) = bridge.kv.get(&key.encode())? else { continue };
         let Ok(modified) = time::OffsetDateTime::from_unix_timestamp(key.modified) else { continue };
         attempt = attempt.max(key.attempt);
-        records.push(ValidRecord { object_id: key.object_id.clone(), modified, line });
+        let (delivery, line) = split_pending_value(&value);
+        // The request record lists the deliveries behind its file (capped: it must stay small).
+        if !delivery.is_empty() && deliveries.len() < MAX_DELIVERIES_LISTED {
+            deliveries.push(delivery.to_owned());
+        }
+        records.push(ValidRecord { object_id: key.object_id.clone(), modified, line: line.to_vec() });
     }
     let (ldjson, line_ids, merged) = validation::build_ldjson(records);
     if line_ids.is_empty() {
@@ -262,7 +288,14 @@ fn flush_file(bridge: &Bridge, gong: &crate::gong::client::GongClient, integrati
         },
     );
     match submitted {
-        Ok(_) => {
+        Ok(tracked) => {
+            if !deliveries.is_empty() {
+                let mut record = tracked.record;
+                record.deliveries = deliveries;
+                if let Err(e) = bridge.store().put_json(&crate::store::request_key(&client_request_id), &record) {
+                    eprintln!("gong-crm-bridge: could not list the deliveries of {client_request_id}: {e}");
+                }
+            }
             for key in chosen {
                 // A failed delete only means the version is sent again later: duplicate, not lost.
                 if let Err(e) = bridge.kv.delete(&key.encode()) {
@@ -354,7 +387,7 @@ fn settle_file(bridge: &Bridge, record: &crate::tracking::RequestRecord, marker:
                 let Some((object_id, modified)) = identify(line) else { continue };
                 if marker.attempt == 0 {
                     let key = PendingKey { object_type: marker.object_type, object_id, modified, received: now_unix, bytes: line.len(), attempt: 1 };
-                    bridge.kv.set(&key.encode(), line)?;
+                    bridge.kv.set(&key.encode(), &pending_value("", line))?;
                     report.requeued += 1;
                 } else {
                     add_failure(bridge, marker.object_type, object_id, modified, &description, id, &now, line)?;
@@ -429,7 +462,7 @@ pub fn retry_failures(bridge: &Bridge, object_type: Option<ObjectType>, ids: Opt
     for f in failures.into_iter().filter(|f| ids.is_none_or(|ids| ids.contains(&f.object_id))) {
         let key = PendingKey { object_type: f.object_type, object_id: f.object_id.clone(), modified: f.modified, received: now, bytes: f.line.len(), attempt: 0 };
         // Pending first, then the failure entry goes: a crash between leaves both, never neither.
-        bridge.kv.set(&key.encode(), f.line.as_bytes())?;
+        bridge.kv.set(&key.encode(), &pending_value("", f.line.as_bytes()))?;
         bridge.kv.delete(&failure_key(f.object_type, &f.object_id))?;
         requeued += 1;
     }

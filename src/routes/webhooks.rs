@@ -116,7 +116,7 @@ fn buffer(bridge: &Bridge, object_type_raw: &str, records_json: &[u8], delivery:
         return Err(violations_to_problem("Invalid records", "the delivery's records are invalid; nothing was accepted", violations, None));
     }
     let status_urls: Vec<String> = valid.iter().take(100).map(|r| format!("/records/{}/{}/status", object_type.as_str(), r.object_id)).collect();
-    let buffered = flush::buffer_records(bridge, object_type, valid)?;
+    let buffered = flush::buffer_records(bridge, object_type, valid, delivery)?;
     let mut response = crate::problem::json_response(
         202,
         &serde_json::json!({

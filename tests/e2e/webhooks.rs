@@ -288,6 +288,9 @@ async fn a_records_status_through_its_life_and_request_listing() {
     let s = status(app.clone()).await;
     assert_eq!(s["state"], "failed");
     assert_eq!(s["explanation"], "name too long");
+    let request = expect(&call(&app, "GET", &format!("/requests/{sent_in}"), &[], Vec::new()).await, 200);
+    assert_eq!(request["deliveries"], json!(["msg_life"]), "the request names the delivery behind it");
+    assert_eq!(request["errors"][0]["objectId"], "a1");
 
     // Listing, newest first, filtered and paginated.
     expect(&deliver(&app, "msg_second", &upsert("b1", "2024-01-01T00:00:00Z")).await, 202);
