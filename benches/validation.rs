@@ -145,6 +145,9 @@ impl WasmProbe {
             .with_context(|| format!("compiling {}", path.display()))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        // The crate's Spin edge (wasi:http, Spin key-value/variables) is linked in but never
+        // called by the probe.
+        linker.define_unknown_imports_as_traps(&component)?;
         Ok(WasmProbe { engine, component, linker })
     }
 

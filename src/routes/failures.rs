@@ -19,10 +19,22 @@ fn object_type_param(raw: &str) -> Result<ObjectType, ApiError> {
     })
 }
 
-/// `POST /flush[?force=true]`: for a Spin cron trigger or any external scheduler.
+/// `POST /flush[?force=true]`: for a Spin cron trigger or any external scheduler. Also sweeps
+/// expired idempotency keys, so one scheduled call does all the housekeeping.
 pub fn flush_now(bridge: &Bridge, request: &Request) -> Result<Response, ApiError> {
     let report = flush::run(bridge, query_flag(request, "force")?)?;
-    let mut response = json_response(200, &serde_json::to_value(&report).unwrap_or_default());
+    let mut body = serde_json::to_value(&report).unwrap_or_default();
+    let idem = crate::idempotency::Idempotency {
+        kv: bridge.kv,
+        clock: bridge.clock,
+        ttl: crate::settings::idempotency_ttl(bridge.config),
+        settle: crate::settings::idempotency_settle(bridge.config),
+    };
+    match idem.sweep() {
+        Ok(removed) => body["expiredKeysRemoved"] = json!(removed),
+        Err(e) => body["sweepError"] = json!(e.to_string()),
+    }
+    let mut response = json_response(200, &body);
     if let Some(until) = report.throttled_until {
         let wait = (until - bridge.clock.now().unix_timestamp()).max(1);
         if let Ok(v) = http::HeaderValue::from_str(&wait.to_string()) {

@@ -27,8 +27,10 @@ const NEXT_CHECK_KEY: &str = "flush/next-check";
 const CHECK_EVERY_SECONDS: i64 = 5;
 /// Status polls of in-flight files per request, so that a request stays fast.
 pub const POLLS_PER_REQUEST: usize = 3;
-/// Files one request may send, so that one request stays bounded.
+/// Files one `POST /flush` may send, so that one request stays bounded.
 const FILES_PER_REQUEST: usize = 12;
+/// Files an ordinary request (a webhook, say) may send on the side, so that it stays fast.
+const FILES_PER_ORDINARY_REQUEST: usize = 2;
 /// Deliveries listed in a flushed file's request record (the rest are counted only).
 const MAX_DELIVERIES_LISTED: usize = 1_000;
 
@@ -144,12 +146,16 @@ pub fn check(bridge: &Bridge) -> Result<FlushReport, ApiError> {
         return Ok(FlushReport::default());
     }
     bridge.store().put_json(NEXT_CHECK_KEY, &(now + CHECK_EVERY_SECONDS))?;
-    run(bridge, false)
+    run_bounded(bridge, false, FILES_PER_ORDINARY_REQUEST)
 }
 
 /// Flushes every type that is due (all pending ones with `force`), in dependency order, then
 /// polls in-flight files.
 pub fn run(bridge: &Bridge, force: bool) -> Result<FlushReport, ApiError> {
+    run_bounded(bridge, force, FILES_PER_REQUEST)
+}
+
+fn run_bounded(bridge: &Bridge, force: bool, max_files: usize) -> Result<FlushReport, ApiError> {
     let mut report = FlushReport { scanned: true, ..Default::default() };
     let keys = bridge.kv.keys()?;
     let mut pending: Vec<PendingKey> = keys.iter().filter_map(|k| PendingKey::decode(k)).collect();
@@ -162,7 +168,7 @@ pub fn run(bridge: &Bridge, force: bool) -> Result<FlushReport, ApiError> {
         report.throttled_until = Some(until);
         report.note = Some(format!("Gong calls are paused until {until} (Unix time); records stay buffered and go then"));
     } else if !pending.is_empty() {
-        flush_due(bridge, &mut pending, limits, force, now, &mut report)?;
+        flush_due(bridge, &mut pending, limits, force, now, max_files, &mut report)?;
     }
     if report.throttled_until.is_none() {
         poll_inflight(bridge, &inflight, &mut report)?;
@@ -179,7 +185,15 @@ fn blocked_until(bridge: &Bridge, now: i64) -> Result<Option<i64>, ApiError> {
     Ok((state.blocked_until > now).then_some(state.blocked_until))
 }
 
-fn flush_due(bridge: &Bridge, pending: &mut Vec<PendingKey>, limits: buffer::FlushLimits, force: bool, now: i64, report: &mut FlushReport) -> Result<(), ApiError> {
+fn flush_due(
+    bridge: &Bridge,
+    pending: &mut Vec<PendingKey>,
+    limits: buffer::FlushLimits,
+    force: bool,
+    now: i64,
+    max_files: usize,
+    report: &mut FlushReport,
+) -> Result<(), ApiError> {
     let summaries = buffer::summarize(pending);
     let due: Vec<ObjectType> = FLUSH_ORDER
         .into_iter()
@@ -206,7 +220,7 @@ fn flush_due(bridge: &Bridge, pending: &mut Vec<PendingKey>, limits: buffer::Flu
         for object_type in due {
             // Several files while the type stays due (e.g. far more than batch_max_records).
             loop {
-                if report.files.len() >= FILES_PER_REQUEST {
+                if report.files.len() >= max_files {
                     return Ok(());
                 }
                 let summary = buffer::summarize(pending).remove(&object_type).unwrap_or_default();
