@@ -16,14 +16,20 @@
 //! crate it would drag the host-only dev-dependencies (wasmtime, tokio, …) into the wasm build.
 //! It then runs in wasmtime (cranelift, default settings) as a WASI command.
 //!
-//! Environment: `VALIDATION_BENCH_ITERATIONS` (native, default 5), `VALIDATION_BENCH_WASM_ITERATIONS`
-//! (default 3), `VALIDATION_BENCH_SKIP_WASM=1`.
+//! Environment: `VALIDATION_BENCH_ITERATIONS` (native, default 7), `VALIDATION_BENCH_WASM_ITERATIONS`
+//! (default 5), `VALIDATION_BENCH_SKIP_WASM=1`. Every sample is printed on stderr.
 
 #[path = "../examples/validation_probe.rs"]
 #[allow(dead_code)]
 mod probe;
+// For its linker: the probe links the crate, whose Spin edge imports wasi:http and Spin's
+// key-value and variables (never called by the probe, but they must resolve).
+#[path = "../tests/support/mod.rs"]
+mod support;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context as _};
@@ -33,7 +39,11 @@ use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store};
 use wasmtime_wasi::p2::bindings::Command;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::WasiCtx;
+use wasmtime_wasi_http::WasiHttpCtx;
+
+use support::outbound::{OutboundHooks, OutboundLog};
+use support::{HostState, MemKv};
 
 const BODY_BYTES: usize = 50_000_000;
 const MEMORY_CASES: [&str; 3] = ["ldjson", "ldjson-sorted", "json"];
@@ -120,21 +130,10 @@ strip = true
     Ok(target_dir().join("wasm32-wasip2").join(PROBE_PROFILE).join("validation_probe.wasm"))
 }
 
-struct ProbeState {
-    wasi: WasiCtx,
-    table: ResourceTable,
-}
-
-impl WasiView for ProbeState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
-    }
-}
-
 struct WasmProbe {
     engine: Engine,
     component: Component,
-    linker: Linker<ProbeState>,
+    linker: Linker<HostState>,
 }
 
 impl WasmProbe {
@@ -144,10 +143,7 @@ impl WasmProbe {
             .map_err(anyhow::Error::from)
             .with_context(|| format!("compiling {}", path.display()))?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        // The crate's Spin edge (wasi:http, Spin key-value/variables) is linked in but never
-        // called by the probe.
-        linker.define_unknown_imports_as_traps(&component)?;
+        support::spin::add_to_linker(&mut linker)?;
         Ok(WasmProbe { engine, component, linker })
     }
 
@@ -156,8 +152,15 @@ impl WasmProbe {
         let stdout = MemoryOutputPipe::new(1 << 20);
         let mut argv = vec!["validation_probe"];
         argv.extend_from_slice(args);
-        let wasi = WasiCtx::builder().args(&argv).stdout(stdout.clone()).inherit_stderr().build();
-        let mut store = Store::new(&self.engine, ProbeState { wasi, table: ResourceTable::new() });
+        let state = HostState {
+            wasi: WasiCtx::builder().args(&argv).stdout(stdout.clone()).inherit_stderr().build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            hooks: OutboundHooks { allowed: Vec::new(), log: Arc::new(OutboundLog::default()) },
+            kv: MemKv::new(),
+            vars: HashMap::new(),
+        };
+        let mut store = Store::new(&self.engine, state);
         let command = Command::instantiate_async(&mut store, &self.component, &self.linker).await?;
         if command.wasi_cli_run().call_run(&mut store).await?.is_err() {
             bail!("the probe exited with an error ({args:?})");
@@ -201,8 +204,8 @@ fn memory_cell(report: Option<&Value>) -> String {
 
 fn main() -> anyhow::Result<()> {
     let started = Instant::now();
-    let iterations = env_usize("VALIDATION_BENCH_ITERATIONS", 5);
-    let wasm_iterations = env_usize("VALIDATION_BENCH_WASM_ITERATIONS", 3);
+    let iterations = env_usize("VALIDATION_BENCH_ITERATIONS", 7);
+    let wasm_iterations = env_usize("VALIDATION_BENCH_WASM_ITERATIONS", 5);
     let skip_wasm = std::env::var("VALIDATION_BENCH_SKIP_WASM").is_ok_and(|v| v == "1");
 
     eprintln!("[validation bench] native: 100,000 records, {iterations} iterations");
@@ -240,6 +243,16 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
+    for (side, report) in [("native", Some(&native)), ("wasm", wasm.as_ref())] {
+        let Some(report) = report else { continue };
+        for variant in probe::VARIANTS {
+            let samples: Vec<String> = report["variants"][variant]["samples_s"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_f64).map(|s| format!("{s:.3}")).collect())
+                .unwrap_or_default();
+            eprintln!("[validation bench] {side} {variant}: samples (s) {}", samples.join(" "));
+        }
+    }
     let n = native["records"].as_u64().unwrap_or(0);
     let ld = native["ldjson_bytes"].as_f64().unwrap_or(f64::NAN);
     let js = native["json_bytes"].as_f64().unwrap_or(f64::NAN);

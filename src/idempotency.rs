@@ -193,11 +193,14 @@ impl<'a> Idempotency<'a> {
         self.begin(scope, raw_key, fingerprint)
     }
 
-    /// Stores the final answer. Server-side failures (5xx) are not stored: the key is released
-    /// so that a retry runs again (the data it carried is kept elsewhere, see `routes::requests`).
+    /// Stores the final answer of a request that took effect (2xx/3xx). Any other answer
+    /// releases the key, as Stripe and the IETF draft do: a request refused by validation, or
+    /// one that failed on Gong's side, changed nothing, so the same key may be used again with
+    /// a corrected body or for a retry (data a failed request carried is kept elsewhere, see
+    /// `routes::requests`).
     pub fn complete(&self, claim: Claim, response: &Response) -> Result<(), KvError> {
         let status = response.status().as_u16();
-        if status >= 500 || status == 429 {
+        if status >= 400 {
             return self.abandon(claim);
         }
         let mut entry = claim.entry;
@@ -294,6 +297,16 @@ mod tests {
         assert_eq!(idem.begin_checked("webhooks", "msg_1", "fp2").err().unwrap().status(), 422);
         // Scopes are separate.
         assert!(matches!(idem.begin_checked("other", "msg_1", "fp2").unwrap(), Begin::Proceed(_)));
+    }
+
+    #[test]
+    fn refused_requests_release_the_key_for_a_corrected_body() {
+        let kv = MemoryKv::default();
+        let clock = FakeClock(Cell::new(1_000));
+        let idem = Idempotency { kv: &kv, clock: &clock, ttl: DEFAULT_TTL, settle: Duration::ZERO };
+        let Begin::Proceed(claim) = idem.begin_checked("s", "k", "bad-body").unwrap() else { panic!() };
+        idem.complete(claim, &ok(422, "{}")).unwrap();
+        assert!(matches!(idem.begin_checked("s", "k", "fixed-body").unwrap(), Begin::Proceed(_)));
     }
 
     #[test]

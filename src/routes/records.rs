@@ -76,12 +76,17 @@ pub fn upload_records(bridge: &Bridge, input: UploadInput) -> Result<Response, A
     let schema = if object_type.has_schema() { bridge.store().schema(object_type)? } else { None };
     let options = input.options;
     let batch = validation::validate_records(object_type, input.body, input.format, schema.as_deref(), options).map_err(|rejection| {
-        violations_to_problem(
-            "Invalid records",
-            &format!(
+        let detail = if rejection.received == 0 {
+            "the body was refused before any record could be read; nothing was sent to Gong".to_owned()
+        } else {
+            format!(
                 "{} of {} record(s) failed validation; nothing was sent to Gong",
                 rejection.rejected_records, rejection.received
-            ),
+            )
+        };
+        violations_to_problem(
+            "Invalid records",
+            &detail,
             rejection.violations,
             Some(rejection.total_violations),
         )
