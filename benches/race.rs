@@ -8,30 +8,20 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-use support::{MemKv, TestApp, WEBHOOK_SECRET_BYTES};
+use support::{MemKv, TestApp};
 
 const TRIALS: usize = 20;
 const DELIVERIES: usize = 50;
 
-fn signed(id: &str, body: &[u8]) -> (String, String) {
-    let ts = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs().to_string();
-    let mut mac = Hmac::<Sha256>::new_from_slice(WEBHOOK_SECRET_BYTES).expect("any key length");
-    mac.update(format!("{id}.{ts}.").as_bytes());
-    mac.update(body);
-    (ts, format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())))
-}
 
 async fn round(apps: &[TestApp], id: &str) -> usize {
     let body = format!(
         r#"{{"type":"record.upserted","data":{{"objectType":"ACCOUNT","record":{{"objectId":"{id}","modifiedDate":"2024-01-01T00:00:00Z"}}}}}}"#
     )
     .into_bytes();
-    let (ts, sig) = signed(id, &body);
+    let (ts, sig) = support::signed_now(id, &body);
     let mut tasks = Vec::new();
     for i in 0..DELIVERIES {
         let app = apps[i % apps.len()].clone();

@@ -10,21 +10,11 @@ mod support;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-use support::{MemKv, TestApp, WEBHOOK_SECRET_BYTES};
+use support::{MemKv, TestApp};
 
 const WARMUP: usize = 100;
 const SAMPLES: usize = 1_000;
 
-fn signed(id: &str, body: &[u8]) -> (String, String) {
-    let ts = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_secs().to_string();
-    let mut mac = Hmac::<Sha256>::new_from_slice(WEBHOOK_SECRET_BYTES).expect("any key length");
-    mac.update(format!("{id}.{ts}.").as_bytes());
-    mac.update(body);
-    (ts, format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())))
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     // Nearest-rank.
@@ -40,7 +30,7 @@ async fn measure(app: &TestApp, label: &str) {
             r#"{{"type":"record.upserted","data":{{"objectType":"CONTACT","record":{{"objectId":"{id}","modifiedDate":"2024-01-01T00:00:00Z","accountId":"a1","emailAddress":"x@acme.com"}}}}}}"#
         )
         .into_bytes();
-        let (ts, sig) = signed(&id, &body);
+        let (ts, sig) = support::signed_now(&id, &body);
         let started = Instant::now();
         let r = app
             .request("POST", "/webhooks", &[("webhook-id", &id), ("webhook-timestamp", &ts), ("webhook-signature", &sig)], body)

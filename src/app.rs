@@ -33,6 +33,16 @@ impl<'a> Bridge<'a> {
         crate::validation::format_gong_datetime(self.clock.now())
     }
 
+    /// Idempotency keys over this bridge's store, with the configured expiry and settle time.
+    pub fn idempotency(&self) -> crate::idempotency::Idempotency<'a> {
+        crate::idempotency::Idempotency {
+            kv: self.kv,
+            clock: self.clock,
+            ttl: settings::idempotency_ttl(self.config),
+            settle: settings::idempotency_settle(self.config),
+        }
+    }
+
     pub fn gong(&self) -> Result<GongClient, ApiError> {
         settings::gong_client(self.config)
     }
@@ -216,12 +226,7 @@ fn with_idempotency(
             "Idempotency-Key must be 1 to 64 characters of letters, digits, '-' or '_' (Gong's clientRequestId rule)",
         ));
     }
-    let idem = crate::idempotency::Idempotency {
-        kv: bridge.kv,
-        clock: bridge.clock,
-        ttl: settings::idempotency_ttl(bridge.config),
-        settle: settings::idempotency_settle(bridge.config),
-    };
+    let idem = bridge.idempotency();
     let scope = format!("{} {}", request.method(), request.uri().path());
     let claim = match idem.begin_checked(&scope, &key, &crate::idempotency::fingerprint(request.body()))? {
         crate::idempotency::Begin::Replay(response) => return Ok(response),
@@ -236,12 +241,7 @@ fn with_idempotency(
 
 /// `POST /sweep`: removes expired idempotency keys (for a Spin cron trigger or any scheduler).
 fn sweep(bridge: &Bridge) -> Result<Response, ApiError> {
-    let idem = crate::idempotency::Idempotency {
-        kv: bridge.kv,
-        clock: bridge.clock,
-        ttl: settings::idempotency_ttl(bridge.config),
-        settle: settings::idempotency_settle(bridge.config),
-    };
+    let idem = bridge.idempotency();
     let removed = idem.sweep()?;
     Ok(crate::problem::json_response(200, &serde_json::json!({ "expiredKeysRemoved": removed })))
 }

@@ -24,12 +24,7 @@ fn object_type_param(raw: &str) -> Result<ObjectType, ApiError> {
 pub fn flush_now(bridge: &Bridge, request: &Request) -> Result<Response, ApiError> {
     let report = flush::run(bridge, query_flag(request, "force")?)?;
     let mut body = serde_json::to_value(&report).unwrap_or_default();
-    let idem = crate::idempotency::Idempotency {
-        kv: bridge.kv,
-        clock: bridge.clock,
-        ttl: crate::settings::idempotency_ttl(bridge.config),
-        settle: crate::settings::idempotency_settle(bridge.config),
-    };
+    let idem = bridge.idempotency();
     match idem.sweep() {
         Ok(removed) => body["expiredKeysRemoved"] = json!(removed),
         Err(e) => body["sweepError"] = json!(e.to_string()),

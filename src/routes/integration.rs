@@ -52,14 +52,7 @@ pub fn register_integration(bridge: &Bridge, name: Option<String>, owner_email: 
                 op,
                 error: GongError::BadBody { status: response.status().as_u16(), detail: "no integrationId in the answer".into() },
             })?;
-            let kept = KeptIntegration {
-                integration_id: id,
-                source: "registered".into(),
-                name: Some(name),
-                owner_email: Some(owner_email),
-                kept_at: bridge.now(),
-            };
-            bridge.store().put_json(INTEGRATION_KEY, &kept)?;
+            keep(bridge, id, "registered", Some(name), Some(owner_email))?;
             Ok(json_response(
                 200,
                 &json!({
@@ -83,14 +76,7 @@ fn adopt_existing(bridge: &Bridge, gong: &crate::gong::client::GongClient, confl
              the company may use a native CRM integration (Salesforce, HubSpot), which must be removed first"
         )));
     };
-    let kept = KeptIntegration {
-        integration_id: id,
-        source: "adopted".into(),
-        name: existing.name.clone(),
-        owner_email: existing.owner_email.clone(),
-        kept_at: bridge.now(),
-    };
-    bridge.store().put_json(INTEGRATION_KEY, &kept)?;
+    keep(bridge, id, "adopted", existing.name.clone(), existing.owner_email.clone())?;
     Ok(json_response(
         200,
         &json!({
@@ -101,6 +87,12 @@ fn adopt_existing(bridge: &Bridge, gong: &crate::gong::client::GongClient, confl
             "message": "Gong already had a Generic CRM integration (409); the bridge adopted it instead of registering another",
         }),
     ))
+}
+
+/// Keeps the integrationId the bridge uses from now on, and where it came from.
+fn keep(bridge: &Bridge, integration_id: i64, source: &str, name: Option<String>, owner_email: Option<String>) -> Result<(), ApiError> {
+    let kept = KeptIntegration { integration_id, source: source.to_owned(), name, owner_email, kept_at: bridge.now() };
+    bridge.store().put_json(INTEGRATION_KEY, &kept)
 }
 
 /// Gong's list plus the integrationId the bridge uses (and where it comes from).

@@ -6,7 +6,7 @@ use sha2::Digest;
 use subtle::ConstantTimeEq;
 
 use crate::app::Bridge;
-use crate::idempotency::{self, Begin, Idempotency};
+use crate::idempotency::{self, Begin};
 use crate::ports::{Request, Response};
 use crate::problem::ApiError;
 use crate::routes::{integration, schema, violations_to_problem};
@@ -61,12 +61,7 @@ fn authenticate(bridge: &Bridge, request: &Request) -> Result<String, ApiError> 
 
 pub fn receive(bridge: &Bridge, request: &Request) -> Result<Response, ApiError> {
     let delivery = authenticate(bridge, request)?;
-    let idem = Idempotency {
-        kv: bridge.kv,
-        clock: bridge.clock,
-        ttl: settings::idempotency_ttl(bridge.config),
-        settle: settings::idempotency_settle(bridge.config),
-    };
+    let idem = bridge.idempotency();
     let claim = match idem.begin_checked("webhooks", &delivery, &idempotency::fingerprint(request.body()))? {
         Begin::Replay(response) => return Ok(response),
         Begin::Proceed(claim) => claim,

@@ -5,27 +5,15 @@
 //! target/nothing-lost-report.txt).
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
-use crate::support::{MockResponse, TestApp, TestResponse, WEBHOOK_SECRET_BYTES};
+use crate::support::{signed_now, MockResponse, TestApp, TestResponse};
 use crate::{call, expect, INTEGRATION_ID};
 
-fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
-}
-
 async fn deliver(app: &TestApp, id: &str, body: &[u8]) -> TestResponse {
-    let ts = now();
-    let mut mac = Hmac::<Sha256>::new_from_slice(WEBHOOK_SECRET_BYTES).unwrap();
-    mac.update(format!("{id}.{ts}.").as_bytes());
-    mac.update(body);
-    let sig = format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()));
-    let ts = ts.to_string();
+    let (ts, sig) = signed_now(id, body);
     app.request("POST", "/webhooks", &[("webhook-id", id), ("webhook-timestamp", &ts), ("webhook-signature", &sig)], body.to_vec()).await
 }
 

@@ -4,28 +4,21 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
-use crate::support::{webhook_secret, MemKv, MockResponse, TestApp, TestResponse, WEBHOOK_SECRET_BYTES};
+use crate::support::{sign_webhook_with, webhook_secret, MemKv, MockResponse, TestApp, TestResponse, WEBHOOK_SECRET_BYTES};
 use crate::{call, expect, INTEGRATION_ID};
 
 fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
-/// Computed here, independently of the component's code.
 fn sign_with(key: &[u8], id: &str, ts: i64, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
-    mac.update(format!("{id}.{ts}.").as_bytes());
-    mac.update(body);
-    format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
+    sign_webhook_with(key, id, ts, body)
 }
 
 fn sign(id: &str, ts: i64, body: &[u8]) -> String {
-    sign_with(WEBHOOK_SECRET_BYTES, id, ts, body)
+    sign_webhook_with(WEBHOOK_SECRET_BYTES, id, ts, body)
 }
 
 async fn app_with(kv: Option<MemKv>, settle_ms: &str) -> TestApp {
