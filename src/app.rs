@@ -133,7 +133,9 @@ pub fn handle(bridge: &Bridge, request: Request) -> Response {
         Ok(response) => {
             // Every served request also checks whether buffered records are due (cheap unless
             // a scan is due); a problem there never changes this request's answer.
-            if checks_buffer && response.status().as_u16() != 401 {
+            // Only after a served (2xx) request: an unauthenticated caller cannot make the bridge
+            // scan its store.
+            if checks_buffer && response.status().is_success() {
                 if let Err(e) = routes::flush::check(bridge) {
                     eprintln!("gong-crm-bridge: buffer check: {e}");
                 }
