@@ -52,16 +52,7 @@ fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-fn manifest_dir() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => manifest_dir().join(dir),
-        None => manifest_dir().join("target"),
-    }
-}
+use support::{manifest_dir, target_dir};
 
 // ----- the probe in wasm ---------------------------------------------------------------------
 

@@ -352,10 +352,13 @@ fn poll_inflight(bridge: &Bridge, inflight: &[String], report: &mut FlushReport)
             Ok(record) => record,
             // No record: the file never reached Gong (the bridge stopped before storing it);
             // its versions are still pending.
-            Err(_) => {
+            Err(ApiError::NotFoundResource(_)) => {
                 store.delete(&inflight_key(client_request_id))?;
                 continue;
             }
+            // Anything else (the store failing) must not drop the marker of a file Gong may
+            // hold: its failed lines would never reach the failure store.
+            Err(e) => return Err(e),
         };
         if record.status == TrackedStatus::NotSent {
             store.delete(&inflight_key(client_request_id))?;
@@ -389,7 +392,12 @@ fn settle_file(bridge: &Bridge, record: &crate::tracking::RequestRecord, marker:
     let id = &record.client_request_id;
     if record.status == TrackedStatus::Failed {
         let Some(payload) = store.get_blob(PAYLOAD, id, record.payload_chunks)? else {
-            return Err(ApiError::Internal(format!("file {id} failed but its payload is gone")));
+            // Cannot happen unless a chunk was removed by hand; failing here on every poll would
+            // stop all later polling, so the file is let go. Its failed lines stay visible by
+            // objectId in GET /requests/{id}.
+            eprintln!("gong-crm-bridge: file {id} failed but its payload is gone; see GET /requests/{id}");
+            store.delete(&inflight_key(id))?;
+            return Ok(());
         };
         let lines: Vec<&[u8]> = payload.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
         let file_level: Vec<&str> = record.errors.iter().filter(|e| e.line <= 0).map(|e| e.description.as_str()).collect();

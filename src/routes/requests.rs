@@ -177,7 +177,9 @@ fn send(bridge: &Bridge, gong: &GongClient, record: &mut RequestRecord, payload:
             // status poll resolves, so the 202 still holds.
             if let Err(e) = store.put_json(&request_key(&record.client_request_id), record) {
                 eprintln!("gong-crm-bridge: request {} accepted by Gong but its record was not updated: {e}", record.client_request_id);
-                record.payload_chunks = chunks;
+                if !record.from_buffer {
+                    record.payload_chunks = chunks;
+                }
                 return Ok(());
             }
             if let Err(e) = store.delete_blob(PAYLOAD, &record.client_request_id, chunks) {

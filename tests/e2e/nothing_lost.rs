@@ -303,3 +303,26 @@ async fn ten_thousand_single_record_webhooks_become_a_few_gong_calls() {
     assert_eq!(missing, 0);
     assert!(gong_calls <= 20, "{gong_calls} Gong calls for 10,000 webhooks");
 }
+
+/// A store failure while following a file must not forget the file: its failed line still
+/// reaches the failure store once the store answers again.
+#[tokio::test]
+async fn a_store_failure_while_polling_keeps_the_file_in_flight() {
+    let app = TestApp::builder()
+        .var("integration_id", &INTEGRATION_ID.to_string())
+        .var("idempotency_settle_ms", "0")
+        .var("gong_calls_per_second", "0")
+        .build()
+        .await;
+    assert_eq!(deliver(&app, "poll-1", &event("ACCOUNT", "p1", 1)).await.status, 202);
+    let first = expect(&call(&app, "POST", "/flush?force=true", &[], Vec::new()).await, 200);
+    assert_eq!(first["files"].as_array().unwrap().len(), 1, "{first}");
+    app.mock().on("GET", "/v2/crm/request-status", MockResponse::json(200, json!({"status": "FAILED", "errors": [{"line": 1, "description": "bad"}]})));
+    app.kv().fail_gets_matching("request/fl-", 1);
+    let r = call(&app, "POST", "/flush", &[], Vec::new()).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(app.kv().keys_with_prefix("inflight/").len(), 1, "the file is still followed");
+    let second = expect(&call(&app, "POST", "/flush", &[], Vec::new()).await, 200);
+    assert_eq!(second["failuresAdded"], 1, "{second}");
+    assert!(app.kv().contains("fail/ACCOUNT/p1"));
+}

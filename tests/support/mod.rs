@@ -130,11 +130,11 @@ pub fn runtime() -> &'static Runtime {
     }
 }
 
-fn manifest_dir() -> &'static Path {
+pub fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => manifest_dir().join(dir),
         None => manifest_dir().join("target"),
