@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod buffer;
+pub mod compact;
 pub mod gong;
 pub mod idempotency;
 pub mod ports;

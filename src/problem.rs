@@ -43,6 +43,9 @@ pub enum ApiError {
     /// The shared Gong/platform budget does not allow a call now.
     #[error("{detail}")]
     Throttled { detail: String, retry_after: u64 },
+    /// The store is near its key cap (`kv_max_keys`): nothing was accepted, retry later.
+    #[error("{detail}")]
+    StoreFull { detail: String, retry_after: u64 },
     /// A Gong failure after the bridge stored the data: the answer names the request under
     /// which it is kept and how to resend it.
     #[error("{inner}")]
@@ -91,6 +94,7 @@ impl ApiError {
             },
             ApiError::Internal(_) => (500, "internal", "Internal error"),
             ApiError::Throttled { .. } => (503, "throttled", "Gong call budget exhausted for now"),
+            ApiError::StoreFull { .. } => (503, "store-full", "The key-value store is near its key limit"),
             ApiError::Kept { inner, .. } => inner.classify(),
         }
     }
@@ -124,7 +128,9 @@ impl ApiError {
             ApiError::NotConfigured(missing) => {
                 body.insert("missing".into(), json!(missing));
             }
-            ApiError::InProgress { retry_after: secs, .. } | ApiError::Throttled { retry_after: secs, .. } => {
+            ApiError::InProgress { retry_after: secs, .. }
+            | ApiError::Throttled { retry_after: secs, .. }
+            | ApiError::StoreFull { retry_after: secs, .. } => {
                 retry_after = Some(secs)
             }
             ApiError::Unauthorized(_) => www_authenticate = true,

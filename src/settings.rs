@@ -128,3 +128,9 @@ pub fn flush_limits(config: &dyn Config) -> crate::buffer::FlushLimits {
         interval_seconds: number::<i64>(config, FLUSH_INTERVAL_SECONDS).filter(|n| *n >= 0).unwrap_or(d.interval_seconds),
     }
 }
+
+/// The compact layout when `kv_max_keys` is set (Fermyon Cloud: 1,024), else `None` (a key per
+/// pending version; see `docs/buffer.md`).
+pub fn compact_layout(config: &dyn Config) -> Option<crate::compact::Layout> {
+    number::<usize>(config, KV_MAX_KEYS).filter(|n| *n > 0).map(crate::compact::Layout::for_max_keys)
+}

@@ -3,6 +3,8 @@
 
 mod support;
 
+#[path = "e2e/compact.rs"]
+mod compact;
 #[path = "e2e/management.rs"]
 mod management;
 #[path = "e2e/nothing_lost.rs"]

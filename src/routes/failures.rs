@@ -72,10 +72,8 @@ pub fn retry(bridge: &Bridge, request: &Request) -> Result<Response, ApiError> {
 
 pub fn discard(bridge: &Bridge, object_type_raw: &str, object_id: &str) -> Result<Response, ApiError> {
     let object_type = object_type_param(object_type_raw)?;
-    let key = flush::failure_key(object_type, object_id);
-    if bridge.kv.get(&key)?.is_none() {
+    if !flush::discard_failure(bridge, object_type, object_id)? {
         return Err(ApiError::NotFoundResource(format!("no failure stored for {object_type} {object_id}")));
     }
-    bridge.kv.delete(&key)?;
     Ok(json_response(200, &json!({"discarded": {"objectType": object_type, "objectId": object_id}})))
 }

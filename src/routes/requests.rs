@@ -111,7 +111,8 @@ pub fn submit_tracked(bridge: &Bridge, gong: &GongClient, submission: Submission
     // written before Gong is called, so they exist for every request that may reach Gong.
     store.put_json(&request_index_key(bridge.clock.now().unix_timestamp(), &record.client_request_id), &serde_json::json!({}))?;
     if let (Some(object_type), Some(ids)) = (record.object_type, &submission.line_object_ids) {
-        if ids.len() <= RECORD_INDEX_MAX {
+        // Not in the compact layout: a key per record would eat the key budget.
+        if ids.len() <= RECORD_INDEX_MAX && crate::settings::compact_layout(bridge.config).is_none() {
             for (i, object_id) in ids.iter().enumerate() {
                 let entry = RecordIndexEntry { client_request_id: record.client_request_id.clone(), line: i + 1, at: record.submitted_at.clone() };
                 store.put_json(&record_index_key(object_type, object_id), &entry)?;
@@ -371,7 +372,7 @@ pub fn record_status(bridge: &Bridge, object_type_raw: &str, object_id: &str) ->
             }),
         ));
     }
-    if let Some(failure) = bridge.store().get_json::<crate::routes::flush::Failure>(&crate::routes::flush::failure_key(object_type, object_id))? {
+    if let Some(failure) = crate::routes::flush::find_failure(bridge, object_type, object_id)? {
         return Ok(json_response(
             200,
             &json!({
@@ -385,7 +386,11 @@ pub fn record_status(bridge: &Bridge, object_type_raw: &str, object_id: &str) ->
             }),
         ));
     }
-    let entry: RecordIndexEntry = bridge.store().get_json(&record_index_key(object_type, object_id))?.ok_or_else(|| {
+    let indexed = match crate::routes::flush::sent_entry(bridge, object_type, object_id)? {
+        Some(entry) => Some(entry),
+        None => bridge.store().get_json(&record_index_key(object_type, object_id))?,
+    };
+    let entry: RecordIndexEntry = indexed.ok_or_else(|| {
         ApiError::NotFoundResource(format!(
             "the bridge has no upload of {object_type} {object_id} on record (uploads of more than {RECORD_INDEX_MAX} records are tracked per request: see GET /requests)"
         ))

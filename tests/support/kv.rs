@@ -53,6 +53,12 @@ struct Inner {
     /// Simulated network latency of every guest operation (a remote store, as on Fermyon
     /// Cloud), applied by the host before the operation takes effect.
     latency: std::time::Duration,
+    /// Fermyon Cloud's key cap (1,024 keys per store): a `set` of a new key beyond it fails.
+    max_keys: Option<usize>,
+    /// The most keys the store ever held at once.
+    peak_keys: usize,
+    /// The largest value ever stored.
+    peak_value_bytes: usize,
 }
 
 /// In-memory Spin key-value store shared by every instance that uses it. Cheap to clone.
@@ -91,6 +97,18 @@ impl MemKv {
 
     pub fn latency(&self) -> std::time::Duration {
         self.lock().latency
+    }
+
+    /// Caps the store at `max` keys, as Fermyon Cloud does (1,024): a guest `set` of a new key
+    /// beyond the cap fails; overwriting an existing key still works.
+    pub fn set_max_keys(&self, max: usize) {
+        self.lock().max_keys = Some(max);
+    }
+
+    /// The most keys the store held at once, and the largest value it stored.
+    pub fn peaks(&self) -> (usize, usize) {
+        let inner = self.lock();
+        (inner.peak_keys, inner.peak_value_bytes)
     }
 
     // ----- failure injection -------------------------------------------------------------
@@ -259,11 +277,15 @@ impl MemKv {
     pub(crate) fn guest_set(&self, key: &str, value: Vec<u8>) -> Result<(), KvError> {
         let mut inner = self.lock();
         inner.stats.sets += 1;
+        let full = inner.max_keys.is_some_and(|max| inner.data.len() >= max && !inner.data.contains_key(key));
         let result = check_key(key)
             .and_then(|()| check_value(&value))
+            .and_then(|()| if full { Err(KvError::Other("too many keys in the store".to_owned())) } else { Ok(()) })
             .and_then(|()| inner.take_injected(Op::Set, key))
             .map(|()| {
+                inner.peak_value_bytes = inner.peak_value_bytes.max(value.len());
                 inner.data.insert(key.to_owned(), value);
+                inner.peak_keys = inner.peak_keys.max(inner.data.len());
             });
         inner.count_error(result)
     }

@@ -18,6 +18,8 @@ use crate::settings;
 use crate::tracking::{RequestOperation, TrackedStatus};
 use crate::validation::{self, ValidRecord};
 
+mod compact;
+
 const INFLIGHT_PREFIX: &str = "inflight/";
 const FAILURE_PREFIX: &str = "fail/";
 const LATEST_PREFIX: &str = "latest/";
@@ -100,6 +102,9 @@ pub struct Buffered {
 /// Writes validated records to the pending buffer. Each version gets a key of its own, written
 /// before anything else, so once this returns Ok the records are the bridge's responsibility.
 pub fn buffer_records(bridge: &Bridge, object_type: ObjectType, records: Vec<ValidRecord>, delivery: &str) -> Result<Buffered, ApiError> {
+    if let Some(layout) = settings::compact_layout(bridge.config) {
+        return compact::buffer_records(bridge, layout, object_type, records, delivery);
+    }
     let store = bridge.store();
     let now = bridge.clock.now().unix_timestamp();
     let mut outcome = Buffered::default();
@@ -136,6 +141,14 @@ pub struct FlushReport {
     pub polled: usize,
     pub failures_added: usize,
     pub requeued: usize,
+    /// Compact layout: inbox records merged into the pending shards by this run, those kept
+    /// out as older than a version already held, and inbox keys still waiting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compacted: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub superseded: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inbox_keys: Option<usize>,
 }
 
 /// On an ordinary request: scan only if the last scan is old enough, then flush what is due.
@@ -156,6 +169,9 @@ pub fn run(bridge: &Bridge, force: bool) -> Result<FlushReport, ApiError> {
 }
 
 fn run_bounded(bridge: &Bridge, force: bool, max_files: usize) -> Result<FlushReport, ApiError> {
+    if let Some(layout) = settings::compact_layout(bridge.config) {
+        return compact::run(bridge, layout, force, max_files);
+    }
     let mut report = FlushReport { scanned: true, ..Default::default() };
     let keys = bridge.kv.keys()?;
     let mut pending: Vec<PendingKey> = keys.iter().filter_map(|k| PendingKey::decode(k)).collect();
@@ -274,9 +290,47 @@ fn flush_file(bridge: &Bridge, gong: &crate::gong::client::GongClient, integrati
         }
         records.push(ValidRecord { object_id: key.object_id.clone(), modified, line: line.to_vec() });
     }
+    let Some(sent) = send_file(bridge, gong, integration_id, object_type, records, deliveries, attempt)? else {
+        return Ok(json!({"objectType": object_type, "records": 0}));
+    };
+    for key in chosen {
+        // A failed delete only means the version is sent again later: duplicate, not lost.
+        if let Err(e) = bridge.kv.delete(&key.encode()) {
+            eprintln!("gong-crm-bridge: sent version left in the buffer ({e}); it will be sent again");
+        }
+    }
+    Ok(sent.report(object_type))
+}
+
+/// A file Gong accepted (201, or 409 for its clientRequestId).
+struct SentFile {
+    client_request_id: String,
+    /// objectId per line, line 1 first.
+    line_ids: Vec<String>,
+    merged: usize,
+}
+
+impl SentFile {
+    fn report(&self, object_type: ObjectType) -> Value {
+        json!({"objectType": object_type, "clientRequestId": self.client_request_id, "records": self.line_ids.len(), "mergedVersions": self.merged})
+    }
+}
+
+/// Builds the LDJSON file from buffered records (newest version per record), marks it in
+/// flight, stores and sends it. `None` when there was nothing to send. On any failure the
+/// attempt is forgotten (marker and payload removed) and the records are still pending.
+fn send_file(
+    bridge: &Bridge,
+    gong: &crate::gong::client::GongClient,
+    integration_id: i64,
+    object_type: ObjectType,
+    records: Vec<ValidRecord>,
+    deliveries: Vec<String>,
+    attempt: u32,
+) -> Result<Option<SentFile>, ApiError> {
     let (ldjson, line_ids, merged) = validation::build_ldjson(records);
     if line_ids.is_empty() {
-        return Ok(json!({"objectType": object_type, "records": 0}));
+        return Ok(None);
     }
     let client_request_id = format!("fl-{}-{}", object_type.as_str().to_ascii_lowercase(), uuid::Uuid::new_v4().simple());
     let marker = InFlight { object_type, attempt, sent_at: bridge.clock.now().unix_timestamp() };
@@ -296,7 +350,7 @@ fn flush_file(bridge: &Bridge, gong: &crate::gong::client::GongClient, integrati
             integration_id,
             record_count: Some(count),
             ldjson: Some(ldjson),
-            line_object_ids: Some(line_ids),
+            line_object_ids: Some(line_ids.clone()),
             delivery: None,
             from_buffer: true,
         },
@@ -310,13 +364,7 @@ fn flush_file(bridge: &Bridge, gong: &crate::gong::client::GongClient, integrati
                     eprintln!("gong-crm-bridge: could not list the deliveries of {client_request_id}: {e}");
                 }
             }
-            for key in chosen {
-                // A failed delete only means the version is sent again later: duplicate, not lost.
-                if let Err(e) = bridge.kv.delete(&key.encode()) {
-                    eprintln!("gong-crm-bridge: sent version left in the buffer ({e}); it will be sent again");
-                }
-            }
-            Ok(json!({"objectType": object_type, "clientRequestId": client_request_id, "records": count, "mergedVersions": merged}))
+            Ok(Some(SentFile { client_request_id, line_ids, merged }))
         }
         Err(error) => {
             // Gong did not take the file: the records are still pending; forget the attempt
@@ -402,32 +450,64 @@ fn settle_file(bridge: &Bridge, record: &crate::tracking::RequestRecord, marker:
         let lines: Vec<&[u8]> = payload.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
         let file_level: Vec<&str> = record.errors.iter().filter(|e| e.line <= 0).map(|e| e.description.as_str()).collect();
         let now = bridge.now();
-        let now_unix = bridge.clock.now().unix_timestamp();
+        let failure = |line: &[u8], object_id: String, modified: i64, description: String| Failure {
+            object_type: marker.object_type,
+            object_id,
+            modified,
+            description,
+            client_request_id: id.clone(),
+            failed_at: now.clone(),
+            line: String::from_utf8_lossy(line).into_owned(),
+        };
+        let mut requeue = Vec::new();
+        let mut failures = Vec::new();
         if !file_level.is_empty() {
             let description = format!("Gong failed the whole file: {}", file_level.join("; "));
             for line in &lines {
                 let Some((object_id, modified)) = identify(line) else { continue };
                 if marker.attempt == 0 {
-                    let key = PendingKey { object_type: marker.object_type, object_id, modified, received: now_unix, bytes: line.len(), attempt: 1 };
-                    bridge.kv.set(&key.encode(), &pending_value("", line))?;
-                    report.requeued += 1;
+                    requeue.push(Requeue { object_id, modified, line: line.to_vec(), attempt: 1 });
                 } else {
-                    add_failure(bridge, marker.object_type, object_id, modified, &description, id, &now, line)?;
-                    report.failures_added += 1;
+                    failures.push(failure(line, object_id, modified, description.clone()));
                 }
             }
         } else {
             for error in &record.errors {
                 let Some(line) = usize::try_from(error.line - 1).ok().and_then(|i| lines.get(i)) else { continue };
                 let Some((object_id, modified)) = identify(line) else { continue };
-                add_failure(bridge, marker.object_type, object_id, modified, &error.description, id, &now, line)?;
-                report.failures_added += 1;
+                failures.push(failure(line, object_id, modified, error.description.clone()));
+            }
+        }
+        report.requeued += requeue.len();
+        report.failures_added += failures.len();
+        match settings::compact_layout(bridge.config) {
+            Some(layout) => {
+                compact::requeue(bridge, layout, marker.object_type, requeue)?;
+                compact::add_failures(bridge, layout, failures)?;
+            }
+            None => {
+                let now_unix = bridge.clock.now().unix_timestamp();
+                for r in requeue {
+                    let key = PendingKey { object_type: marker.object_type, object_id: r.object_id, modified: r.modified, received: now_unix, bytes: r.line.len(), attempt: r.attempt };
+                    bridge.kv.set(&key.encode(), &pending_value("", &r.line))?;
+                }
+                for f in failures {
+                    bridge.store().put_json(&failure_key(f.object_type, &f.object_id), &f)?;
+                }
             }
         }
     }
     store.delete_blob(PAYLOAD, id, record.payload_chunks)?;
     store.delete(&inflight_key(id))?;
     Ok(())
+}
+
+/// A record going back to pending (a file-level failure, or `POST /failures/retry`).
+struct Requeue {
+    object_id: String,
+    modified: i64,
+    line: Vec<u8>,
+    attempt: u32,
 }
 
 /// objectId and modifiedDate of an LDJSON line the bridge itself wrote.
@@ -443,23 +523,12 @@ fn identify(line: &[u8]) -> Option<(String, i64)> {
     Some((head.object_id, modified))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn add_failure(bridge: &Bridge, object_type: ObjectType, object_id: String, modified: i64, description: &str, client_request_id: &str, now: &str, line: &[u8]) -> Result<(), ApiError> {
-    let failure = Failure {
-        object_type,
-        object_id: object_id.clone(),
-        modified,
-        description: description.to_owned(),
-        client_request_id: client_request_id.to_owned(),
-        failed_at: now.to_owned(),
-        line: String::from_utf8_lossy(line).into_owned(),
-    };
-    bridge.store().put_json(&failure_key(object_type, &object_id), &failure)
-}
-
 // ----- the failure store -------------------------------------------------------------------
 
 pub fn list_failures(bridge: &Bridge, object_type: Option<ObjectType>, limit: usize) -> Result<(Vec<Failure>, usize), ApiError> {
+    if let Some(layout) = settings::compact_layout(bridge.config) {
+        return compact::list_failures(bridge, layout, object_type, limit);
+    }
     let prefix = match object_type {
         Some(t) => format!("{FAILURE_PREFIX}{}/", t.as_str()),
         None => FAILURE_PREFIX.to_owned(),
@@ -478,6 +547,9 @@ pub fn list_failures(bridge: &Bridge, object_type: Option<ObjectType>, limit: us
 
 /// Puts failures back into the buffer (all, one type, or some ids of one type).
 pub fn retry_failures(bridge: &Bridge, object_type: Option<ObjectType>, ids: Option<&[String]>) -> Result<usize, ApiError> {
+    if let Some(layout) = settings::compact_layout(bridge.config) {
+        return compact::retry_failures(bridge, layout, object_type, ids);
+    }
     let (failures, _) = list_failures(bridge, object_type, usize::MAX)?;
     let now = bridge.clock.now().unix_timestamp();
     let mut requeued = 0;
@@ -493,6 +565,9 @@ pub fn retry_failures(bridge: &Bridge, object_type: Option<ObjectType>, ids: Opt
 
 /// Pending versions of one record (for "where is my record").
 pub fn pending_versions(bridge: &Bridge, object_type: ObjectType, object_id: &str) -> Result<Vec<PendingKey>, ApiError> {
+    if let Some(layout) = settings::compact_layout(bridge.config) {
+        return compact::pending_versions(bridge, layout, object_type, object_id);
+    }
     let prefix = PendingKey::record_prefix(object_type, object_id);
     Ok(bridge
         .kv
@@ -502,6 +577,36 @@ pub fn pending_versions(bridge: &Bridge, object_type: ObjectType, object_id: &st
         .filter_map(|k| PendingKey::decode(k))
         .filter(|k| k.object_id == object_id)
         .collect())
+}
+
+/// The failure stored for one record, if any.
+pub fn find_failure(bridge: &Bridge, object_type: ObjectType, object_id: &str) -> Result<Option<Failure>, ApiError> {
+    match settings::compact_layout(bridge.config) {
+        Some(layout) => compact::find_failure(bridge, layout, object_type, object_id),
+        None => bridge.store().get_json(&failure_key(object_type, object_id)),
+    }
+}
+
+/// Removes one failure explicitly; `false` when there was none.
+pub fn discard_failure(bridge: &Bridge, object_type: ObjectType, object_id: &str) -> Result<bool, ApiError> {
+    if let Some(layout) = settings::compact_layout(bridge.config) {
+        return compact::discard_failure(bridge, layout, object_type, object_id);
+    }
+    let key = failure_key(object_type, object_id);
+    if bridge.kv.get(&key)?.is_none() {
+        return Ok(false);
+    }
+    bridge.kv.delete(&key)?;
+    Ok(true)
+}
+
+/// In the compact layout, the file and line that last carried a record to Gong (the
+/// per-record index of the other layout would cost a key per record).
+pub fn sent_entry(bridge: &Bridge, object_type: ObjectType, object_id: &str) -> Result<Option<requests::RecordIndexEntry>, ApiError> {
+    match settings::compact_layout(bridge.config) {
+        Some(layout) => compact::sent_entry(bridge, layout, object_type, object_id),
+        None => Ok(None),
+    }
 }
 
 pub fn is_pending_key(key: &str) -> bool {
