@@ -74,5 +74,40 @@ fn main() {
         let full = vars(TestApp::builder().kv(kv)).build().await;
         measure(&full, &format!("50,000 pending | {settle}")).await;
         }
+
+        // The compact layout (kv_max_keys = 1024, a store capped at 1,024 keys): no idempotency
+        // claim per delivery, a key listing per delivery, and every 128 deliveries a compaction
+        // of the inbox into the shards (under the flush lease, with its settle time).
+        for settle in ["100"] {
+            let compact = |b: support::TestAppBuilder, kv: &MemKv| {
+                kv.set_max_keys(1_024);
+                b.kv(kv.clone()).var("kv_max_keys", "1024").var("integration_id", "7").var("idempotency_settle_ms", settle).guest_stderr(false)
+            };
+            let empty_kv = MemKv::new();
+            let empty = compact(TestApp::builder(), &empty_kv).build().await;
+            measure(&empty, &format!("compact, empty | {settle}")).await;
+
+            let kv = MemKv::new();
+            let until = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs() + 3_600;
+            kv.set_json("quota", &serde_json::json!({"second":0,"secondCount":0,"hour":0,"hourCount":0,"day":0,"dayCount":0,"blockedUntil":until}));
+            let full = compact(TestApp::builder(), &kv).build().await;
+            // 50,000 records through the bridge itself, 1,000 per delivery, then compacted.
+            for d in 0..50 {
+                let records: Vec<_> = (0..1_000)
+                    .map(|i| serde_json::json!({"objectId": format!("p{}", d * 1_000 + i), "modifiedDate": "2024-01-01T00:00:00Z", "accountId": "a1", "emailAddress": "x@acme.com"}))
+                    .collect();
+                let body = serde_json::to_vec(&serde_json::json!({"type": "record.upserted", "data": {"objectType": "CONTACT", "records": records}})).expect("json");
+                let id = format!("bulk-{d}");
+                let (ts, sig) = support::signed_now(&id, &body);
+                let r = full.request("POST", "/webhooks", &[("webhook-id", &id), ("webhook-timestamp", &ts), ("webhook-signature", &sig)], body).await;
+                assert_eq!(r.status, 202, "{}", r.text());
+            }
+            let token = format!("Bearer {}", support::API_TOKEN);
+            let flushed = full.request("POST", "/flush", &[("authorization", &token)], Vec::new()).await;
+            assert_eq!(flushed.json()["pending"]["CONTACT"]["records"], 50_000, "{}", flushed.text());
+            measure(&full, &format!("compact, 50,000 pending | {settle}")).await;
+            let (peak_keys, peak_value) = kv.peaks();
+            println!("(compact, 50,000 pending: at most {peak_keys} keys at once, largest value {peak_value} bytes)");
+        }
     });
 }
