@@ -173,7 +173,12 @@ fn run_bounded(bridge: &Bridge, force: bool, max_files: usize) -> Result<FlushRe
         return compact::run(bridge, layout, force, max_files);
     }
     let mut report = FlushReport { scanned: true, ..Default::default() };
-    let keys = bridge.kv.keys()?;
+    let mut keys = bridge.kv.keys()?;
+    if keys.iter().any(|k| compact::is_compact_key(k)) {
+        // kv_max_keys was unset: bring records kept in the compact layout back to a key each.
+        compact::migrate_to_per_version(bridge, &keys, &mut report)?;
+        keys = bridge.kv.keys()?;
+    }
     let mut pending: Vec<PendingKey> = keys.iter().filter_map(|k| PendingKey::decode(k)).collect();
     let inflight: Vec<String> = keys.iter().filter_map(|k| k.strip_prefix(INFLIGHT_PREFIX)).map(str::to_owned).collect();
     drop(keys);
