@@ -395,7 +395,31 @@ pub fn record_status(bridge: &Bridge, object_type_raw: &str, object_id: &str) ->
             "the bridge has no upload of {object_type} {object_id} on record (uploads of more than {RECORD_INDEX_MAX} records are tracked per request: see GET /requests)"
         ))
     })?;
-    let mut record = load(bridge, &entry.client_request_id)?;
+    let mut record = match load(bridge, &entry.client_request_id) {
+        Ok(record) => record,
+        // Compact layout: only the newest request records are kept, and only finished ones are
+        // removed. A record whose file finished and that is not in the failure store is done.
+        Err(ApiError::NotFoundResource(_)) if crate::settings::compact_layout(bridge.config).is_some() => {
+            return Ok(json_response(
+                200,
+                &json!({
+                    "objectType": object_type,
+                    "objectId": object_id,
+                    "state": "done",
+                    "explanation": format!(
+                        "Gong processed the file that carried it ({}, line {}); the bridge no longer keeps that request's record (with kv_max_keys it keeps the newest {} only)",
+                        entry.client_request_id,
+                        entry.line,
+                        crate::settings::compact_layout(bridge.config).map_or(0, |l| l.request_retention)
+                    ),
+                    "clientRequestId": entry.client_request_id,
+                    "line": entry.line,
+                    "uploadedAt": entry.at,
+                }),
+            ))
+        }
+        Err(e) => return Err(e),
+    };
     let mut poll_error = None;
     if record.status.worth_polling() {
         if let Err(e) = poll(bridge, &mut record) {

@@ -204,3 +204,37 @@ async fn failures_in_the_compact_layout_are_listed_explained_and_discarded() {
     expect(&call(&app, "DELETE", "/failures/DEAL/d2", &[], Vec::new()).await, 404);
     assert!(kv.keys_with_prefix("pfail/").is_empty(), "an empty shard frees its key");
 }
+
+/// With a key cap, request records are not kept forever: beyond the newest ones (1/16 of the
+/// cap), the oldest finished requests go with their keys, and a record they carried still
+/// answers "where is my record".
+#[tokio::test]
+async fn old_request_records_are_retired_within_the_key_budget() {
+    let kv = MemKv::new();
+    kv.set_max_keys(256);
+    let app = TestApp::builder()
+        .kv(kv.clone())
+        .var("kv_max_keys", "256")
+        .var("integration_id", &INTEGRATION_ID.to_string())
+        .var("idempotency_settle_ms", "0")
+        .var("gong_calls_per_second", "0")
+        .build()
+        .await;
+    for i in 0..30 {
+        assert_eq!(deliver(&app, &format!("ret-{i}"), &crate::nothing_lost::event("ACCOUNT", &format!("r{i}"), 1)).await.status, 202);
+        let sent = expect(&call(&app, "POST", "/flush?force=true", &[], Vec::new()).await, 200);
+        assert_eq!(sent["files"].as_array().map(Vec::len), Some(1), "{sent}");
+        expect(&call(&app, "POST", "/flush", &[], Vec::new()).await, 200);
+    }
+    let kept = kv.keys_with_prefix("request/").len();
+    assert!(kept <= 16, "{kept} request records kept; the budget keeps 16 (256/16)");
+    assert_eq!(kv.keys_with_prefix("reqidx/").len(), kept, "index keys go with their records");
+    assert_eq!(kv.keys_with_prefix("blob/lines/").len(), kept, "line maps go with their records");
+    let old = expect(&call(&app, "GET", "/records/ACCOUNT/r0/status", &[], Vec::new()).await, 200);
+    assert_eq!(old["state"], "done", "{old}");
+    assert!(old["explanation"].as_str().unwrap().contains("no longer keeps"), "{old}");
+    let recent = expect(&call(&app, "GET", "/records/ACCOUNT/r29/status", &[], Vec::new()).await, 200);
+    assert_eq!((recent["state"].as_str(), recent["requestStatus"].as_str()), (Some("done"), Some("DONE")), "{recent}");
+    let listed = expect(&call(&app, "GET", "/requests?limit=100", &[], Vec::new()).await, 200);
+    assert_eq!(listed["requests"].as_array().map(Vec::len), Some(kept));
+}
