@@ -96,15 +96,15 @@ async fn a_store_near_its_key_cap_refuses_deliveries_instead_of_losing_them() {
         .var("idempotency_settle_ms", "0")
         .var("flush_interval_seconds", "100000000");
     let app = Layout::Compact.apply(builder, &kv).build().await;
-    // Someone else's keys fill the store up to the admission line (960 of 1,024).
-    for i in 0..960 {
+    // Someone else's keys fill the store up to the admission line (896 of 1,024).
+    for i in 0..896 {
         kv.set(&format!("other/{i}"), "x");
     }
     let body = crate::nothing_lost::event("ACCOUNT", "a1", 1);
     let r = deliver(&app, "full-1", &body).await;
     let problem = expect(&r, 503);
     assert_eq!(problem["type"], "urn:gong-crm-bridge:problem:store-full", "{problem}");
-    assert!(problem["detail"].as_str().unwrap().contains("kv_max_keys is 1024"), "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("holds 896 keys and kv_max_keys is 1024"), "{problem}");
     assert!(r.header("retry-after").is_some());
     assert!(kv.keys_with_prefix("inbox/").is_empty(), "nothing was accepted");
     // Room again: the re-delivery is accepted and reaches Gong.

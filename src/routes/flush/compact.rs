@@ -115,8 +115,8 @@ fn merge_into_pending(bridge: &Bridge, layout: Layout, object_type: ObjectType, 
     for item in incoming {
         by_shard.entry(shard_of(&item.object_id, layout.pending_shards)).or_default().push(item);
     }
-    let mut summary = read_summary(bridge)?;
     let mut out = Vec::new();
+    let mut written = Vec::new();
     for (n, items) in by_shard {
         let key = pending_shard_key(object_type, n);
         let mut shard: Shard = read_map(bridge.kv, &key)?;
@@ -128,24 +128,42 @@ fn merge_into_pending(bridge: &Bridge, layout: Layout, object_type: ObjectType, 
                 out.push(Merged { tag: item.tag, outcome: Merge::Added, confirmed: false });
                 continue;
             }
-            let modified = item.slot.modified;
+            let (modified, requeue) = (item.slot.modified, item.requeue);
             let outcome = compact::merge(&mut shard, &item.object_id, item.slot, item.requeue);
             if matches!(outcome, Merge::Added | Merge::Replaced) {
                 size += bytes;
             }
-            expected.push((item.tag, item.object_id, modified, outcome));
+            expected.push((item.tag, item.object_id, modified, requeue, outcome));
         }
         write_map(bridge.kv, &key, &shard)?;
-        // Read back: only what the store really holds counts (see the module comment).
+        written.push((n, key, expected));
+    }
+    // Read back after the settle time: a writer that read a shard before our write and writes
+    // it after would have to take longer than `settle` between its read and its write (the
+    // same assumption as the lease and idempotency claims). So even if two replicas held the
+    // lease at once, an overwritten version shows up here as unconfirmed and keeps its source.
+    settle(bridge);
+    let mut summary = read_summary(bridge)?;
+    for (n, key, expected) in written {
         let stored: Shard = read_map(bridge.kv, &key)?;
-        for (tag, object_id, modified, outcome) in expected {
-            let confirmed = stored.get(&object_id).is_some_and(|s| s.modified >= modified);
+        for (tag, object_id, modified, requeue, outcome) in expected {
+            let confirmed = stored.get(&object_id).is_some_and(|s| {
+                // A re-queued version must be pending again, not just known to have been sent.
+                s.modified > modified || (s.modified == modified && (s.is_pending() || !requeue))
+            });
             out.push(Merged { tag, outcome, confirmed });
         }
         set_stat(&mut summary, object_type, n, &stored);
     }
     write_summary(bridge, &summary)?;
     Ok(out)
+}
+
+fn settle(bridge: &Bridge) {
+    let settle = settings::idempotency_settle(bridge.config);
+    if !settle.is_zero() {
+        bridge.clock.sleep(settle);
+    }
 }
 
 // ----- webhooks: the inbox -------------------------------------------------------------------
@@ -512,18 +530,37 @@ pub(super) fn requeue(bridge: &Bridge, layout: Layout, object_type: ObjectType, 
     Ok(())
 }
 
-/// Writes failures into the failure shards (caller holds the lease).
+/// Writes failures into the failure shards (caller holds the lease), and confirms them by
+/// reading back after the settle time; an unconfirmed one fails the call, so the file stays in
+/// flight and the step repeats.
 pub(super) fn add_failures(bridge: &Bridge, layout: Layout, failures: Vec<Failure>) -> Result<(), ApiError> {
+    if failures.is_empty() {
+        return Ok(());
+    }
     let mut by_key: BTreeMap<String, Vec<Failure>> = BTreeMap::new();
     for f in failures {
         by_key.entry(failure_shard_key(f.object_type, shard_of(&f.object_id, layout.failure_shards))).or_default().push(f);
     }
+    let mut expected = Vec::new();
     for (key, failures) in by_key {
         let mut shard: BTreeMap<String, Failure> = read_map(bridge.kv, &key)?;
+        let ids: Vec<(String, i64)> = failures.iter().map(|f| (f.object_id.clone(), f.modified)).collect();
         for f in failures {
-            shard.insert(f.object_id.clone(), f);
+            // A failure of a newer version of the record is not replaced by an older one.
+            if shard.get(&f.object_id).is_none_or(|held| held.modified <= f.modified) {
+                shard.insert(f.object_id.clone(), f);
+            }
         }
         write_map(bridge.kv, &key, &shard)?;
+        expected.push((key, ids));
+    }
+    settle(bridge);
+    for (key, ids) in expected {
+        let stored: BTreeMap<String, Failure> = read_map(bridge.kv, &key)?;
+        let lost = ids.iter().filter(|(id, modified)| stored.get(id).is_none_or(|f| f.modified < *modified)).count();
+        if lost > 0 {
+            return Err(ApiError::Conflict(format!("{lost} failures were overwritten in {key} by a concurrent writer; the step repeats")));
+        }
     }
     Ok(())
 }
