@@ -52,9 +52,10 @@ pub struct Layout {
     /// A webhook that sees this many inbox keys compacts them on the spot.
     pub inbox_compact_at: usize,
     /// Webhooks are refused (503, Retry-After) while the store holds this many keys or more,
-    /// so the flush always has room for its own keys. An eighth of the cap is kept free because
-    /// concurrent webhooks each check before they write: `benches/compact_race.rs` saw the
-    /// store overshoot a line at 1/16 below the cap by 52 keys with 16 senders and a slow store.
+    /// so the flush always has room for its own keys. An eighth of the cap is kept free: a
+    /// compaction may create one type's shards (1/16 of the cap) before it deletes the inbox keys
+    /// they replace, and concurrent webhooks each check before they write
+    /// (`benches/compact_race.rs` measures the peak).
     pub admit_below: usize,
 }
 

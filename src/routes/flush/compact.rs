@@ -269,12 +269,14 @@ fn compact_inbox(bridge: &Bridge, layout: Layout, mut inbox: Vec<String>, report
                 compacted += 1;
             }
         }
-    }
-    for ((key, _), done) in loaded.iter().zip(complete) {
-        if done {
-            // A failed delete leaves records that merge again as duplicates: nothing lost.
-            if let Err(e) = bridge.kv.delete(key) {
-                eprintln!("gong-crm-bridge: compacted inbox key {key} left in place: {e}");
+        // This type's inbox keys go before the next type's shards are created, so the store
+        // needs room for at most one type's new shards at a time (see `Layout::admit_below`).
+        for ((key, entry), done) in loaded.iter().zip(&complete) {
+            if *done && entry.t == object_type {
+                // A failed delete leaves records that merge again as duplicates: nothing lost.
+                if let Err(e) = bridge.kv.delete(key) {
+                    eprintln!("gong-crm-bridge: compacted inbox key {key} left in place: {e}");
+                }
             }
         }
     }
