@@ -225,6 +225,10 @@ async fn old_request_records_are_retired_within_the_key_budget() {
         let sent = expect(&call(&app, "POST", "/flush?force=true", &[], Vec::new()).await, 200);
         assert_eq!(sent["files"].as_array().map(Vec::len), Some(1), "{sent}");
         expect(&call(&app, "POST", "/flush", &[], Vec::new()).await, 200);
+        if i == 0 {
+            // Requests are ordered by their submission time, to the second: r0's is the oldest.
+            tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+        }
     }
     let kept = kv.keys_with_prefix("request/").len();
     assert!(kept <= 16, "{kept} request records kept; the budget keeps 16 (256/16)");
