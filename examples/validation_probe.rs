@@ -10,7 +10,7 @@
 //!   serde_json parse + serialise of the same bytes. One `validate_records` call per object type
 //!   (the API takes one type per call); a figure is the sum over the six types.
 //! - `validation_probe mem <ldjson|json|ldjson-sorted> <bytes>`: peak heap during
-//!   `validate_records` on one ACCOUNT body of about `bytes` (`-sorted`: already in
+//!   `validate_records_owned` (as `POST /records` calls it) on one ACCOUNT body of about `bytes` (`-sorted`: already in
 //!   `modifiedDate` order, so the file is the output buffer itself), from the counting global allocator below (and, in wasm, the
 //!   linear memory size at the end).
 //!
@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use gong_crm_bridge::gong::models::{ObjectType, SchemaField};
-use gong_crm_bridge::validation::{validate_records, BodyFormat, RecordOptions};
+use gong_crm_bridge::validation::{validate_records, validate_records_owned, BodyFormat, RecordOptions};
 use serde_json::{json, Map, Value};
 
 // ----- counting allocator --------------------------------------------------------------------
@@ -417,15 +417,17 @@ pub fn time_report(iterations: usize) -> Value {
 
 // ----- memory --------------------------------------------------------------------------------
 
-/// Peak heap while `validate_records` runs on one ACCOUNT body of at least `target` bytes
+/// Peak heap while `validate_records_owned` runs on one ACCOUNT body of at least `target` bytes
 /// (records with scattered `modifiedDate`s unless `sorted`).
 pub fn memory_report(format: BodyFormat, sorted: bool, target: usize) -> Value {
     let (body, count) = body_of(ObjectType::Account, 0, Some(target), format, sorted);
     let schema = schema();
+    let body_bytes = body.len();
     let before = heap_now();
     reset_peak();
     let started = Instant::now();
-    let batch = validate_records(ObjectType::Account, &body, format, Some(&schema), RecordOptions::default()).expect("valid body");
+    // As `POST /records` does: the body is handed over and freed once every record is read.
+    let batch = validate_records_owned(ObjectType::Account, body, format, Some(&schema), RecordOptions::default()).expect("valid body");
     let took = started.elapsed().as_secs_f64();
     let peak_extra = heap_peak() - before;
     let output = batch.ldjson.len();
@@ -435,7 +437,7 @@ pub fn memory_report(format: BodyFormat, sorted: bool, target: usize) -> Value {
         "format": if format == BodyFormat::Json { "json" } else { "ldjson" },
         "sorted": sorted,
         "records": count,
-        "body_bytes": body.len(),
+        "body_bytes": body_bytes,
         "output_bytes": output,
         "heap_before_bytes": before,
         "peak_extra_bytes": peak_extra,

@@ -152,7 +152,7 @@ pub fn handle(bridge: &Bridge, request: Request) -> Response {
     }
 }
 
-fn route(bridge: &Bridge, request: Request) -> Result<Response, ApiError> {
+fn route(bridge: &Bridge, mut request: Request) -> Result<Response, ApiError> {
     use http::Method;
     let path = request.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
@@ -183,14 +183,15 @@ fn route(bridge: &Bridge, request: Request) -> Result<Response, ApiError> {
 
     let changes_state = !matches!(method, Method::GET | Method::HEAD);
     if changes_state && request.headers().contains_key("idempotency-key") {
-        return with_idempotency(bridge, &request, |request| dispatch(bridge, request, &method, &segments, allowed));
+        return with_idempotency(bridge, &mut request, |request| dispatch(bridge, request, &method, &segments, allowed));
     }
-    dispatch(bridge, &request, &method, &segments, allowed)
+    dispatch(bridge, &mut request, &method, &segments, allowed)
 }
 
-fn dispatch(bridge: &Bridge, request: &Request, method: &http::Method, segments: &[&str], allowed: &'static str) -> Result<Response, ApiError> {
+/// Handlers get the request mutably only so that `POST /records` can take its body and free
+/// it once validated (a body-sized copy less at the peak).
+fn dispatch(bridge: &Bridge, request: &mut Request, method: &http::Method, segments: &[&str], allowed: &'static str) -> Result<Response, ApiError> {
     use http::Method;
-    let request = request;
     match (method, segments) {
         (&Method::PUT, ["integration"]) => routes::integration::register(bridge, request),
         (&Method::GET, ["integration"]) => routes::integration::list(bridge),
@@ -219,8 +220,8 @@ fn dispatch(bridge: &Bridge, request: &Request, method: &http::Method, segments:
 /// method and path: a replay answers the stored response, a reuse with another body is 422.
 fn with_idempotency(
     bridge: &Bridge,
-    request: &Request,
-    run: impl FnOnce(&Request) -> Result<Response, ApiError>,
+    request: &mut Request,
+    run: impl FnOnce(&mut Request) -> Result<Response, ApiError>,
 ) -> Result<Response, ApiError> {
     let key = request.headers().get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or("").trim().to_owned();
     if !is_valid_client_request_id(&key) {

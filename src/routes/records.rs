@@ -39,25 +39,23 @@ fn body_format(request: &Request) -> Result<BodyFormat, ApiError> {
     }
 }
 
-pub fn upload(bridge: &Bridge, request: &Request, object_type_raw: &str) -> Result<Response, ApiError> {
-    let input = UploadInput {
-        object_type_raw,
-        body: request.body(),
-        format: body_format(request)?,
-        options: RecordOptions {
-            normalize: query_flag(request, "normalize")?,
-            strict: query_flag(request, "strict")?,
-            partial: query_flag(request, "partial")?,
-        },
-        client_request_id: client_request_id(request)?,
-        delivery: None,
+pub fn upload(bridge: &Bridge, request: &mut Request, object_type_raw: &str) -> Result<Response, ApiError> {
+    let format = body_format(request)?;
+    let options = RecordOptions {
+        normalize: query_flag(request, "normalize")?,
+        strict: query_flag(request, "strict")?,
+        partial: query_flag(request, "partial")?,
     };
-    upload_records(bridge, input)
+    let client_request_id = client_request_id(request)?;
+    // The body is taken, so validation can free it before it builds the file.
+    let body = std::mem::take(request.body_mut());
+    upload_records(bridge, UploadInput { object_type_raw, body, format, options, client_request_id, delivery: None })
 }
 
 pub struct UploadInput<'b> {
     pub object_type_raw: &'b str,
-    pub body: &'b [u8],
+    /// Owned: validation drops it as soon as every record is read.
+    pub body: Vec<u8>,
     pub format: BodyFormat,
     pub options: RecordOptions,
     pub client_request_id: String,
@@ -75,7 +73,7 @@ pub fn upload_records(bridge: &Bridge, input: UploadInput) -> Result<Response, A
     let integration_id = bridge.integration_id()?;
     let schema = if object_type.has_schema() { bridge.store().schema(object_type)? } else { None };
     let options = input.options;
-    let batch = validation::validate_records(object_type, input.body, input.format, schema.as_deref(), options).map_err(|rejection| {
+    let batch = validation::validate_records_owned(object_type, input.body, input.format, schema.as_deref(), options).map_err(|rejection| {
         let detail = if rejection.received == 0 {
             "the body was refused before any record could be read; nothing was sent to Gong".to_owned()
         } else {
