@@ -410,6 +410,8 @@ struct AppInner {
     extra_allowed: Vec<Origin>,
     request_timeout: Duration,
     guest_stderr: bool,
+    /// The largest linear memory any instance of this app asked for (bytes).
+    memory_peak: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The component as Spin would run it, with its own variables, a (possibly shared) KV store
@@ -533,6 +535,7 @@ impl TestAppBuilder {
                 extra_allowed,
                 request_timeout: self.request_timeout,
                 guest_stderr: self.guest_stderr,
+                memory_peak: Arc::default(),
             }),
         }
     }
@@ -593,6 +596,16 @@ impl TestApp {
 
     pub fn try_mock(&self) -> Option<&MockGong> {
         self.inner.mock.as_ref()
+    }
+
+    /// The largest linear memory (bytes) any request's instance reached since the last reset:
+    /// the guest's whole-request memory high-water, as the platform would see it.
+    pub fn memory_peak(&self) -> usize {
+        self.inner.memory_peak.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn reset_memory_peak(&self) {
+        self.inner.memory_peak.store(0, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn kv(&self) -> &MemKv {
@@ -736,6 +749,7 @@ impl TestApp {
             wasi.inherit_stderr();
         }
         let state = HostState {
+            memory: spin::MemoryWatch { peak: inner.memory_peak.clone() },
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
@@ -747,6 +761,7 @@ impl TestApp {
             vars: inner.vars.snapshot(),
         };
         let mut store = Store::new(&rt.engine, state);
+        store.limiter(|state| &mut state.memory);
         store.set_epoch_deadline(1);
         store.epoch_deadline_async_yield_and_update(1);
 

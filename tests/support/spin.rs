@@ -33,6 +33,8 @@ pub use bindings::fermyon::spin::variables as variables_bindings;
 
 /// Data of one request's `wasmtime::Store`.
 pub struct HostState {
+    /// Records the instance's linear-memory high-water mark (see [`MemoryWatch`]).
+    pub memory: MemoryWatch,
     pub wasi: WasiCtx,
     pub http: WasiHttpCtx,
     pub table: ResourceTable,
@@ -168,5 +170,23 @@ impl variables_bindings::Host for HostState {
             Some(value) => Ok(value.clone()),
             None => Err(variables_bindings::Error::Undefined(name)),
         })
+    }
+}
+
+/// A `ResourceLimiter` that allows every growth and remembers the largest linear memory an
+/// instance asked for: the guest's whole-request memory high-water (heap, stacks, data),
+/// shared with the `TestApp` that ran it.
+pub struct MemoryWatch {
+    pub peak: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl wasmtime::ResourceLimiter for MemoryWatch {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.peak.fetch_max(desired, std::sync::atomic::Ordering::Relaxed);
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, _desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(true)
     }
 }
