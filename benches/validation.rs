@@ -144,6 +144,7 @@ impl WasmProbe {
         let mut argv = vec!["validation_probe"];
         argv.extend_from_slice(args);
         let state = HostState {
+            memory: support::spin::MemoryWatch { peak: Default::default() },
             wasi: WasiCtx::builder().args(&argv).stdout(stdout.clone()).inherit_stderr().build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
