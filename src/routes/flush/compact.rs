@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::{
-    blocked_until, failure_key, pending_value, poll_inflight, send_file, split_pending_value, Buffered, Failure, FlushReport, Requeue, FAILURE_PREFIX,
+    blocked_until, failure_key, pending_value, poll_inflight, report_flush_failure, send_file, split_pending_value, Buffered, Failure, FlushReport, Requeue, FAILURE_PREFIX,
     FLUSH_LEASE, INFLIGHT_PREFIX, LATEST_PREFIX, MAX_DELIVERIES_LISTED,
 };
 use crate::app::Bridge;
@@ -124,7 +124,7 @@ fn merge_into_pending(bridge: &Bridge, layout: Layout, object_type: ObjectType, 
         let mut expected = Vec::with_capacity(items.len());
         for item in items {
             let bytes = item.slot.estimated_bytes(&item.object_id);
-            if size + bytes > SHARD_BUDGET_BYTES && !shard.get(&item.object_id).is_some_and(|s| s.modified > item.slot.modified) {
+            if size + bytes > SHARD_BUDGET_BYTES && shard.get(&item.object_id).is_none_or(|s| s.modified <= item.slot.modified) {
                 out.push(Merged { tag: item.tag, outcome: Merge::Added, confirmed: false });
                 continue;
             }
@@ -424,18 +424,7 @@ fn flush_due(bridge: &Bridge, limits: buffer::FlushLimits, force: bool, now: i64
             }
             match flush_chosen(bridge, &gong, integration_id, object_type, chosen) {
                 Ok(file) => report.files.push(file),
-                Err(ApiError::Throttled { detail, retry_after }) => {
-                    report.throttled_until = Some(now + retry_after as i64);
-                    report.note = Some(format!("{detail}; records stay buffered"));
-                    return Ok(());
-                }
-                Err(e) => {
-                    if let Some(until) = blocked_until(bridge, now)? {
-                        report.throttled_until = Some(until);
-                    }
-                    report.note = Some(format!("flushing {object_type} failed, records stay buffered: {e}"));
-                    return Ok(());
-                }
+                Err(e) => return report_flush_failure(bridge, object_type, e, now, report),
             }
         }
     }

@@ -257,18 +257,7 @@ fn flush_due(
                         report.files.push(file);
                         pending.retain(|k| !chosen.contains(k));
                     }
-                    Err(ApiError::Throttled { detail, retry_after }) => {
-                        report.throttled_until = Some(now + retry_after as i64);
-                        report.note = Some(format!("{detail}; records stay buffered"));
-                        return Ok(());
-                    }
-                    Err(e) => {
-                        if let Some(until) = blocked_until(bridge, now)? {
-                            report.throttled_until = Some(until);
-                        }
-                        report.note = Some(format!("flushing {object_type} failed, records stay buffered: {e}"));
-                        return Ok(());
-                    }
+                    Err(e) => return report_flush_failure(bridge, object_type, e, now, report),
                 }
             }
         }
@@ -276,6 +265,24 @@ fn flush_due(
     })();
     lease::release(bridge.kv, held);
     result
+}
+
+/// Records why a file could not go (the records stay buffered) and when the next try can be;
+/// the flush stops there. Shared by both layouts.
+fn report_flush_failure(bridge: &Bridge, object_type: ObjectType, error: ApiError, now: i64, report: &mut FlushReport) -> Result<(), ApiError> {
+    match error {
+        ApiError::Throttled { detail, retry_after } => {
+            report.throttled_until = Some(now + retry_after as i64);
+            report.note = Some(format!("{detail}; records stay buffered"));
+        }
+        e => {
+            if let Some(until) = blocked_until(bridge, now)? {
+                report.throttled_until = Some(until);
+            }
+            report.note = Some(format!("flushing {object_type} failed, records stay buffered: {e}"));
+        }
+    }
+    Ok(())
 }
 
 /// Sends one file. Its pending versions are deleted only after Gong's 201.
