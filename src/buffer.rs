@@ -133,6 +133,11 @@ pub fn due_reason(summary: &TypeSummary, limits: FlushLimits, now: i64) -> Optio
     None
 }
 
+/// Whether a type goes now: it is due, or `force` and anything is pending.
+pub fn is_due(summary: &TypeSummary, limits: FlushLimits, force: bool, now: i64) -> bool {
+    summary.records > 0 && (force || due_reason(summary, limits, now).is_some())
+}
+
 /// The versions one file of `object_type` will carry: whole records (all their pending
 /// versions), oldest arrivals first, until the record or byte limit. Returns the chosen keys.
 pub fn select_for_file(keys: &[PendingKey], object_type: ObjectType, limits: FlushLimits) -> Vec<PendingKey> {
@@ -202,6 +207,8 @@ mod tests {
         assert!(due_reason(&TypeSummary { bytes: 100, ..base.clone() }, limits, 1_010).unwrap().contains("bytes"));
         assert!(due_reason(&base, limits, 1_060).unwrap().contains("old"));
         assert_eq!(due_reason(&TypeSummary::default(), limits, 9_999), None);
+        assert!(!is_due(&base, limits, false, 1_010) && is_due(&base, limits, true, 1_010), "force sends what is pending");
+        assert!(!is_due(&TypeSummary::default(), limits, true, 9_999), "force with nothing pending sends nothing");
     }
 
     #[test]

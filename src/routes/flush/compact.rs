@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::{
-    blocked_until, failure_key, pending_value, poll_inflight, report_flush_failure, send_file, split_pending_value, Buffered, Failure, FlushReport, Requeue, FAILURE_PREFIX,
+    blocked_until, failure_key, integration_for_flush, pending_value, poll_inflight, report_flush_failure, send_file, split_pending_value, Buffered, Failure, FlushReport, Requeue, FAILURE_PREFIX,
     FLUSH_LEASE, INFLIGHT_PREFIX, LATEST_PREFIX, MAX_DELIVERIES_LISTED,
 };
 use crate::app::Bridge;
@@ -363,7 +363,7 @@ fn due_types(summary: &Summary, limits: buffer::FlushLimits, force: bool, now: i
         .filter(|t| {
             summary.get(t.as_str()).is_some_and(|stats| {
                 let s = compact::type_summary(stats);
-                (force && s.records > 0) || buffer::due_reason(&s, limits, now).is_some()
+                buffer::is_due(&s, limits, force, now)
             })
         })
         .collect()
@@ -389,13 +389,7 @@ fn flush_due(bridge: &Bridge, limits: buffer::FlushLimits, force: bool, now: i64
     if due.is_empty() {
         return Ok(());
     }
-    let integration_id = match bridge.integration_id() {
-        Ok(id) => id,
-        Err(_) => {
-            report.note = Some("records are buffered but no Gong integration is registered yet (PUT /integration)".into());
-            return Ok(());
-        }
-    };
+    let Some(integration_id) = integration_for_flush(bridge, report) else { return Ok(()) };
     let gong = bridge.gong()?;
     for object_type in due {
         loop {
@@ -409,7 +403,7 @@ fn flush_due(bridge: &Bridge, limits: buffer::FlushLimits, force: bool, now: i64
             let summary = read_summary(bridge)?;
             let Some(stats) = summary.get(object_type.as_str()) else { break };
             let s = compact::type_summary(stats);
-            if s.records == 0 || !(force || buffer::due_reason(&s, limits, now).is_some()) {
+            if !buffer::is_due(&s, limits, force, now) {
                 break;
             }
             // Oldest shards first; within a shard, oldest records first.

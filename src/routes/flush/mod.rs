@@ -218,18 +218,12 @@ fn flush_due(
     let summaries = buffer::summarize(pending);
     let due: Vec<ObjectType> = FLUSH_ORDER
         .into_iter()
-        .filter(|t| summaries.get(t).is_some_and(|s| (force && s.records > 0) || buffer::due_reason(s, limits, now).is_some()))
+        .filter(|t| summaries.get(t).is_some_and(|s| buffer::is_due(s, limits, force, now)))
         .collect();
     if due.is_empty() {
         return Ok(());
     }
-    let integration_id = match bridge.integration_id() {
-        Ok(id) => id,
-        Err(_) => {
-            report.note = Some("records are buffered but no Gong integration is registered yet (PUT /integration)".into());
-            return Ok(());
-        }
-    };
+    let Some(integration_id) = integration_for_flush(bridge, report) else { return Ok(()) };
     let settle = settings::idempotency_settle(bridge.config);
     let Some(held) = lease::acquire(bridge.kv, bridge.clock, FLUSH_LEASE, Duration::from_secs(120), settle)? else {
         report.note = Some("another replica is flushing right now".into());
@@ -245,7 +239,7 @@ fn flush_due(
                     return Ok(());
                 }
                 let summary = buffer::summarize(pending).remove(&object_type).unwrap_or_default();
-                if summary.records == 0 || !(force || buffer::due_reason(&summary, limits, now).is_some()) {
+                if !buffer::is_due(&summary, limits, force, now) {
                     break;
                 }
                 let chosen = buffer::select_for_file(pending, object_type, limits);
@@ -265,6 +259,17 @@ fn flush_due(
     })();
     lease::release(bridge.kv, held);
     result
+}
+
+/// The integration files go to; without one, records wait (noted in the report).
+fn integration_for_flush(bridge: &Bridge, report: &mut FlushReport) -> Option<i64> {
+    match bridge.integration_id() {
+        Ok(id) => Some(id),
+        Err(_) => {
+            report.note = Some("records are buffered but no Gong integration is registered yet (PUT /integration)".into());
+            None
+        }
+    }
 }
 
 /// Records why a file could not go (the records stay buffered) and when the next try can be;
