@@ -18,8 +18,10 @@
 
 #![allow(dead_code)]
 
+pub mod component;
 pub mod kv;
 pub mod mock_gong;
+pub mod signing;
 pub mod outbound;
 pub mod spin;
 
@@ -30,7 +32,6 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
-use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use wasmtime::component::{Component, Linker, ResourceTable};
@@ -51,45 +52,11 @@ pub use mock_gong::{
 #[allow(unused_imports)]
 pub use outbound::{is_allowed, Origin, OutboundAttempt, OutboundLog};
 pub use spin::HostState;
+#[allow(unused_imports)]
+pub use component::{build_component, component_path, manifest_dir, target_dir, WASM_ENV};
+pub use signing::*;
 
 // ----- defaults ------------------------------------------------------------------------------
-
-/// Default `api_token` variable (the bearer token clients of the bridge use).
-pub const API_TOKEN: &str = "test-api-token";
-/// Default `gong_access_key` variable.
-pub const GONG_ACCESS_KEY: &str = "test-key";
-/// Default `gong_access_key_secret` variable.
-pub const GONG_ACCESS_KEY_SECRET: &str = "test-secret";
-/// The 32 raw bytes behind the default `webhook_secret` variable.
-pub const WEBHOOK_SECRET_BYTES: &[u8; 32] = b"test-webhook-secret-0123456789ab";
-
-/// Default `webhook_secret` variable: `whsec_` + base64(`WEBHOOK_SECRET_BYTES`).
-pub fn webhook_secret() -> String {
-    format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(WEBHOOK_SECRET_BYTES)
-    )
-}
-
-/// A Standard Webhooks `v1,<base64>` signature of a delivery under `key` (computed here,
-/// independently of the component's own code).
-pub fn sign_webhook_with(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
-    use hmac::Mac as _;
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
-    mac.update(format!("{id}.{timestamp}.").as_bytes());
-    mac.update(body);
-    format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
-}
-
-/// The `webhook-timestamp` (now) and `webhook-signature` headers for a delivery signed with
-/// the default test secret.
-pub fn signed_now(id: &str, body: &[u8]) -> (String, String) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64;
-    (now.to_string(), sign_webhook_with(WEBHOOK_SECRET_BYTES, id, now, body))
-}
 
 /// The authority the component sees in incoming URLs (Spin's default listen address).
 pub const SPIN_AUTHORITY: &str = "127.0.0.1:3000";
@@ -97,8 +64,6 @@ pub const SPIN_AUTHORITY: &str = "127.0.0.1:3000";
 /// Upper bound on one request (guest + collecting the body) unless the builder says otherwise.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Env var: path of a prebuilt component; when set the host does not run `cargo build`.
-pub const WASM_ENV: &str = "GONG_BRIDGE_WASM";
 /// Env var: set to `1` to skip the on-disk cache of the compiled component.
 pub const NO_CACHE_ENV: &str = "GONG_BRIDGE_NO_CACHE";
 
@@ -128,53 +93,6 @@ pub fn runtime() -> &'static Runtime {
         Ok(rt) => rt,
         Err(e) => panic!("test host: the component could not be loaded:\n{e}"),
     }
-}
-
-pub fn manifest_dir() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-pub fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => manifest_dir().join(dir),
-        None => manifest_dir().join("target"),
-    }
-}
-
-/// Where the component is read from: `$GONG_BRIDGE_WASM`, else the release wasm32-wasip2
-/// artifact of this crate.
-pub fn component_path() -> PathBuf {
-    match std::env::var_os(WASM_ENV) {
-        Some(path) if !path.is_empty() => PathBuf::from(path),
-        _ => target_dir()
-            .join("wasm32-wasip2")
-            .join("release")
-            .join("gong_crm_bridge.wasm"),
-    }
-}
-
-/// Runs `cargo build --release --target wasm32-wasip2 --lib` in the crate directory
-/// (output inherited). Returns how long it took.
-pub fn build_component() -> anyhow::Result<Duration> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let started = Instant::now();
-    eprintln!(
-        "[test-host] building the component: cargo build --release --target wasm32-wasip2 --lib"
-    );
-    let status = std::process::Command::new(&cargo)
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--lib"])
-        .current_dir(manifest_dir())
-        .stdin(std::process::Stdio::null())
-        .status()
-        .with_context(|| format!("spawning {cargo:?}"))?;
-    if !status.success() {
-        bail!(
-            "`cargo build --release --target wasm32-wasip2 --lib` failed ({status}); \
-             fix the build errors above, or set {WASM_ENV}=/path/to/component.wasm to test a \
-             prebuilt component"
-        );
-    }
-    Ok(started.elapsed())
 }
 
 fn new_engine() -> anyhow::Result<Engine> {

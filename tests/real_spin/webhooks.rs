@@ -1,0 +1,357 @@
+//! Real-Spin cases for webhooks on Spin's SQLite store: signatures, exactly-once effect,
+//! batching, a SIGKILL restart, time to answer, a large delivery, and Spin 3.6.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, ensure};
+use serde_json::{json, Value};
+
+use crate::client::{unix_now, Bridge, Reply, CALL_TIMEOUT};
+use crate::harness::{sqlite_key_count, SpinProcess};
+use crate::support::mock_gong::{MockGong, MockResponse};
+use crate::support::signing::WEBHOOK_SECRET_BYTES;
+use crate::Ctx;
+
+/// A `record.upserted` delivery of one ACCOUNT record.
+pub fn upsert(object_id: &str, modified: &str, name: &str) -> Value {
+    json!({"type": "record.upserted", "timestamp": "2024-01-01T00:00:00Z",
+           "data": {"objectType": "ACCOUNT", "record": {"objectId": object_id, "modifiedDate": modified, "name": name}}})
+}
+
+/// `2024-01-01T00:00:00Z` plus `seconds`.
+pub fn modified_at(seconds: u32) -> String {
+    format!("2024-01-01T{:02}:{:02}:{:02}Z", seconds / 3600, seconds / 60 % 60, seconds % 60)
+}
+
+/// Every record line Gong received in uploads, in arrival order: (objectId, modifiedDate).
+pub fn uploaded_versions(mock: &MockGong) -> anyhow::Result<Vec<(String, String)>> {
+    let mut versions = Vec::new();
+    for upload in mock.received_on("POST", "/v2/crm/entities") {
+        let Some(part) = upload.part("dataFile") else { bail!("an upload without a dataFile part: {:?}", upload.multipart_error) };
+        for line in part.lines() {
+            let record: Value = serde_json::from_str(&line)?;
+            versions.push((record["objectId"].as_str().unwrap_or_default().to_owned(), record["modifiedDate"].as_str().unwrap_or_default().to_owned()));
+        }
+    }
+    Ok(versions)
+}
+
+/// "N Gong calls (U uploads of R records, P status polls)" for a case's closing line.
+pub fn upload_report(mock: &MockGong) -> String {
+    let uploads = mock.received_on("POST", "/v2/crm/entities");
+    let records: usize = uploads.iter().filter_map(|u| u.part("dataFile")).map(|p| p.lines().len()).sum();
+    let polls = mock.received_on("GET", "/v2/crm/request-status").len();
+    format!("{} Gong calls ({} uploads of {records} records, {polls} status polls)", mock.request_count(), uploads.len())
+}
+
+/// Delivers each `(webhook-id, body)` to `bridges` in turn (delivery `i` to bridge `i % n`),
+/// `concurrency` at a time. Like a real sender, a 409 (in progress) or 503 with `Retry-After` is
+/// retried (a few times, shortly). Returns the final reply of each delivery, in input order.
+pub async fn deliver_all(bridges: &[Bridge], deliveries: Vec<(String, Value)>, concurrency: usize) -> anyhow::Result<Vec<Reply>> {
+    let permits = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, (id, body)) in deliveries.into_iter().enumerate() {
+        let bridge = bridges[index % bridges.len()];
+        let permits = permits.clone();
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await?;
+            let mut attempt = 0;
+            loop {
+                let reply = bridge.webhook(&id, &body).await?;
+                let retry = matches!(reply.status, 409 | 503) && reply.header("retry-after").is_some();
+                if !retry || attempt == 5 {
+                    return anyhow::Ok((index, reply));
+                }
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+        });
+    }
+    let mut replies: Vec<Option<Reply>> = vec![None; tasks.len()];
+    while let Some(joined) = tasks.join_next().await {
+        let (index, reply) = joined??;
+        replies[index] = Some(reply);
+    }
+    Ok(replies.into_iter().flatten().collect())
+}
+
+/// A deterministic shuffle (a fixed-seed LCG), so that versions arrive out of order.
+pub fn shuffle<T>(items: &mut [T], seed: u64) {
+    let mut state = seed;
+    for i in (1..items.len()).rev() {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        items.swap(i, (state >> 33) as usize % (i + 1));
+    }
+}
+
+/// Flushes with `force` until no record of `ids` is waiting in the bridge (at most 10 rounds).
+pub async fn flush_until_sent(bridges: &[Bridge], ids: &BTreeSet<String>) -> anyhow::Result<()> {
+    for _ in 0..10 {
+        for bridge in bridges {
+            bridge.force_flush().await?.expect(200);
+        }
+        let mut waiting = 0;
+        for id in ids {
+            // A 404 is not "waiting" (issue 10 finding 6: a record of a file of more than 100
+            // records is not found; its own case marks that as an expected failure).
+            let reply = bridges[0].get(&format!("/records/ACCOUNT/{id}/status")).await?;
+            if reply.status == 200 && reply.json()["state"] == "waiting" {
+                waiting += 1;
+            }
+        }
+        if waiting == 0 {
+            return Ok(());
+        }
+    }
+    bail!("records still waiting in the bridge after 10 forced flushes")
+}
+
+pub async fn signed_webhook_is_buffered_then_delivered(ctx: &Ctx) -> anyhow::Result<()> {
+    let mock = MockGong::start().await;
+    let spin = ctx.start(&ctx.options(&mock), "spin").await?;
+    let bridge = spin.bridge;
+    let reply = bridge.webhook("msg_1", &upsert("acc-1", "2024-05-01T10:00:00Z", "ACME")).await?;
+    assert_eq!(reply.header("location"), Some("/records/ACCOUNT/acc-1/status"));
+    let body = reply.expect(202);
+    assert_eq!(body["status"], "BUFFERED", "{body}");
+    assert_eq!(body["accepted"], 1, "{body}");
+    ensure!(mock.received_on("POST", "/v2/crm/entities").is_empty(), "a single webhook waits for its batch");
+    let waiting = bridge.record_state("ACCOUNT", "acc-1").await?;
+    assert_eq!(waiting["state"], "waiting", "{waiting}");
+
+    bridge.force_flush().await?.expect(200);
+    assert_eq!(uploaded_versions(&mock)?, vec![("acc-1".to_owned(), "2024-05-01T10:00:00Z".to_owned())]);
+    // Gong's request-status says DONE (the mock's default); the bridge follows it.
+    bridge.force_flush().await?.expect(200);
+    let done = bridge.record_state("ACCOUNT", "acc-1").await?;
+    assert_eq!(done["state"], "done", "{done}");
+    Ok(())
+}
+
+pub async fn replayed_webhook_takes_effect_once(ctx: &Ctx) -> anyhow::Result<()> {
+    let mock = MockGong::start().await;
+    let spin = ctx.start(&ctx.options(&mock), "spin").await?;
+    let bridge = spin.bridge;
+    let body = upsert("acc-1", "2024-05-01T10:00:00Z", "ACME");
+    let first = bridge.webhook("msg_replay", &body).await?;
+    first.expect(202);
+    let again = bridge.webhook("msg_replay", &body).await?;
+    again.expect(202);
+    assert_eq!(again.header("idempotency-replayed"), Some("true"));
+    assert_eq!(again.json(), first.json(), "a re-delivery gets the first answer");
+    // The same id with another body is not a re-delivery.
+    let other = bridge.webhook("msg_replay", &upsert("acc-1", "2024-05-02T10:00:00Z", "ACME")).await?;
+    other.expect(422);
+    assert_eq!(bridge.record_state("ACCOUNT", "acc-1").await?["pendingVersions"], 1);
+    bridge.force_flush().await?.expect(200);
+    assert_eq!(uploaded_versions(&mock)?, vec![("acc-1".to_owned(), "2024-05-01T10:00:00Z".to_owned())]);
+    Ok(())
+}
+
+pub async fn bad_signature_is_refused(ctx: &Ctx) -> anyhow::Result<()> {
+    let mock = MockGong::start().await;
+    let spin = ctx.start(&ctx.options(&mock), "spin").await?;
+    let bridge = spin.bridge;
+    let body = serde_json::to_vec(&upsert("acc-1", "2024-05-01T10:00:00Z", "ACME"))?;
+    let wrong_key = bridge.webhook_signed(b"another-secret-entirely-0123456", "msg_bad", unix_now(), &body, CALL_TIMEOUT).await?;
+    let problem = wrong_key.expect(401);
+    assert!(problem["detail"].as_str().unwrap_or_default().contains("signature"), "{problem}");
+    // Signed correctly, then changed in transit.
+    let mut tampered = body.clone();
+    tampered.extend_from_slice(b" ");
+    let signature = crate::support::signing::sign_webhook_with(WEBHOOK_SECRET_BYTES, "msg_bad", unix_now(), &body);
+    let ts = unix_now().to_string();
+    let headers = [("content-type", "application/json"), ("webhook-id", "msg_bad"), ("webhook-timestamp", ts.as_str()), ("webhook-signature", signature.as_str())];
+    bridge.raw("POST", "/webhooks", &headers, tampered).await?.expect(401);
+    bridge.raw("POST", "/webhooks", &[("content-type", "application/json")], body).await?.expect(401);
+    bridge.get("/records/ACCOUNT/acc-1/status").await?.expect(404);
+    bridge.force_flush().await?.expect(200);
+    ensure!(mock.received().is_empty(), "nothing reaches Gong: {:?}", mock.received());
+    Ok(())
+}
+
+pub async fn stale_timestamp_is_refused(ctx: &Ctx) -> anyhow::Result<()> {
+    let mock = MockGong::start().await;
+    let spin = ctx.start(&ctx.options(&mock), "spin").await?;
+    let body = serde_json::to_vec(&upsert("acc-1", "2024-05-01T10:00:00Z", "ACME"))?;
+    for skew in [-600, 600] {
+        let stale = spin.bridge.webhook_signed(WEBHOOK_SECRET_BYTES, "msg_old", unix_now() + skew, &body, CALL_TIMEOUT).await?;
+        let problem = stale.expect(401);
+        assert!(problem["detail"].as_str().unwrap_or_default().contains("webhook-timestamp"), "{problem}");
+    }
+    spin.bridge.get("/records/ACCOUNT/acc-1/status").await?.expect(404);
+    Ok(())
+}
+
+pub async fn invalid_record_names_record_field_and_rule(ctx: &Ctx) -> anyhow::Result<()> {
+    let mock = MockGong::start().await;
+    let spin = ctx.start(&ctx.options(&mock), "spin").await?;
+    let problem = spin.bridge.webhook("msg_invalid", &upsert("acc-1", "yesterday", "ACME")).await?.expect(422);
+    let first = &problem["errors"][0];
+    assert_eq!(first["objectId"], "acc-1", "{problem}");
+    assert_eq!(first["field"], "modifiedDate", "{problem}");
+    assert!(first["rule"].as_str().is_some_and(|r| !r.is_empty()), "{problem}");
+    spin.bridge.get("/records/ACCOUNT/acc-1/status").await?.expect(404);
+    Ok(())
+}
+
+pub async fn five_hundred_webhooks_make_at_most_two_uploads(ctx: &Ctx) -> anyhow::Result<()> {
+    let mock = MockGong::start().await;
+    let spin = ctx.start(&ctx.options(&mock), "spin").await?;
+    let keys_before = sqlite_key_count(&spin.state_dir);
+    // 400 records; the first 100 also get a newer version; sent in shuffled order.
+    let mut deliveries = Vec::new();
+    let mut latest = BTreeMap::new();
+    for i in 0..400u32 {
+        let id = format!("acc-{i}");
+        deliveries.push((format!("msg-{i}-v1"), upsert(&id, &modified_at(i), "v1")));
+        latest.insert(id.clone(), modified_at(i));
+        if i < 100 {
+            deliveries.push((format!("msg-{i}-v2"), upsert(&id, &modified_at(i + 5000), "v2")));
+            latest.insert(id, modified_at(i + 5000));
+        }
+    }
+    shuffle(&mut deliveries, 500);
+    let replies = deliver_all(&[spin.bridge], deliveries, 8).await?;
+    let refused: Vec<_> = replies.iter().filter(|r| r.status != 202).map(|r| format!("{} {}", r.status, r.text())).collect();
+    ensure!(refused.is_empty(), "{} of 500 webhooks not accepted: {:?}", refused.len(), &refused[..refused.len().min(3)]);
+
+    let ids: BTreeSet<String> = latest.keys().cloned().collect();
+    flush_until_sent(&[spin.bridge], &ids).await?;
+    let uploads = mock.received_on("POST", "/v2/crm/entities").len();
+    ensure!(uploads <= 2, "500 webhooks made {uploads} uploads");
+    let mut in_gong: BTreeMap<String, String> = BTreeMap::new();
+    for (id, modified) in uploaded_versions(&mock)? {
+        ensure!(in_gong.insert(id.clone(), modified).is_none(), "{id} uploaded twice");
+    }
+    assert_eq!(in_gong, latest, "every record in Gong at its latest version");
+    println!(
+        "real-spin: batching: 500 webhooks -> {}; SQLite keys {:?} before, {:?} after",
+        upload_report(&mock),
+        keys_before,
+        sqlite_key_count(&spin.state_dir)
+    );
+    Ok(())
+}
+
+pub async fn restart_after_sigkill_loses_nothing_and_sends_nothing_twice(ctx: &Ctx) -> anyhow::Result<()> {
+    let mock = MockGong::start().await;
+    let options = ctx.options(&mock);
+    let mut first = ctx.start(&options, "spin").await?;
+    let bridge = first.bridge;
+    // A sender keeps delivering; spin is killed while deliveries are in flight.
+    let accepted = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sender_accepted = accepted.clone();
+    let sender = tokio::spawn(async move {
+        for i in 0..300u32 {
+            let id = format!("acc-{i}");
+            match bridge.webhook(&format!("msg-{i}"), &upsert(&id, &modified_at(i), "before the kill")).await {
+                Ok(reply) if reply.status == 202 => sender_accepted.lock().unwrap_or_else(|p| p.into_inner()).push(id),
+                Ok(_) | Err(_) => {}
+            }
+        }
+    });
+    while accepted.lock().unwrap_or_else(|p| p.into_inner()).len() < 60 {
+        ensure!(!sender.is_finished(), "the sender stopped before 60 deliveries were accepted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    first.kill();
+    sender.await?;
+    let accepted: Vec<String> = accepted.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    ensure!(accepted.len() < 300, "spin was killed after every delivery had been answered");
+
+    // Same state directory, a new process.
+    let second = SpinProcess::start(&ctx.app, &options, &first.state_dir).await?;
+    // A sender that got no answer delivers again; one that did may too: both take effect once.
+    for (i, id) in accepted.iter().enumerate().take(10) {
+        let number: u32 = id.trim_start_matches("acc-").parse()?;
+        let again = second.bridge.webhook(&format!("msg-{number}"), &upsert(id, &modified_at(number), "before the kill")).await?;
+        again.expect(202);
+        ensure!(again.header("idempotency-replayed") == Some("true"), "re-delivery {i} of an accepted webhook was not a replay");
+    }
+    let ids: BTreeSet<String> = accepted.iter().cloned().collect();
+    flush_until_sent(&[second.bridge], &ids).await?;
+    let mut in_gong = BTreeSet::new();
+    for (id, _) in uploaded_versions(&mock)? {
+        ensure!(in_gong.insert(id.clone()), "{id} uploaded twice");
+    }
+    let missing: Vec<_> = ids.difference(&in_gong).collect();
+    ensure!(missing.is_empty(), "{} accepted records never reached Gong: {:?}", missing.len(), missing);
+    println!(
+        "real-spin: restart: {} deliveries accepted before SIGKILL, {} records in Gong after the restart, none twice",
+        accepted.len(),
+        in_gong.len()
+    );
+    Ok(())
+}
+
+pub async fn webhooks_answered_within_1s_while_gong_takes_10s(ctx: &Ctx) -> anyhow::Result<()> {
+    let mock = MockGong::start().await;
+    mock.always("POST", "/v2/crm/entities", MockResponse::json(201, json!({"requestId": "slow"})).delay(Duration::from_secs(10)));
+    // Every delivery makes a flush due at once.
+    let spin = ctx.start(&ctx.options(&mock).var("batch_max_records", "1"), "spin").await?;
+    for i in 0..10u32 {
+        let body = serde_json::to_vec(&upsert(&format!("acc-{i}"), &modified_at(i), "slow Gong"))?;
+        let reply = spin.bridge.webhook_signed(WEBHOOK_SECRET_BYTES, &format!("msg-{i}"), unix_now(), &body, Duration::from_secs(30)).await?;
+        reply.expect(202);
+        ensure!(reply.elapsed <= Duration::from_secs(1), "webhook {i} was answered after {:.1} s (at most 1 s)", reply.elapsed.as_secs_f64());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    ensure!(!mock.received_on("POST", "/v2/crm/entities").is_empty(), "the flushes due never reached Gong");
+    Ok(())
+}
+
+pub async fn a_20_mb_delivery_is_refused_or_accepted_within_10s(ctx: &Ctx) -> anyhow::Result<()> {
+    let mock = MockGong::start().await;
+    let spin = ctx.start(&ctx.options(&mock), "spin").await?;
+    let padding = "x".repeat(440);
+    let records: Vec<Value> = (0..40_000u32).map(|i| json!({"objectId": format!("big-{i}"), "modifiedDate": modified_at(i % 80_000), "name": format!("{i} {padding}")})).collect();
+    let body = serde_json::to_vec(&json!({"type": "record.upserted", "timestamp": "2024-01-01T00:00:00Z", "data": {"objectType": "ACCOUNT", "records": records}}))?;
+    ensure!(body.len() >= 20_000_000, "the delivery is only {} bytes", body.len());
+    let reply = spin.bridge.webhook_signed(WEBHOOK_SECRET_BYTES, "msg-big", unix_now(), &body, Duration::from_secs(10)).await?;
+    match reply.status {
+        413 => {
+            reply.expect(413);
+        }
+        202 => assert_eq!(reply.json()["accepted"], 40_000),
+        other => bail!("a {} byte delivery got {other}: {}", body.len(), reply.text()),
+    }
+    println!("real-spin: large delivery: {} bytes -> {} in {:.1} s", body.len(), reply.status, reply.elapsed.as_secs_f64());
+    Ok(())
+}
+
+pub async fn the_same_wasm_runs_on_spin_3_6(ctx: &Ctx) -> anyhow::Result<()> {
+    let Some(spin3) = &ctx.spin3 else { bail!("no Spin 3.6 (set SPIN3_BIN)") };
+    let mock = MockGong::start().await;
+    let mut options = ctx.options(&mock);
+    options.spin = spin3.clone();
+    let spin = ctx.start(&options, "spin-3.6").await?;
+    spin.bridge.webhook("msg_1", &upsert("acc-1", "2024-05-01T10:00:00Z", "ACME")).await?.expect(202);
+    spin.bridge.force_flush().await?.expect(200);
+    assert_eq!(uploaded_versions(&mock)?, vec![("acc-1".to_owned(), "2024-05-01T10:00:00Z".to_owned())]);
+    spin.bridge.force_flush().await?.expect(200);
+    assert_eq!(spin.bridge.record_state("ACCOUNT", "acc-1").await?["state"], "done");
+    Ok(())
+}
+
+pub async fn where_is_my_record_answers_for_every_record_of_a_big_file(ctx: &Ctx) -> anyhow::Result<()> {
+    let mock = MockGong::start().await;
+    let spin = ctx.start(&ctx.options(&mock), "spin").await?;
+    let records: Vec<Value> = (0..150u32).map(|i| json!({"objectId": format!("acc-{i}"), "modifiedDate": modified_at(i), "name": "one file"})).collect();
+    let delivery = json!({"type": "record.upserted", "timestamp": "2024-01-01T00:00:00Z", "data": {"objectType": "ACCOUNT", "records": records}});
+    assert_eq!(spin.bridge.webhook("msg-150", &delivery).await?.expect(202)["accepted"], 150);
+    spin.bridge.force_flush().await?.expect(200);
+    spin.bridge.force_flush().await?.expect(200);
+    assert_eq!(uploaded_versions(&mock)?.len(), 150, "one file of 150 records");
+    let mut unknown = Vec::new();
+    for i in 0..150u32 {
+        let reply = spin.bridge.get(&format!("/records/ACCOUNT/acc-{i}/status")).await?;
+        if reply.status != 200 || reply.json()["state"] != "done" {
+            unknown.push(format!("acc-{i}: {} {}", reply.status, reply.text()));
+        }
+    }
+    ensure!(unknown.is_empty(), "{} of 150 records of a delivered file are not reported done, e.g. {}", unknown.len(), unknown[0]);
+    Ok(())
+}
