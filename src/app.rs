@@ -56,8 +56,8 @@ impl<'a> Bridge<'a> {
             .map_err(|error| ApiError::GongUnreachable { op, error })?;
         if response.status().as_u16() == 429 {
             let retry_after = crate::gong::client::retry_after_seconds(&response);
-            let now = self.clock.now().unix_timestamp();
-            if let Err(e) = self.update_quota(|state| quota::block(state, now, retry_after)) {
+            let now_ms = (self.clock.now().unix_timestamp_nanos() / 1_000_000) as i64;
+            if let Err(e) = self.update_quota(|state| quota::block_ms(state, now_ms, retry_after)) {
                 eprintln!("gong-crm-bridge: could not record Gong's 429 for other replicas: {e}");
             }
         }
@@ -93,10 +93,10 @@ impl<'a> Bridge<'a> {
                         retry_after: ms.div_ceil(1000).max(1),
                     })
                 }
-                Decision::Blocked { until, reason } => {
+                Decision::Blocked { until_ms, reason } => {
                     return Err(ApiError::Throttled {
-                        detail: format!("no Gong call until {until} (Unix time): {reason}"),
-                        retry_after: (until - now.unix_timestamp()).max(1) as u64,
+                        detail: format!("no Gong call until {} (Unix time): {reason}", (until_ms + 999).div_euclid(1000)),
+                        retry_after: quota::seconds_until(until_ms, now_ms),
                     })
                 }
             }

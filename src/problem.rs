@@ -115,6 +115,7 @@ impl ApiError {
         body.insert("detail".into(), json!(self.to_string()));
         let mut retry_after = None;
         let mut www_authenticate = false;
+        let mut allow = None;
         match self {
             ApiError::BadRequest { errors, .. } if !errors.is_empty() => {
                 body.insert("errors".into(), Value::Array(errors));
@@ -134,6 +135,7 @@ impl ApiError {
                 retry_after = Some(secs)
             }
             ApiError::Unauthorized(_) => www_authenticate = true,
+            ApiError::MethodNotAllowed { allowed, .. } => allow = Some(allowed),
             ApiError::Gong { op, error } => {
                 body.insert("gongOperation".into(), json!(op.describe()));
                 let said = match &error {
@@ -173,6 +175,9 @@ impl ApiError {
         }
         if www_authenticate {
             builder = builder.header(http::header::WWW_AUTHENTICATE, "Bearer");
+        }
+        if let Some(allowed) = allow {
+            builder = builder.header(http::header::ALLOW, allowed);
         }
         let bytes = serde_json::to_vec(&Value::Object(body)).unwrap_or_default();
         builder.body(bytes).unwrap_or_else(|_| http::Response::new(Vec::new()))
@@ -242,6 +247,14 @@ mod tests {
         assert_eq!(t.status(), 504);
         let u = ApiError::GongUnreachable { op: Operation::ListIntegrations, error: OutboundError::Unreachable("refused".into()) };
         assert_eq!(u.status(), 502);
+    }
+
+    /// Issue 10 item 11: RFC 9110 requires `Allow` on a 405.
+    #[test]
+    fn method_not_allowed_carries_allow() {
+        let r = ApiError::MethodNotAllowed { method: "PATCH".into(), allowed: "GET, PUT, DELETE" }.into_response();
+        assert_eq!(r.status(), 405);
+        assert_eq!(r.headers().get("allow").map(|v| v.as_bytes()), Some(&b"GET, PUT, DELETE"[..]));
     }
 
     #[test]

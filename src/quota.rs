@@ -34,8 +34,10 @@ pub struct QuotaState {
     pub hour_count: u32,
     pub day: i64,
     pub day_count: u32,
-    /// Unix seconds until which no replica calls Gong (after a 429), and why.
-    pub blocked_until: i64,
+    /// Unix milliseconds until which no replica calls Gong (after a 429 or a cap), and why.
+    /// Milliseconds, because Gong's `Retry-After` counts from the instant of its answer.
+    #[serde(default)]
+    pub blocked_until_ms: i64,
     #[serde(default)]
     pub blocked_reason: Option<String>,
 }
@@ -46,17 +48,17 @@ pub enum Decision {
     Go,
     /// This second's calls are used up: wait this many milliseconds and ask again.
     Wait(u64),
-    /// No call until `until` (Unix seconds).
-    Blocked { until: i64, reason: String },
+    /// No call until `until_ms` (Unix milliseconds).
+    Blocked { until_ms: i64, reason: String },
 }
 
 /// Decides whether one more call may go now (`now_ms`: Unix milliseconds) and, if so,
 /// counts it in `state`.
 pub fn decide(state: &mut QuotaState, limits: QuotaLimits, now_ms: i64) -> Decision {
     let now = now_ms.div_euclid(1000);
-    if state.blocked_until > now {
+    if state.blocked_until_ms > now_ms {
         return Decision::Blocked {
-            until: state.blocked_until,
+            until_ms: state.blocked_until_ms,
             reason: state.blocked_reason.clone().unwrap_or_else(|| "Gong asked the bridge to wait (429)".into()),
         };
     }
@@ -75,13 +77,13 @@ pub fn decide(state: &mut QuotaState, limits: QuotaLimits, now_ms: i64) -> Decis
     }
     if limits.per_day > 0 && state.day_count >= limits.per_day {
         return Decision::Blocked {
-            until: (day + 1) * 86_400,
+            until_ms: (day + 1) * 86_400_000,
             reason: format!("daily cap of {} Gong calls reached (variable gong_daily_call_cap)", limits.per_day),
         };
     }
     if limits.per_hour > 0 && state.hour_count >= limits.per_hour {
         return Decision::Blocked {
-            until: (hour + 1) * 3600,
+            until_ms: (hour + 1) * 3_600_000,
             reason: format!("hourly cap of {} outbound calls reached (variable outbound_hourly_cap)", limits.per_hour),
         };
     }
@@ -94,11 +96,17 @@ pub fn decide(state: &mut QuotaState, limits: QuotaLimits, now_ms: i64) -> Decis
     Decision::Go
 }
 
-/// Records Gong's 429: every replica waits `retry_after` seconds (60 when Gong gave none).
-pub fn block(state: &mut QuotaState, now: i64, retry_after: Option<u64>) {
+/// Records Gong's 429 answered at `now_ms` (Unix milliseconds): every replica waits
+/// `retry_after` seconds from that instant (60 when Gong gave none).
+pub fn block_ms(state: &mut QuotaState, now_ms: i64, retry_after: Option<u64>) {
     let seconds = retry_after.unwrap_or(60).clamp(1, 3600) as i64;
-    state.blocked_until = state.blocked_until.max(now + seconds);
+    state.blocked_until_ms = state.blocked_until_ms.max(now_ms + seconds * 1000);
     state.blocked_reason = Some(format!("Gong answered 429; Retry-After {seconds} s"));
+}
+
+/// Whole seconds from `now_ms` until `until_ms`, rounded up (a `Retry-After` never too early).
+pub fn seconds_until(until_ms: i64, now_ms: i64) -> u64 {
+    ((until_ms - now_ms).max(1) as u64).div_ceil(1000)
 }
 
 #[cfg(test)]
@@ -124,22 +132,34 @@ mod tests {
         let t = 7_200_000; // 2 h in ms
         assert_eq!(decide(&mut s, limits, t), Decision::Go);
         assert_eq!(decide(&mut s, limits, t), Decision::Go);
-        let Decision::Blocked { until, reason } = decide(&mut s, limits, t) else { panic!() };
-        assert_eq!(until, 3 * 3600);
+        let Decision::Blocked { until_ms, reason } = decide(&mut s, limits, t) else { panic!() };
+        assert_eq!(until_ms, 3 * 3_600_000);
         assert!(reason.contains("hourly"));
         assert_eq!(decide(&mut s, limits, 3 * 3_600_000), Decision::Go);
-        let Decision::Blocked { until, reason } = decide(&mut s, limits, 3 * 3_600_000) else { panic!() };
-        assert_eq!(until, 86_400);
+        let Decision::Blocked { until_ms, reason } = decide(&mut s, limits, 3 * 3_600_000) else { panic!() };
+        assert_eq!(until_ms, 86_400_000);
         assert!(reason.contains("daily"));
     }
 
     #[test]
     fn a_429_blocks_every_caller_until_retry_after() {
         let mut s = QuotaState::default();
-        block(&mut s, 1_000, Some(30));
-        assert!(matches!(decide(&mut s, QuotaLimits::default(), 1_029_000), Decision::Blocked { until: 1_030, .. }));
+        block_ms(&mut s, 1_000_000, Some(30));
+        assert!(matches!(decide(&mut s, QuotaLimits::default(), 1_029_000), Decision::Blocked { until_ms: 1_030_000, .. }));
         assert_eq!(decide(&mut s, QuotaLimits::default(), 1_030_000), Decision::Go);
-        block(&mut s, 2_000, None);
-        assert_eq!(s.blocked_until, 2_060);
+        block_ms(&mut s, 2_000_000, None);
+        assert_eq!(s.blocked_until_ms, 2_060_000);
+        assert_eq!(seconds_until(2_060_000, 2_000_001), 60);
+    }
+
+    /// Issue 10 finding 10: a 429 at x.250 s with `Retry-After: 3` allows no call before
+    /// x+3.250 s (second-truncated arithmetic let one through after 2.75 s).
+    #[test]
+    fn retry_after_is_honoured_to_the_millisecond() {
+        let mut s = QuotaState::default();
+        let at_ms = 1_700_000_000_250;
+        block_ms(&mut s, at_ms, Some(3));
+        assert!(matches!(decide(&mut s, QuotaLimits::default(), at_ms + 2_999), Decision::Blocked { .. }));
+        assert_eq!(decide(&mut s, QuotaLimits::default(), at_ms + 3_000), Decision::Go);
     }
 }

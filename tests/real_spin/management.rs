@@ -30,7 +30,9 @@ pub async fn health_auth_and_unknown_routes(ctx: &Ctx) -> anyhow::Result<()> {
     assert_eq!(refused.header("www-authenticate"), Some("Bearer"));
     bridge.raw("GET", "/integration", &[("authorization", "Bearer wrong")], Vec::new()).await?.expect(401);
     bridge.get("/nope").await?.expect(404);
-    let not_allowed = bridge.call("PATCH", "/integration", &[], Vec::new()).await?.expect(405);
+    let not_allowed = bridge.call("PATCH", "/integration", &[], Vec::new()).await?;
+    assert_eq!(not_allowed.header("allow"), Some("GET, PUT, DELETE"));
+    let not_allowed = not_allowed.expect(405);
     assert!(not_allowed["detail"].as_str().unwrap_or_default().contains("GET, PUT, DELETE"), "{not_allowed}");
     ensure!(mock.received().is_empty(), "nothing reaches Gong: {:?}", mock.received());
 

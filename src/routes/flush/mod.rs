@@ -201,9 +201,10 @@ fn run_bounded(bridge: &Bridge, force: bool, max_files: usize) -> Result<FlushRe
     Ok(report)
 }
 
+/// Until when (Unix seconds, rounded up) Gong may not be called, if it may not be called at `now`.
 fn blocked_until(bridge: &Bridge, now: i64) -> Result<Option<i64>, ApiError> {
     let state: QuotaState = bridge.store().get_json(crate::app::QUOTA_KEY)?.unwrap_or_default();
-    Ok((state.blocked_until > now).then_some(state.blocked_until))
+    Ok((state.blocked_until_ms > now * 1000).then_some((state.blocked_until_ms + 999).div_euclid(1000)))
 }
 
 fn flush_due(
