@@ -16,14 +16,35 @@ use crate::store::Store;
 pub const QUOTA_KEY: &str = "quota";
 
 /// Everything a handler may touch.
+#[derive(Clone, Copy)]
 pub struct Bridge<'a> {
     pub kv: &'a dyn Kv,
     pub config: &'a dyn Config,
     pub outbound: &'a dyn Outbound,
     pub clock: &'a dyn Clock,
+    /// When set, no Gong call starts after this instant and none waits past it: the bound on
+    /// work after the answer and on `POST /flush` (`work_budget_ms`).
+    pub deadline: Option<time::OffsetDateTime>,
 }
 
 impl<'a> Bridge<'a> {
+    /// The same bridge, bound to finish its Gong calls within `work_budget_ms` from `started`.
+    pub fn with_budget(self, started: time::OffsetDateTime) -> Bridge<'a> {
+        Bridge { deadline: Some(started + settings::work_budget(self.config)), ..self }
+    }
+
+    /// How long the next Gong call may wait: `gong_timeout_ms`, cut to what is left of the
+    /// work budget; an error once the budget is spent.
+    fn call_timeout(&self) -> Result<std::time::Duration, ApiError> {
+        let configured = settings::gong_timeout(self.config);
+        let Some(deadline) = self.deadline else { return Ok(configured) };
+        let left = deadline - self.clock.now();
+        match std::time::Duration::try_from(left) {
+            Ok(left) if left >= std::time::Duration::from_millis(50) => Ok(configured.min(left)),
+            _ => Err(ApiError::OutOfTime { budget_ms: settings::work_budget(self.config).as_millis() as u64 }),
+        }
+    }
+
     pub fn store(&self) -> Store<'a> {
         Store::new(self.kv)
     }
@@ -49,10 +70,11 @@ impl<'a> Bridge<'a> {
 
     /// Sends one request to Gong with the configured timeout, within the shared call budget.
     pub fn send(&self, op: Operation, request: Request) -> Result<Response, ApiError> {
+        self.call_timeout()?;
         self.spend_quota()?;
         let response = self
             .outbound
-            .send(request, settings::gong_timeout(self.config))
+            .send(request, self.call_timeout()?)
             .map_err(|error| ApiError::GongUnreachable { op, error })?;
         if response.status().as_u16() == 429 {
             let retry_after = crate::gong::client::retry_after_seconds(&response);
@@ -124,31 +146,40 @@ impl<'a> Bridge<'a> {
     }
 }
 
+/// A request's answer, and whether the buffer check should run once it has been sent.
+pub struct Handled {
+    pub response: Response,
+    pub follow_up: bool,
+}
+
 /// Handles one request; never panics on bad input, and every error becomes problem+json.
-pub fn handle(bridge: &Bridge, request: Request) -> Response {
+/// No flush, compaction or poll runs here: that is [`follow_up`], after the answer is sent.
+pub fn handle(bridge: &Bridge, request: Request) -> Handled {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let checks_buffer = !matches!(path.as_str(), "/healthz" | "/flush");
     match route(bridge, request) {
-        Ok(response) => {
-            // Every served request also checks whether buffered records are due (cheap unless
-            // a scan is due); a problem there never changes this request's answer.
-            // Only after a served (2xx) request: an unauthenticated caller cannot make the bridge
-            // scan its store.
-            if checks_buffer && response.status().is_success() {
-                if let Err(e) = routes::flush::check(bridge) {
-                    eprintln!("gong-crm-bridge: buffer check: {e}");
-                }
-            }
-            response
-        }
-        Err(error) => {
-            // Logged without secrets: errors never carry credentials (see gong::client::Auth).
-            if error.status() >= 500 {
-                eprintln!("gong-crm-bridge: {method} {path} -> {}: {error}", error.status());
-            }
-            error.into_response()
-        }
+        // Only after a served (2xx) request: an unauthenticated caller cannot make the bridge
+        // scan its store.
+        Ok(response) => Handled { follow_up: checks_buffer && response.status().is_success(), response },
+        Err(error) => Handled { response: refuse(&method, &path, error), follow_up: false },
+    }
+}
+
+/// The problem+json answer to `error`, logged once when it is the bridge's or Gong's fault
+/// (without secrets: errors never carry credentials, see gong::client::Auth).
+pub fn refuse(method: &http::Method, path: &str, error: ApiError) -> Response {
+    if error.status() >= 500 {
+        eprintln!("gong-crm-bridge: {method} {path} -> {}: {error}", error.status());
+    }
+    error.into_response()
+}
+
+/// The work after an answer: whether buffered records are due (cheap unless a scan is due),
+/// flushed and followed within the work budget. A problem here is logged; the answer was sent.
+pub fn follow_up(bridge: &Bridge) {
+    if let Err(e) = routes::flush::check(bridge) {
+        eprintln!("gong-crm-bridge: buffer check after the answer: {e}");
     }
 }
 
@@ -163,6 +194,11 @@ fn route(bridge: &Bridge, mut request: Request) -> Result<Response, ApiError> {
             Method::GET | Method::HEAD => Ok(routes::health::get(bridge)),
             _ => Err(not_allowed(&method, "GET")),
         };
+    }
+    // A malformed number (say `kv_max_keys=1,024`) would otherwise be read as its default.
+    let malformed = settings::malformed(bridge.config);
+    if !malformed.is_empty() {
+        return Err(ApiError::MalformedVariables(malformed));
     }
 
     // Webhooks authenticate themselves (signature or their own bearer token).
@@ -208,7 +244,7 @@ fn dispatch(bridge: &Bridge, request: &mut Request, method: &http::Method, segme
         (&Method::GET, ["requests", id]) => routes::requests::get(bridge, id),
         (&Method::POST, ["requests", id, "retry"]) => routes::requests::retry(bridge, id),
         (&Method::POST, ["sweep"]) => sweep(bridge),
-        (&Method::POST, ["flush"]) => routes::failures::flush_now(bridge, request),
+        (&Method::POST, ["flush"]) => routes::failures::flush_now(&bridge.with_budget(bridge.clock.now()), request),
         (&Method::GET, ["failures"]) => routes::failures::list(bridge, request),
         (&Method::POST, ["failures", "retry"]) => routes::failures::retry(bridge, request),
         (&Method::DELETE, ["failures", object_type, object_id]) => routes::failures::discard(bridge, object_type, object_id),
@@ -353,5 +389,80 @@ mod tests {
         assert!(!is_valid_client_request_id("a.b"));
         assert!(!is_valid_client_request_id(&"x".repeat(65)));
         assert!(is_valid_client_request_id(&new_client_request_id()));
+    }
+}
+
+#[cfg(test)]
+mod engine_edge_tests {
+    use super::*;
+    use crate::store::memory::MemoryKv;
+    use crate::testing::{bridge, configured, request, ScriptedGong, VirtualClock};
+
+    fn upsert(object_id: &str) -> Vec<u8> {
+        format!(
+            r#"{{"type":"record.upserted","timestamp":"2024-01-01T00:00:00Z","data":{{"objectType":"ACCOUNT","record":{{"objectId":"{object_id}","modifiedDate":"2024-05-01T10:00:00Z","name":"Acme"}}}}}}"#
+        )
+        .into_bytes()
+    }
+
+    fn webhook(id: &str, body: &[u8]) -> Request {
+        request("POST", "/webhooks", &[("authorization", "Bearer hook-token"), ("webhook-id", id), ("content-type", "application/json")], body)
+    }
+
+    /// Issue 10 finding 4: a webhook that makes a flush due is answered without any Gong call;
+    /// the flush is the follow-up, run after the answer.
+    #[test]
+    fn a_webhook_is_answered_before_any_gong_call() {
+        let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_700_000_000));
+        let gong = ScriptedGong::new(&clock);
+        let config = configured(&[("batch_max_records", "1")]);
+        let bridge = bridge(&kv, &config, &gong, &clock);
+        let handled = handle(&bridge, webhook("msg-1", &upsert("acc-1")));
+        assert_eq!(handled.response.status(), 202);
+        assert!(handled.follow_up);
+        assert!(gong.calls().is_empty(), "Gong was called before the answer: {:?}", gong.calls());
+        follow_up(&bridge.with_budget(clock.now()));
+        assert!(gong.calls().iter().any(|c| c.method == "POST" && c.path.starts_with("/v2/crm/entities")), "{:?}", gong.calls());
+    }
+
+    /// Issue 10 item 3/9: the follow-up's Gong calls wait at most what is left of
+    /// `work_budget_ms`, and none starts once it is spent.
+    #[test]
+    fn work_after_the_answer_stays_within_its_budget() {
+        let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_700_000_000));
+        let gong = ScriptedGong::new(&clock);
+        gong.default_takes.set(std::time::Duration::from_secs(20));
+        let config = configured(&[("batch_max_records", "1"), ("work_budget_ms", "5000")]);
+        let bridge = bridge(&kv, &config, &gong, &clock);
+        for (i, object_type) in ["ACCOUNT", "CONTACT"].iter().enumerate() {
+            let body = String::from_utf8(upsert(&format!("r-{i}"))).unwrap().replace("ACCOUNT", object_type);
+            assert_eq!(handle(&bridge, webhook(&format!("msg-{i}"), body.as_bytes())).response.status(), 202);
+        }
+        let started = clock.now();
+        follow_up(&bridge.with_budget(started));
+        let calls = gong.calls();
+        assert_eq!(calls.len(), 1, "a second call started after the budget was spent: {calls:?}");
+        assert_eq!(calls[0].timeout, std::time::Duration::from_secs(5), "the call may wait only what is left of the budget");
+        assert!(clock.now() - started <= time::Duration::seconds(5));
+    }
+
+    /// Issue 10 item 11: a malformed number is named by /healthz and refuses work with a 500.
+    #[test]
+    fn a_malformed_variable_is_reported_and_refuses_work() {
+        let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_700_000_000));
+        let gong = ScriptedGong::new(&clock);
+        let config = configured(&[("kv_max_keys", "1,024")]);
+        let bridge = bridge(&kv, &config, &gong, &clock);
+        let health = handle(&bridge, request("GET", "/healthz", &[], b"")).response;
+        let body: serde_json::Value = serde_json::from_slice(health.body()).unwrap();
+        assert_eq!(body["status"], "misconfigured");
+        assert!(body["malformedVariables"][0].as_str().unwrap().starts_with("kv_max_keys"), "{body}");
+        let refused = handle(&bridge, webhook("msg-1", &upsert("acc-1")));
+        assert_eq!(refused.response.status(), 500);
+        assert!(!refused.follow_up);
+        let problem: serde_json::Value = serde_json::from_slice(refused.response.body()).unwrap();
+        assert_eq!(problem["malformed"][0], "kv_max_keys (\"1,024\" is not a whole number)");
+        assert!(kv.map.borrow().is_empty(), "nothing was buffered");
+        assert!(gong.calls().is_empty());
     }
 }

@@ -15,6 +15,8 @@ pub mod quota;
 pub mod routes;
 pub mod settings;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod tracking;
 pub mod validation;
 pub mod webhooks;

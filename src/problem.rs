@@ -24,14 +24,21 @@ pub enum ApiError {
     Conflict(String),
     #[error("{detail}")]
     InProgress { detail: String, retry_after: u64 },
-    #[error("the body is {size} bytes; at most {limit} are accepted")]
-    PayloadTooLarge { size: usize, limit: usize },
+    /// `size` is what was seen before refusing: the `content-length`, or the bytes read so far.
+    #[error("the body has {size} bytes or more; at most {limit} are accepted{}", .variable.map(|v| format!(" (variable {v})")).unwrap_or_default())]
+    PayloadTooLarge { size: usize, limit: usize, variable: Option<&'static str> },
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("the bridge is not configured: missing variable(s) {}", .0.join(", "))]
     NotConfigured(Vec<String>),
     #[error("{0}")]
     BadConfig(String),
+    /// Numeric variables that do not parse: the bridge refuses to guess what was meant.
+    #[error("malformed variable(s): {}; fix them in the deployment's variables", .0.join(", "))]
+    MalformedVariables(Vec<String>),
+    /// The request's work budget (`work_budget_ms`) is spent: no further Gong call starts.
+    #[error("the work budget of {budget_ms} ms (variable work_budget_ms) is spent; the rest waits for the next request or POST /flush")]
+    OutOfTime { budget_ms: u64 },
     #[error("{0}")]
     Kv(#[from] KvError),
     #[error("{}: {error}", .op.describe())]
@@ -76,6 +83,8 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => (415, "unsupported-media-type", "Unsupported media type"),
             ApiError::NotConfigured(_) => (503, "not-configured", "Bridge not configured"),
             ApiError::BadConfig(_) => (503, "bad-configuration", "Bridge misconfigured"),
+            ApiError::MalformedVariables(_) => (500, "malformed-variables", "Malformed variables"),
+            ApiError::OutOfTime { .. } => (503, "work-budget-spent", "Work budget spent"),
             ApiError::Kv(_) => (503, "kv-unavailable", "Key-value store unavailable"),
             ApiError::Gong { error, .. } => match error {
                 // Our validation passed, so a 400 from Gong is about the content: 422 with its words.
@@ -128,6 +137,9 @@ impl ApiError {
             }
             ApiError::NotConfigured(missing) => {
                 body.insert("missing".into(), json!(missing));
+            }
+            ApiError::MalformedVariables(malformed) => {
+                body.insert("malformed".into(), json!(malformed));
             }
             ApiError::InProgress { retry_after: secs, .. }
             | ApiError::Throttled { retry_after: secs, .. }

@@ -134,3 +134,99 @@ pub fn flush_limits(config: &dyn Config) -> crate::buffer::FlushLimits {
 pub fn compact_layout(config: &dyn Config) -> Option<crate::compact::Layout> {
     number::<usize>(config, KV_MAX_KEYS).filter(|n| *n > 0).map(crate::compact::Layout::for_max_keys)
 }
+
+pub const WEBHOOK_MAX_BYTES: &str = "webhook_max_bytes";
+pub const MANAGEMENT_MAX_BYTES: &str = "management_max_bytes";
+pub const WORK_BUDGET_MS: &str = "work_budget_ms";
+
+/// A webhook delivery is at most this big unless `webhook_max_bytes` says otherwise: the size of
+/// one value in Fermyon Cloud's store, far above one CRM event (bulk loads use `POST /records`).
+pub const DEFAULT_WEBHOOK_MAX_BYTES: usize = 1024 * 1024;
+/// Schemas, integrations and the other small management bodies.
+pub const DEFAULT_MANAGEMENT_MAX_BYTES: usize = 1024 * 1024;
+/// Work after the answer (and `POST /flush`) stops starting Gong calls after this long, well
+/// inside Fermyon Cloud's 10 s per handler.
+pub const DEFAULT_WORK_BUDGET: Duration = Duration::from_millis(8_000);
+
+/// The most a request's body may hold, and the variable that sets it (named in the 413).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyLimit {
+    pub bytes: usize,
+    pub variable: Option<&'static str>,
+}
+
+/// The body limit of a route, decided from its path before the body is read: webhooks by
+/// `webhook_max_bytes`, `POST /records` by Gong's 200 MB file limit, the rest by
+/// `management_max_bytes`.
+pub fn body_limit(config: &dyn Config, path: &str) -> BodyLimit {
+    let first = path.trim_start_matches('/').split('/').next().unwrap_or_default();
+    match first {
+        "webhooks" => BodyLimit { bytes: number(config, WEBHOOK_MAX_BYTES).unwrap_or(DEFAULT_WEBHOOK_MAX_BYTES), variable: Some(WEBHOOK_MAX_BYTES) },
+        "records" => BodyLimit { bytes: crate::validation::MAX_BODY_BYTES, variable: None },
+        _ => BodyLimit { bytes: number(config, MANAGEMENT_MAX_BYTES).unwrap_or(DEFAULT_MANAGEMENT_MAX_BYTES), variable: Some(MANAGEMENT_MAX_BYTES) },
+    }
+}
+
+/// How long a request's work after its answer (and `POST /flush`) may start Gong calls.
+pub fn work_budget(config: &dyn Config) -> Duration {
+    duration_variable(config, WORK_BUDGET_MS, Duration::from_millis, DEFAULT_WORK_BUDGET)
+}
+
+/// Every numeric variable, so that a malformed value is reported instead of silently replaced
+/// by its default.
+const NUMERIC_VARIABLES: &[&str] = &[
+    GONG_TIMEOUT_MS,
+    IDEMPOTENCY_TTL_SECONDS,
+    IDEMPOTENCY_SETTLE_MS,
+    GONG_CALLS_PER_SECOND,
+    GONG_DAILY_CALL_CAP,
+    OUTBOUND_HOURLY_CAP,
+    BATCH_MAX_RECORDS,
+    BATCH_MAX_BYTES,
+    FLUSH_INTERVAL_SECONDS,
+    KV_MAX_KEYS,
+    WEBHOOK_MAX_BYTES,
+    MANAGEMENT_MAX_BYTES,
+    WORK_BUDGET_MS,
+];
+
+/// Numeric variables whose value is not a whole number, as "name (value)": these values are no
+/// secret. `/healthz` lists them and every other route refuses to work until they are fixed.
+pub fn malformed(config: &dyn Config) -> Vec<String> {
+    NUMERIC_VARIABLES
+        .iter()
+        .filter_map(|name| config.get(name).filter(|v| v.trim().parse::<u64>().is_err()).map(|v| format!("{name} ({v:?} is not a whole number)")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    struct Vars(HashMap<&'static str, &'static str>);
+    impl Config for Vars {
+        fn get(&self, name: &str) -> Option<String> {
+            self.0.get(name).map(|v| v.to_string())
+        }
+    }
+
+    #[test]
+    fn body_limits_follow_the_route_and_the_variables() {
+        let none = Vars(HashMap::new());
+        assert_eq!(body_limit(&none, "/webhooks"), BodyLimit { bytes: DEFAULT_WEBHOOK_MAX_BYTES, variable: Some(WEBHOOK_MAX_BYTES) });
+        assert_eq!(body_limit(&none, "/records/ACCOUNT").bytes, crate::validation::MAX_BODY_BYTES);
+        assert_eq!(body_limit(&none, "/schema/ACCOUNT").variable, Some(MANAGEMENT_MAX_BYTES));
+        let set = Vars(HashMap::from([(WEBHOOK_MAX_BYTES, "2048"), (MANAGEMENT_MAX_BYTES, "512")]));
+        assert_eq!(body_limit(&set, "/webhooks").bytes, 2048);
+        assert_eq!(body_limit(&set, "/integration").bytes, 512);
+    }
+
+    /// Issue 10 item 11: `kv_max_keys=1,024` is named, not silently read as "no cap".
+    #[test]
+    fn malformed_numbers_are_named() {
+        let vars = Vars(HashMap::from([(KV_MAX_KEYS, "1,024"), (BATCH_MAX_RECORDS, "500"), (API_TOKEN, "x y")]));
+        assert_eq!(malformed(&vars), vec!["kv_max_keys (\"1,024\" is not a whole number)".to_owned()]);
+        assert!(malformed(&Vars(HashMap::new())).is_empty());
+    }
+}

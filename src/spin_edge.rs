@@ -3,19 +3,118 @@
 
 use std::time::Duration;
 
+use spin_sdk::http::{IncomingRequest, OutgoingResponse, ResponseOutparam};
 use spin_sdk::http_component;
 use wasi::http::outgoing_handler;
 use wasi::http::types::{ErrorCode, Fields, IncomingBody, Method, OutgoingBody, OutgoingRequest, RequestOptions, Scheme};
 use wasi::io::streams::StreamError;
 
-use crate::app::{handle, Bridge};
+use crate::app::{follow_up, handle, refuse, Bridge};
 use crate::ports::{Config, Kv, KvError, Outbound, OutboundError, Request, Response, SystemClock};
+use crate::problem::ApiError;
+use crate::settings::{self, BodyLimit};
 
+/// Answer first: the response is set and its body finished before any flush, compaction or
+/// poll starts; that work then runs in the same invocation, bounded by `work_budget_ms`.
 #[http_component]
-fn handle_request(request: http::Request<Vec<u8>>) -> http::Response<Vec<u8>> {
+fn handle_request(incoming: IncomingRequest, response_out: ResponseOutparam) {
+    let started = crate::ports::Clock::now(&SystemClock);
     let store = SpinKv::open();
-    let bridge = Bridge { kv: &store, config: &SpinConfig, outbound: &SpinOutbound, clock: &SystemClock };
-    handle(&bridge, request)
+    let bridge = Bridge { kv: &store, config: &SpinConfig, outbound: &SpinOutbound, clock: &SystemClock, deadline: None };
+    let method = http_method(&incoming.method());
+    let path = incoming.path_with_query().unwrap_or_default();
+    let limit = settings::body_limit(&SpinConfig, &path);
+    let mut builder = http::Request::builder().method(method.clone()).uri(incoming.uri());
+    let mut declared = None;
+    for (name, value) in incoming.headers().entries() {
+        if name.eq_ignore_ascii_case("content-length") {
+            declared = std::str::from_utf8(&value).ok().and_then(|v| v.trim().parse::<usize>().ok());
+        }
+        builder = builder.header(name, value);
+    }
+    let Ok(incoming_body) = incoming.consume() else {
+        let _ = respond(response_out, refuse(&method, &path, ApiError::Internal("the request body was already taken".into())));
+        return;
+    };
+    let Ok(stream) = incoming_body.stream() else {
+        let _ = respond(response_out, refuse(&method, &path, ApiError::Internal("the request body stream is unavailable".into())));
+        return;
+    };
+    let read = read_body(&stream, limit, declared).and_then(|body| builder.body(body).map_err(|e| ApiError::bad_request(format!("unreadable request: {e}"))));
+    let oversized = matches!(read, Err(ApiError::PayloadTooLarge { .. }));
+    let handled = match read {
+        Ok(request) => handle(&bridge, request),
+        Err(error) => crate::app::Handled { response: refuse(&method, &path, error), follow_up: false },
+    };
+    if let Err(e) = respond(response_out, handled.response) {
+        eprintln!("gong-crm-bridge: sending the response failed: {e}");
+    }
+    if oversized {
+        // The 413 is sent; reading the rest (and dropping it) lets the sender read the answer
+        // instead of meeting a reset connection.
+        drain(&stream, bridge.with_budget(started).deadline);
+    }
+    drop(stream);
+    drop(incoming_body);
+    if handled.follow_up {
+        follow_up(&bridge.with_budget(started));
+    }
+}
+
+fn http_method(method: &spin_sdk::http::Method) -> http::Method {
+    http::Method::from_bytes(method.to_string().as_bytes()).unwrap_or(http::Method::GET)
+}
+
+/// The body, refused (413) from `content-length` or as soon as more than `limit` bytes arrive,
+/// so that an oversized delivery is never held whole.
+fn read_body(stream: &wasi::io::streams::InputStream, limit: BodyLimit, declared: Option<usize>) -> Result<Vec<u8>, ApiError> {
+    let too_large = |size| ApiError::PayloadTooLarge { size, limit: limit.bytes, variable: limit.variable };
+    if let Some(size) = declared.filter(|size| *size > limit.bytes) {
+        return Err(too_large(size));
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(0).min(limit.bytes));
+    loop {
+        match stream.blocking_read(64 * 1024) {
+            Ok(chunk) => {
+                body.extend_from_slice(&chunk);
+                if body.len() > limit.bytes {
+                    return Err(too_large(body.len()));
+                }
+            }
+            Err(StreamError::Closed) => return Ok(body),
+            Err(StreamError::LastOperationFailed(e)) => return Err(ApiError::bad_request(format!("reading the request body failed: {}", e.to_debug_string()))),
+        }
+    }
+}
+
+/// Reads and discards the rest of a refused body, at most 256 MiB and until `deadline`.
+fn drain(stream: &wasi::io::streams::InputStream, deadline: Option<time::OffsetDateTime>) {
+    let mut left: u64 = 256 * 1024 * 1024;
+    while left > 0 && deadline.is_none_or(|d| crate::ports::Clock::now(&SystemClock) < d) {
+        match stream.blocking_skip(left.min(1024 * 1024)) {
+            Ok(skipped) => left = left.saturating_sub(skipped.max(1)),
+            Err(_) => return,
+        }
+    }
+}
+
+/// Sets the response and writes and finishes its body: from here on the caller has its answer.
+fn respond(response_out: ResponseOutparam, response: Response) -> Result<(), String> {
+    let (parts, body) = response.into_parts();
+    let headers: Vec<(String, Vec<u8>)> = parts.headers.iter().map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec())).collect();
+    let fields = spin_sdk::http::Fields::from_list(&headers).map_err(|e| format!("response headers: {e:?}"))?;
+    let outgoing = OutgoingResponse::new(fields);
+    outgoing.set_status_code(parts.status.as_u16()).map_err(|()| "response status rejected".to_owned())?;
+    let outgoing_body = outgoing.body().map_err(|()| "response body unavailable".to_owned())?;
+    response_out.set(outgoing);
+    {
+        let stream = outgoing_body.write().map_err(|()| "response body stream unavailable".to_owned())?;
+        // `blocking-write-and-flush` takes at most 4096 bytes per call.
+        for chunk in body.chunks(4096) {
+            stream.blocking_write_and_flush(chunk).map_err(|e| format!("writing the response body: {e:?}"))?;
+        }
+    }
+    spin_sdk::http::OutgoingBody::finish(outgoing_body, None).map_err(|e| format!("finishing the response body: {e:?}"))
 }
 
 /// Spin's `default` store, opened once per request. If it cannot be opened (no

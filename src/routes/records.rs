@@ -68,7 +68,7 @@ pub fn upload_records(bridge: &Bridge, input: UploadInput) -> Result<Response, A
     let object_type =
         ObjectType::parse_upload(input.object_type_raw).ok_or_else(|| invalid_object_type(input.object_type_raw, &UPLOAD_OBJECT_TYPES))?;
     if input.body.len() > MAX_BODY_BYTES {
-        return Err(ApiError::PayloadTooLarge { size: input.body.len(), limit: MAX_BODY_BYTES });
+        return Err(ApiError::PayloadTooLarge { size: input.body.len(), limit: MAX_BODY_BYTES, variable: None });
     }
     let integration_id = bridge.integration_id()?;
     let schema = if object_type.has_schema() { bridge.store().schema(object_type)? } else { None };

@@ -1,0 +1,144 @@
+//! Native test doubles for the four ports: variables from a map, a virtual clock, and a scripted
+//! Gong behind `Outbound` that records every call (the `Kv` is `store::memory::MemoryKv`).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use crate::app::Bridge;
+use crate::ports::{Clock, Config, Kv, Outbound, OutboundError, Request, Response};
+
+/// Spin variables from a map; empty values count as unset, as on Spin.
+#[derive(Default)]
+pub struct MapConfig(pub RefCell<HashMap<String, String>>);
+
+impl MapConfig {
+    pub fn with(pairs: &[(&str, &str)]) -> MapConfig {
+        MapConfig(RefCell::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()))
+    }
+}
+
+impl Config for MapConfig {
+    fn get(&self, name: &str) -> Option<String> {
+        self.0.borrow().get(name).filter(|v| !v.trim().is_empty()).cloned()
+    }
+}
+
+/// Time that moves only when someone sleeps or a scripted Gong call takes time.
+pub struct VirtualClock {
+    nanos: Cell<i128>,
+}
+
+impl VirtualClock {
+    pub fn at(unix_seconds: i64) -> VirtualClock {
+        VirtualClock { nanos: Cell::new(unix_seconds as i128 * 1_000_000_000) }
+    }
+
+    pub fn advance(&self, by: Duration) {
+        self.nanos.set(self.nanos.get() + by.as_nanos() as i128);
+    }
+}
+
+impl Clock for VirtualClock {
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp_nanos(self.nanos.get()).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    }
+
+    fn sleep(&self, duration: Duration) {
+        self.advance(duration);
+    }
+}
+
+/// One scripted answer: after `takes`, the response (or, if `takes` exceeds the caller's
+/// timeout, a timeout after exactly that timeout).
+pub struct Scripted {
+    pub answer: Result<Response, OutboundError>,
+    pub takes: Duration,
+}
+
+/// A call the bridge made: method, path with query, and the timeout it allowed.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub method: String,
+    pub path: String,
+    pub timeout: Duration,
+}
+
+/// Gong as a script: queued answers first, then Gong-like successes (201 for uploads, DONE for
+/// request status, 200 `{}` otherwise), each taking `default_takes`.
+pub struct ScriptedGong<'c> {
+    pub clock: &'c VirtualClock,
+    pub queue: RefCell<VecDeque<Scripted>>,
+    pub calls: RefCell<Vec<Call>>,
+    pub default_takes: Cell<Duration>,
+}
+
+impl<'c> ScriptedGong<'c> {
+    pub fn new(clock: &'c VirtualClock) -> ScriptedGong<'c> {
+        ScriptedGong { clock, queue: RefCell::default(), calls: RefCell::default(), default_takes: Cell::new(Duration::from_millis(20)) }
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.borrow().clone()
+    }
+
+    fn default_answer(request: &Request) -> Response {
+        let (status, body) = match (request.method().as_str(), request.uri().path()) {
+            ("POST", "/v2/crm/entities") => (201, r#"{"requestId":"scripted"}"#),
+            ("GET", "/v2/crm/request-status") => (200, r#"{"requestId":"scripted","status":"DONE","errors":[],"totalErrorCount":0}"#),
+            _ => (200, "{}"),
+        };
+        http::Response::builder().status(status).header("content-type", "application/json").body(body.as_bytes().to_vec()).unwrap_or_default()
+    }
+}
+
+impl Outbound for ScriptedGong<'_> {
+    fn send(&self, request: Request, timeout: Duration) -> Result<Response, OutboundError> {
+        let path = request.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+        self.calls.borrow_mut().push(Call { method: request.method().to_string(), path, timeout });
+        let scripted = self.queue.borrow_mut().pop_front();
+        let (answer, takes) = match scripted {
+            Some(s) => (s.answer, s.takes),
+            None => (Ok(Self::default_answer(&request)), self.default_takes.get()),
+        };
+        if takes > timeout {
+            self.clock.advance(timeout);
+            return Err(OutboundError::Timeout(timeout));
+        }
+        self.clock.advance(takes);
+        answer
+    }
+}
+
+/// A bridge over the doubles.
+pub fn bridge<'a>(kv: &'a dyn Kv, config: &'a MapConfig, gong: &'a ScriptedGong<'a>, clock: &'a VirtualClock) -> Bridge<'a> {
+    Bridge { kv, config, outbound: gong, clock, deadline: None }
+}
+
+/// The variables of a configured bridge with an integration and no claim settle wait.
+pub fn configured(extra: &[(&str, &str)]) -> MapConfig {
+    let config = MapConfig::with(&[
+        ("gong_base_url", "https://gong.test"),
+        ("gong_access_key", "key"),
+        ("gong_access_key_secret", "secret"),
+        ("api_token", "token"),
+        ("integration_id", "7"),
+        ("webhook_bearer_token", "hook-token"),
+        ("idempotency_settle_ms", "0"),
+    ]);
+    for (k, v) in extra {
+        config.0.borrow_mut().insert(k.to_string(), v.to_string());
+    }
+    config
+}
+
+/// A request as the edge builds it.
+pub fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Request {
+    let mut builder = http::Request::builder().method(method).uri(format!("http://127.0.0.1:3000{path}"));
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    builder.body(body.to_vec()).unwrap_or_default()
+}
