@@ -465,4 +465,76 @@ mod engine_edge_tests {
         assert!(kv.map.borrow().is_empty(), "nothing was buffered");
         assert!(gong.calls().is_empty());
     }
+
+    fn upload(path: &str, key: &str, body: &str) -> Request {
+        request("POST", path, &[("authorization", "Bearer token"), ("idempotency-key", key), ("content-type", "application/json")], body.as_bytes())
+    }
+
+    fn scripted(status: u16, body: &str) -> crate::testing::Scripted {
+        let response = http::Response::builder().status(status).header("content-type", "application/json").body(body.as_bytes().to_vec()).unwrap();
+        crate::testing::Scripted { answer: Ok(response), takes: std::time::Duration::from_millis(10) }
+    }
+
+    /// Issue 10 finding 1: one Idempotency-Key (= clientRequestId) on a second, different request
+    /// is a 422 naming the first use, never a 202 replaying the first request's record.
+    #[test]
+    fn a_client_request_id_reused_for_another_request_is_refused() {
+        let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_700_000_000));
+        let gong = ScriptedGong::new(&clock);
+        let config = configured(&[]);
+        let bridge = bridge(&kv, &config, &gong, &clock);
+        let accounts = r#"[{"objectId":"a1","modifiedDate":"2024-05-01T10:00:00Z","name":"Acme"}]"#;
+        let leads = r#"[{"objectId":"l1","modifiedDate":"2024-05-01T10:00:00Z","firstName":"Ada","lastName":"L","emailAddress":"ada@acme.com"}]"#;
+        assert_eq!(handle(&bridge, upload("/records/ACCOUNT", "key-1", accounts)).response.status(), 202);
+        let reused = handle(&bridge, upload("/records/LEAD", "key-1", leads)).response;
+        let body: serde_json::Value = serde_json::from_slice(reused.body()).unwrap();
+        assert_eq!(reused.status(), 422, "{body}");
+        assert!(body["detail"].as_str().unwrap().contains("ACCOUNT"), "the problem names the first use: {body}");
+        let uploads = gong.calls().into_iter().filter(|c| c.path.starts_with("/v2/crm/entities")).count();
+        assert_eq!(uploads, 1, "the leads were neither sent nor reported as sent");
+    }
+
+    /// Issue 10 finding 1: Gong's 409 for a clientRequestId the bridge never sent (an expired
+    /// key, another client) is not "accepted": the file goes out again under a fresh id.
+    #[test]
+    fn a_gong_409_for_an_unknown_client_request_id_resends_under_a_fresh_id() {
+        let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_700_000_000));
+        let gong = ScriptedGong::new(&clock);
+        gong.queue.borrow_mut().push_back(scripted(409, r#"{"requestId":"g409","errors":["clientRequestId already used"]}"#));
+        let config = configured(&[]);
+        let bridge = bridge(&kv, &config, &gong, &clock);
+        let accounts = r#"[{"objectId":"a1","modifiedDate":"2024-05-01T10:00:00Z","name":"Acme"}]"#;
+        let answer = handle(&bridge, upload("/records/ACCOUNT", "old-key", accounts)).response;
+        assert_eq!(answer.status(), 202, "{}", String::from_utf8_lossy(answer.body()));
+        let uploads: Vec<_> = gong.calls().into_iter().filter(|c| c.path.starts_with("/v2/crm/entities")).collect();
+        assert_eq!(uploads.len(), 2, "{uploads:?}");
+        assert!(uploads[0].path.contains("clientRequestId=old-key"));
+        assert!(!uploads[1].path.contains("clientRequestId=old-key"), "resent under a fresh id: {uploads:?}");
+        let record: serde_json::Value = serde_json::from_slice(&kv.map.borrow()["request/old-key"]).unwrap();
+        assert_eq!(record["status"], "PENDING", "{record}");
+    }
+
+    /// The other side of finding 1: when another replica wrote the same request meanwhile (a
+    /// claim race), Gong's 409 is that replica's acceptance and the file is not sent a third time.
+    #[test]
+    fn a_gong_409_after_a_replica_sent_the_same_request_is_accepted() {
+        let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_700_000_000));
+        let gong = ScriptedGong::new(&clock);
+        gong.queue.borrow_mut().push_back(scripted(409, r#"{"requestId":"g409","errors":["clientRequestId already used"]}"#));
+        gong.queue.borrow_mut().push_back(scripted(409, r#"{"requestId":"g409","errors":["clientRequestId already used"]}"#));
+        let config = configured(&[]);
+        let bridge = bridge(&kv, &config, &gong, &clock);
+        let kv_ref = &kv;
+        *gong.meanwhile.borrow_mut() = Some(Box::new(move || {
+            let key = "request/race-key";
+            let mut other: serde_json::Value = serde_json::from_slice(&kv_ref.map.borrow()[key]).unwrap();
+            other["submittedBy"] = serde_json::json!("the-other-replica");
+            kv_ref.map.borrow_mut().insert(key.to_owned(), serde_json::to_vec(&other).unwrap());
+        }));
+        let accounts = r#"[{"objectId":"a1","modifiedDate":"2024-05-01T10:00:00Z","name":"Acme"}]"#;
+        let answer = handle(&bridge, upload("/records/ACCOUNT", "race-key", accounts)).response;
+        assert_eq!(answer.status(), 202, "{}", String::from_utf8_lossy(answer.body()));
+        let uploads: Vec<_> = gong.calls().into_iter().filter(|c| c.path.starts_with("/v2/crm/entities")).collect();
+        assert_eq!(uploads.len(), 1, "{uploads:?}");
+    }
 }

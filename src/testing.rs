@@ -73,11 +73,13 @@ pub struct ScriptedGong<'c> {
     pub queue: RefCell<VecDeque<Scripted>>,
     pub calls: RefCell<Vec<Call>>,
     pub default_takes: Cell<Duration>,
+    /// Runs inside the next call, before Gong answers: what another replica does meanwhile.
+    pub meanwhile: RefCell<Option<Box<dyn FnOnce() + 'c>>>,
 }
 
 impl<'c> ScriptedGong<'c> {
     pub fn new(clock: &'c VirtualClock) -> ScriptedGong<'c> {
-        ScriptedGong { clock, queue: RefCell::default(), calls: RefCell::default(), default_takes: Cell::new(Duration::from_millis(20)) }
+        ScriptedGong { clock, queue: RefCell::default(), calls: RefCell::default(), default_takes: Cell::new(Duration::from_millis(20)), meanwhile: RefCell::default() }
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -98,6 +100,10 @@ impl Outbound for ScriptedGong<'_> {
     fn send(&self, request: Request, timeout: Duration) -> Result<Response, OutboundError> {
         let path = request.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
         self.calls.borrow_mut().push(Call { method: request.method().to_string(), path, timeout });
+        let meanwhile = self.meanwhile.borrow_mut().take();
+        if let Some(meanwhile) = meanwhile {
+            meanwhile();
+        }
         let scripted = self.queue.borrow_mut().pop_front();
         let (answer, takes) = match scripted {
             Some(s) => (s.answer, s.takes),
@@ -113,7 +119,7 @@ impl Outbound for ScriptedGong<'_> {
 }
 
 /// A bridge over the doubles.
-pub fn bridge<'a>(kv: &'a dyn Kv, config: &'a MapConfig, gong: &'a ScriptedGong<'a>, clock: &'a VirtualClock) -> Bridge<'a> {
+pub fn bridge<'a, 'c: 'a>(kv: &'a dyn Kv, config: &'a MapConfig, gong: &'a ScriptedGong<'c>, clock: &'a VirtualClock) -> Bridge<'a> {
     Bridge { kv, config, outbound: gong, clock, deadline: None }
 }
 

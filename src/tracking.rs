@@ -101,9 +101,26 @@ pub struct RequestRecord {
     /// has been applied (failed lines go to the failure store from it).
     #[serde(default)]
     pub from_buffer: bool,
+    /// What was submitted (operation, object type, file), hashed: one clientRequestId names one
+    /// request, so a reuse with anything else is refused instead of replayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// The clientRequestId Gong knows this request by, when Gong had the bridge's own already
+    /// from someone else (a 409 for an id the bridge never sent) and the file went out anew.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_as: Option<String>,
+    /// A nonce of the submission that wrote this record: after Gong's 409 on a first send, a
+    /// different nonce in the store means another replica sent the same request (so it is Gong's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_by: Option<String>,
 }
 
 impl RequestRecord {
+    /// The clientRequestId to give Gong for this request (uploads, deletes, status polls).
+    pub fn gong_client_request_id(&self) -> &str {
+        self.sent_as.as_deref().unwrap_or(&self.client_request_id)
+    }
+
     /// Applies Gong's request-status answer; `object_id_of_line` resolves a 1-based LDJSON line.
     pub fn apply_status(
         &mut self,
@@ -182,6 +199,9 @@ mod tests {
             line_map_chunks: 1,
             deliveries: vec![],
             from_buffer: false,
+            fingerprint: None,
+            sent_as: None,
+            submitted_by: None,
         }
     }
 

@@ -111,6 +111,7 @@ fn cases() -> Vec<Case> {
         case!(management::gong_429_is_a_503_and_pauses_every_call),
         case!(management::gong_500_is_a_502_and_the_file_is_kept_for_retry),
         case!(management::gong_timeout_is_a_504),
+        case!(management::an_idempotency_key_names_one_request),
         case!(webhooks::signed_webhook_is_buffered_then_delivered),
         case!(webhooks::replayed_webhook_takes_effect_once),
         case!(webhooks::bad_signature_is_refused),

@@ -63,12 +63,46 @@ pub struct Tracked {
     pub replayed: bool,
 }
 
+/// What a submission is, hashed: operation, object type, integration and file.
+fn fingerprint(submission: &Submission) -> String {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    hash.update(format!("{:?}\n{:?}\n{}\n", submission.operation, submission.object_type, submission.integration_id).as_bytes());
+    hash.update(submission.ldjson.as_deref().unwrap_or_default());
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A clientRequestId already names `existing`; refuses a submission that is another request.
+fn check_same_request(existing: &RequestRecord, submission: &Submission, fingerprint: &str) -> Result<(), ApiError> {
+    let same = existing.operation == submission.operation
+        && existing.object_type == submission.object_type
+        && existing.fingerprint.as_deref().is_none_or(|f| f == fingerprint);
+    if same {
+        return Ok(());
+    }
+    let first = match existing.object_type {
+        Some(t) => format!("{:?} of {} records of {}", existing.operation, existing.record_count.unwrap_or(0), t.as_str()),
+        None => format!("{:?}", existing.operation),
+    };
+    Err(ApiError::unprocessable(
+        "Idempotency-Key reused",
+        format!(
+            "clientRequestId {} was first used at {} for {first}; this request is a different one: use a new Idempotency-Key",
+            existing.client_request_id, existing.submitted_at
+        ),
+        vec![json!({"field": "Idempotency-Key", "rule": "idempotencyKey.oneRequest", "firstUse": format!("/requests/{}", existing.client_request_id)})],
+    ))
+}
+
 /// Stores, sends and tracks one asynchronous request. A clientRequestId seen before is not
-/// submitted again: its record is returned (and, if Gong never accepted it, resent).
+/// submitted again: its record is returned (and, if Gong never accepted it, resent), provided
+/// it is the same request; another request under the same id is a 422.
 pub fn submit_tracked(bridge: &Bridge, gong: &GongClient, submission: Submission) -> Result<Tracked, ApiError> {
     let store = bridge.store();
     let key = request_key(&submission.client_request_id);
+    let fingerprint = fingerprint(&submission);
     if let Some(mut existing) = store.get_json::<RequestRecord>(&key)? {
+        check_same_request(&existing, &submission, &fingerprint)?;
         if let Some(delivery) = submission.delivery.filter(|d| !existing.deliveries.contains(d)) {
             existing.deliveries.push(delivery);
             store.put_json(&key, &existing)?;
@@ -105,6 +139,9 @@ pub fn submit_tracked(bridge: &Bridge, gong: &GongClient, submission: Submission
         line_map_chunks,
         deliveries: submission.delivery.into_iter().collect(),
         from_buffer: submission.from_buffer,
+        fingerprint: Some(fingerprint),
+        sent_as: None,
+        submitted_by: Some(uuid::Uuid::new_v4().simple().to_string()),
     };
     store.put_json(&key, &record)?;
     // Indexes: newest-first listing, and "where is my record" for small uploads. Both are
@@ -119,8 +156,30 @@ pub fn submit_tracked(bridge: &Bridge, gong: &GongClient, submission: Submission
             }
         }
     }
-    send(bridge, gong, &mut record, submission.ldjson.as_deref())?;
+    match send(bridge, gong, &mut record, submission.ldjson.as_deref(), FirstAttempt::Yes) {
+        // Gong had this id from a request the bridge never sent: the same file under a fresh id.
+        Err(ApiError::Kept { inner, .. }) if matches!(*inner, ApiError::Gong { error: GongError::Conflict { .. }, .. }) => {
+            record.sent_as = Some(crate::app::new_client_request_id());
+            send(bridge, gong, &mut record, submission.ldjson.as_deref(), FirstAttempt::No)?;
+        }
+        other => other?,
+    }
     Ok(Tracked { record, replayed: false })
+}
+
+/// Whether the stored record of this clientRequestId was written by another submission (a
+/// replica racing with this one for the same request), which makes Gong's 409 its acceptance.
+fn sent_by_another_replica(bridge: &Bridge, record: &RequestRecord) -> Result<bool, ApiError> {
+    let stored: Option<RequestRecord> = bridge.store().get_json(&request_key(&record.client_request_id))?;
+    Ok(stored.is_some_and(|s| s.submitted_by != record.submitted_by))
+}
+
+/// Whether this is the bridge's first send under the record's clientRequestId: only then may a
+/// 409 mean "someone else's request"; on a resend it means an earlier attempt got through.
+#[derive(Clone, Copy, PartialEq)]
+enum FirstAttempt {
+    Yes,
+    No,
 }
 
 fn resend(bridge: &Bridge, gong: &GongClient, record: &mut RequestRecord) -> Result<(), ApiError> {
@@ -138,19 +197,19 @@ fn resend(bridge: &Bridge, gong: &GongClient, record: &mut RequestRecord) -> Res
     } else {
         None
     };
-    send(bridge, gong, record, payload.as_deref())
+    send(bridge, gong, record, payload.as_deref(), FirstAttempt::No)
 }
 
 /// Sends the request described by `record` and stores the outcome. On failure the record is
 /// NOT_SENT with Gong's words, its payload stays in KV, and the error says how to retry.
-fn send(bridge: &Bridge, gong: &GongClient, record: &mut RequestRecord, payload: Option<&[u8]>) -> Result<(), ApiError> {
+fn send(bridge: &Bridge, gong: &GongClient, record: &mut RequestRecord, payload: Option<&[u8]>, attempt: FirstAttempt) -> Result<(), ApiError> {
     let (op, request) = match (record.operation, record.object_type) {
         (RequestOperation::UploadEntities, Some(object_type)) => (
             Operation::UploadEntities,
-            gong.upload_entities(record.integration_id, object_type, &record.client_request_id, payload.unwrap_or_default()),
+            gong.upload_entities(record.integration_id, object_type, record.gong_client_request_id(), payload.unwrap_or_default()),
         ),
         (RequestOperation::DeleteIntegration, _) => {
-            (Operation::DeleteIntegration, gong.delete_integration(record.integration_id, &record.client_request_id))
+            (Operation::DeleteIntegration, gong.delete_integration(record.integration_id, record.gong_client_request_id()))
         }
         (RequestOperation::UploadEntities, None) => {
             return Err(ApiError::Internal(format!("request {} has no object type", record.client_request_id)))
@@ -160,7 +219,12 @@ fn send(bridge: &Bridge, gong: &GongClient, record: &mut RequestRecord, payload:
         .send(op, request)
         .and_then(|response| match parse_response::<AsyncProcessingResponse>(&response, &[200, 201, 202]) {
             Ok(accepted) => Ok((accepted.request_id, None)),
-            // Gong has this clientRequestId already: an earlier attempt got through.
+            // First send, and no other replica wrote this request meanwhile: Gong knows the id
+            // from elsewhere (an expired key, another client). The caller resends under a fresh id.
+            Err(error @ GongError::Conflict { .. }) if attempt == FirstAttempt::Yes && !sent_by_another_replica(bridge, record)? => {
+                Err(ApiError::Gong { op, error })
+            }
+            // A resend: Gong has this clientRequestId already, so an earlier attempt got through.
             Err(GongError::Conflict { error }) => {
                 Ok((error.request_id.clone(), Some(format!("Gong already had this clientRequestId (409: {})", error.summary()))))
             }
@@ -261,7 +325,7 @@ pub fn poll(bridge: &Bridge, record: &mut RequestRecord) -> Result<(), ApiError>
     let gong = bridge.gong()?;
     let answer: RequestStatusResponse = bridge.call(
         Operation::RequestStatus,
-        gong.request_status(record.integration_id, &record.client_request_id),
+        gong.request_status(record.integration_id, record.gong_client_request_id()),
         &[200],
     )?;
     let store = bridge.store();

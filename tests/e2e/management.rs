@@ -354,14 +354,30 @@ async fn gong_error_mapping_keeps_the_data() {
     }
 }
 
+/// Issue 10 finding 1: on a first send, Gong's 409 means the id is someone else's (an expired
+/// key, another client): the file goes out again under a fresh id. On a resend of the bridge's
+/// own request it means an earlier attempt got through.
 #[tokio::test]
-async fn gong_409_on_upload_means_already_accepted() {
+async fn gong_409_on_a_first_upload_resends_and_on_a_resend_means_accepted() {
     let app = registered_app().await;
     app.mock().on("POST", "/v2/crm/entities", MockResponse::json(409, json!({"errors": ["clientRequestId already used"]})));
     let r = call(&app, "POST", "/records/ACCOUNT", &[("content-type", "application/json")], r#"[{"objectId":"a1","modifiedDate":"2024-01-01T00:00:00Z"}]"#).await;
     let body = expect(&r, 202);
     assert_eq!(body["status"], "PENDING");
-    assert!(body["lastError"].as_str().unwrap().contains("409"));
+    let uploads = app.mock().received_on("POST", "/v2/crm/entities");
+    assert_eq!(uploads.len(), 2);
+    assert_eq!(uploads[0].query_param("clientRequestId"), body["clientRequestId"].as_str());
+    assert_eq!(uploads[1].query_param("clientRequestId"), body["sentAs"].as_str());
+    assert_ne!(body["sentAs"], body["clientRequestId"]);
+
+    app.mock().on("POST", "/v2/crm/entities", MockResponse::json(500, json!({"errors": ["boom"]})));
+    app.mock().on("POST", "/v2/crm/entities", MockResponse::json(409, json!({"errors": ["clientRequestId already used"]})));
+    let json = [("content-type", "application/json"), ("idempotency-key", "own-409")];
+    expect(&call(&app, "POST", "/records/ACCOUNT", &json, r#"[{"objectId":"a2","modifiedDate":"2024-01-01T00:00:00Z"}]"#).await, 502);
+    let retried = expect(&call(&app, "POST", "/requests/own-409/retry", &[], Vec::new()).await, 202);
+    assert_eq!(retried["status"], "PENDING");
+    assert!(retried["lastError"].as_str().unwrap().contains("409"));
+    assert!(retried.get("sentAs").is_none(), "{retried}");
 }
 
 #[tokio::test]

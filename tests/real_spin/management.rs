@@ -210,3 +210,32 @@ pub async fn gong_timeout_is_a_504(ctx: &Ctx) -> anyhow::Result<()> {
     assert_eq!(mock.request_count(), 1);
     Ok(())
 }
+
+/// Issue 10 finding 1, from outside: one Idempotency-Key names one request, and Gong's 409 for
+/// an id the bridge never sent is not taken as "accepted".
+pub async fn an_idempotency_key_names_one_request(ctx: &Ctx) -> anyhow::Result<()> {
+    let mock = MockGong::start().await;
+    let spin = ctx.start(&ctx.options(&mock).var("idempotency_settle_ms", "5"), "spin").await?;
+    let json = [("content-type", "application/json"), ("idempotency-key", "key-1")];
+    let accounts = json!([{"objectId": "a1", "modifiedDate": "2024-05-01T10:00:00Z", "name": "Acme"}]);
+    let leads = json!([{"objectId": "l1", "modifiedDate": "2024-05-01T10:00:00Z", "firstName": "Ada", "lastName": "L", "emailAddress": "ada@acme.com"}]);
+    spin.bridge.call("POST", "/records/ACCOUNT", &json, serde_json::to_vec(&accounts)?).await?.expect(202);
+    let reused = spin.bridge.call("POST", "/records/LEAD", &json, serde_json::to_vec(&leads)?).await?.expect(422);
+    assert!(reused["detail"].as_str().unwrap_or_default().contains("ACCOUNT"), "{reused}");
+    assert_eq!(mock.received_on("POST", "/v2/crm/entities").len(), 1, "the leads were not reported as sent");
+
+    mock.on("POST", "/v2/crm/entities", MockResponse::json(409, json!({"requestId": "g409", "errors": ["clientRequestId already exists"]})));
+    let fresh = [("content-type", "application/json"), ("idempotency-key", "used-elsewhere")];
+    let answer = spin.bridge.call("POST", "/records/LEAD", &fresh, serde_json::to_vec(&leads)?).await?.expect(202);
+    let uploads = mock.received_on("POST", "/v2/crm/entities");
+    assert_eq!(uploads.len(), 3, "the 409 was followed by a resend");
+    assert_eq!(uploads[1].query_param("clientRequestId"), Some("used-elsewhere"));
+    let resent_as = uploads[2].query_param("clientRequestId").unwrap_or_default().to_owned();
+    ensure!(resent_as != "used-elsewhere", "resent under the same id");
+    assert_eq!(answer["sentAs"], resent_as, "{answer}");
+    // Following the request asks Gong about the id it really has.
+    spin.bridge.get("/requests/used-elsewhere").await?.expect(200);
+    let polled = mock.received_on("GET", "/v2/crm/request-status");
+    assert_eq!(polled.last().and_then(|p| p.query_param("clientRequestId")), Some(resent_as.as_str()));
+    Ok(())
+}
