@@ -81,7 +81,7 @@ struct Case {
     name: &'static str,
     needs: Needs,
     /// The issue that will make this case pass; until then its failure is expected.
-    expected_failure: Option<&'static str>,
+    expected_failure: Option<Expected>,
     run: for<'a> fn(&'a Ctx) -> CaseFuture<'a>,
 }
 
@@ -99,8 +99,19 @@ macro_rules! case {
     };
 }
 
-/// The issue whose engine answers before it works ("One delivery engine that keeps every promise").
-const ENGINE_ISSUE: &str = "issue 10, one delivery engine";
+/// A known failure, with the issue that fixes it.
+#[derive(Clone, Copy)]
+struct Expected {
+    issue: &'static str,
+    /// Fails on every run; a pass then means the mark is stale (a failure). A race may pass
+    /// some runs: that pass is listed as such, never counted as passed.
+    every_run: bool,
+}
+
+/// The one-layout work of "One delivery engine that keeps every promise".
+const ENGINE_ISSUE: Expected = Expected { issue: "issue 10, one delivery engine", every_run: true };
+/// Its finding 5 (versions only move forward), which a race shows in some runs only.
+const FLAKY_ENGINE_ISSUE: Expected = Expected { issue: "issue 10 finding 5, a race seen in some runs", every_run: false };
 
 fn cases() -> Vec<Case> {
     vec![
@@ -125,7 +136,8 @@ fn cases() -> Vec<Case> {
         case!(webhooks::where_is_my_record_answers_for_every_record_of_a_big_file, needs: Nothing, expected: Some(ENGINE_ISSUE)),
         case!(webhooks::the_same_wasm_runs_on_spin_3_6, needs: Spin3, expected: None),
         case!(replicas::same_webhook_id_at_both_replicas_is_buffered_and_uploaded_once, needs: Redis, expected: None),
-        case!(replicas::thousand_webhooks_over_two_replicas_keep_every_latest_version, needs: Redis, expected: None),
+        case!(replicas::thousand_webhooks_over_two_replicas_keep_every_latest_version_sharded, needs: Redis, expected: None),
+        case!(replicas::thousand_webhooks_over_two_replicas_keep_every_latest_version_per_version, needs: Redis, expected: Some(FLAKY_ENGINE_ISSUE)),
     ]
 }
 
@@ -133,6 +145,8 @@ enum Outcome {
     Passed,
     Failed(String),
     ExpectedFailure(String),
+    /// A case marked as a race-dependent expected failure passed this run.
+    UnexpectedPass(String),
     Skipped(String),
 }
 
@@ -255,15 +269,17 @@ fn main() {
             Some(why) => Outcome::Failed(format!("CI=true and this case cannot run: {why}")),
             None => match (run_case(case, &ctx), case.expected_failure) {
                 (Ok(()), None) => Outcome::Passed,
-                (Ok(()), Some(issue)) => Outcome::Failed(format!("passed although marked as an expected failure of {issue}: remove the mark")),
+                (Ok(()), Some(Expected { issue, every_run: true })) => Outcome::Failed(format!("passed although marked as an expected failure of {issue}: remove the mark")),
+                (Ok(()), Some(Expected { issue, every_run: false })) => Outcome::UnexpectedPass(issue.to_owned()),
                 (Err(e), None) => Outcome::Failed(format!("{e}\n{}", logs_of(&ctx.dir))),
-                (Err(e), Some(issue)) => Outcome::ExpectedFailure(format!("{issue}: {}", e.lines().next().unwrap_or_default())),
+                (Err(e), Some(Expected { issue, .. })) => Outcome::ExpectedFailure(format!("{issue}: {}", e.lines().next().unwrap_or_default())),
             },
         };
         let word = match &outcome {
             Outcome::Passed => "ok",
             Outcome::Failed(_) => "FAILED",
             Outcome::ExpectedFailure(_) => "expected failure",
+            Outcome::UnexpectedPass(_) => "passed this run, still marked as an expected failure",
             Outcome::Skipped(_) => "skipped",
         };
         println!("test {} ... {word} ({:.1} s)", case.name, started.elapsed().as_secs_f64());
@@ -280,8 +296,10 @@ fn main() {
         }
     }
     for (name, outcome) in &results {
-        if let Outcome::ExpectedFailure(why) = outcome {
-            println!("real-spin expected failure: {name} ({why})");
+        match outcome {
+            Outcome::ExpectedFailure(why) => println!("real-spin expected failure: {name} ({why})"),
+            Outcome::UnexpectedPass(issue) => println!("real-spin expected failure that passed this run (not counted): {name} ({issue})"),
+            _ => {}
         }
     }
     println!("real-spin: the cases took {:.0} s", suite_started.elapsed().as_secs_f64());
