@@ -129,10 +129,14 @@ pub fn flush_limits(config: &dyn Config) -> crate::buffer::FlushLimits {
     }
 }
 
-/// The compact layout when `kv_max_keys` is set (Fermyon Cloud: 1,024), else `None` (a key per
-/// pending version; see `docs/buffer.md`).
-pub fn compact_layout(config: &dyn Config) -> Option<crate::compact::Layout> {
-    number::<usize>(config, KV_MAX_KEYS).filter(|n| *n > 0).map(crate::compact::Layout::for_max_keys)
+/// The key budget of a store without a cap of its own (Spin's SQLite, Redis): bounded all the
+/// same, with more room than Fermyon Cloud's 1,024 before webhooks are asked to wait.
+pub const DEFAULT_KEY_BUDGET: usize = 4_096;
+
+/// How records are kept (inbox keys, pending and failure shards; see `docs/buffer.md`), sized by
+/// `kv_max_keys` (Fermyon Cloud: 1,024), else by [`DEFAULT_KEY_BUDGET`].
+pub fn layout(config: &dyn Config) -> crate::compact::Layout {
+    crate::compact::Layout::for_max_keys(number::<usize>(config, KV_MAX_KEYS).filter(|n| *n > 0).unwrap_or(DEFAULT_KEY_BUDGET))
 }
 
 pub const WEBHOOK_MAX_BYTES: &str = "webhook_max_bytes";

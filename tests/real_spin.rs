@@ -108,10 +108,6 @@ struct Expected {
     every_run: bool,
 }
 
-/// The one-layout work of "One delivery engine that keeps every promise".
-const ENGINE_ISSUE: Expected = Expected { issue: "issue 10, one delivery engine", every_run: true };
-/// Its finding 5 (versions only move forward), which a race shows in some runs only.
-const FLAKY_ENGINE_ISSUE: Expected = Expected { issue: "issue 10 finding 5, a race seen in some runs", every_run: false };
 
 fn cases() -> Vec<Case> {
     vec![
@@ -132,12 +128,12 @@ fn cases() -> Vec<Case> {
         case!(webhooks::restart_after_sigkill_loses_nothing_and_sends_nothing_twice),
         case!(webhooks::webhooks_answered_within_1s_while_gong_takes_10s),
         case!(webhooks::a_20_mb_delivery_is_refused_or_accepted_within_10s),
-        case!(webhooks::a_delivery_at_the_limit_is_accepted_within_1s, needs: Nothing, expected: Some(ENGINE_ISSUE)),
-        case!(webhooks::where_is_my_record_answers_for_every_record_of_a_big_file, needs: Nothing, expected: Some(ENGINE_ISSUE)),
+        case!(webhooks::a_delivery_at_the_limit_is_accepted_within_1s),
+        case!(webhooks::where_is_my_record_answers_for_every_record_of_a_big_file),
         case!(webhooks::the_same_wasm_runs_on_spin_3_6, needs: Spin3, expected: None),
         case!(replicas::same_webhook_id_at_both_replicas_is_buffered_and_uploaded_once, needs: Redis, expected: None),
-        case!(replicas::thousand_webhooks_over_two_replicas_keep_every_latest_version_sharded, needs: Redis, expected: None),
-        case!(replicas::thousand_webhooks_over_two_replicas_keep_every_latest_version_per_version, needs: Redis, expected: Some(FLAKY_ENGINE_ISSUE)),
+        case!(replicas::thousand_webhooks_over_two_replicas_keep_every_latest_version, needs: Redis, expected: None),
+        case!(replicas::thousand_webhooks_over_two_replicas_within_1024_keys, needs: Redis, expected: None),
     ]
 }
 

@@ -17,20 +17,11 @@ use crate::store::{request_key, schema_key, INTEGRATION_KEY};
 use crate::tracking::{object_id_on_line, RequestOperation, RequestRecord, TrackedStatus, Totals};
 
 pub const PAYLOAD: &str = "payload";
-/// Uploads of at most this many records index each record for
-/// `GET /records/{type}/{id}/status`; larger (bulk) uploads are tracked per request only, to
-/// keep the key count bounded.
-pub const RECORD_INDEX_MAX: usize = 100;
 const REQUEST_INDEX_PREFIX: &str = "reqidx/";
 
 /// `reqidx/{inverted unix time}/{clientRequestId}`: sorting key names gives newest first.
 fn request_index_key(unix: i64, client_request_id: &str) -> String {
     format!("{REQUEST_INDEX_PREFIX}{:012}/{client_request_id}", 999_999_999_999i64.saturating_sub(unix))
-}
-
-pub fn record_index_key(object_type: ObjectType, object_id: &str) -> String {
-    // objectIds are at most 64 characters (emails included), so the key stays under 255 bytes.
-    format!("recidx/{}/{object_id}", object_type.as_str())
 }
 
 /// Where the latest upload of one record went.
@@ -144,18 +135,9 @@ pub fn submit_tracked(bridge: &Bridge, gong: &GongClient, submission: Submission
         submitted_by: Some(uuid::Uuid::new_v4().simple().to_string()),
     };
     store.put_json(&key, &record)?;
-    // Indexes: newest-first listing, and "where is my record" for small uploads. Both are
-    // written before Gong is called, so they exist for every request that may reach Gong.
+    // The newest-first listing, written before Gong is called, so it holds every request that
+    // may reach Gong.
     store.put_json(&request_index_key(bridge.clock.now().unix_timestamp(), &record.client_request_id), &serde_json::json!({}))?;
-    if let (Some(object_type), Some(ids)) = (record.object_type, &submission.line_object_ids) {
-        // Not in the compact layout: a key per record would eat the key budget.
-        if ids.len() <= RECORD_INDEX_MAX && crate::settings::compact_layout(bridge.config).is_none() {
-            for (i, object_id) in ids.iter().enumerate() {
-                let entry = RecordIndexEntry { client_request_id: record.client_request_id.clone(), line: i + 1, at: record.submitted_at.clone() };
-                store.put_json(&record_index_key(object_type, object_id), &entry)?;
-            }
-        }
-    }
     match send(bridge, gong, &mut record, submission.ldjson.as_deref(), FirstAttempt::Yes) {
         // Gong had this id from a request the bridge never sent: the same file under a fresh id.
         Err(ApiError::Kept { inner, .. }) if matches!(*inner, ApiError::Gong { error: GongError::Conflict { .. }, .. }) => {
@@ -450,20 +432,16 @@ pub fn record_status(bridge: &Bridge, object_type_raw: &str, object_id: &str) ->
             }),
         ));
     }
-    let indexed = match crate::routes::flush::sent_entry(bridge, object_type, object_id)? {
-        Some(entry) => Some(entry),
-        None => bridge.store().get_json(&record_index_key(object_type, object_id))?,
-    };
-    let entry: RecordIndexEntry = indexed.ok_or_else(|| {
+    let entry: RecordIndexEntry = crate::routes::flush::sent_entry(bridge, object_type, object_id)?.ok_or_else(|| {
         ApiError::NotFoundResource(format!(
-            "the bridge has no upload of {object_type} {object_id} on record (uploads of more than {RECORD_INDEX_MAX} records are tracked per request: see GET /requests)"
+            "the bridge has no webhook delivery of {object_type} {object_id} on record (files of POST /records are tracked per request: see GET /requests)"
         ))
     })?;
     let mut record = match load(bridge, &entry.client_request_id) {
         Ok(record) => record,
         // Compact layout: only the newest request records are kept, and only finished ones are
         // removed. A record whose file finished and that is not in the failure store is done.
-        Err(ApiError::NotFoundResource(_)) if crate::settings::compact_layout(bridge.config).is_some() => {
+        Err(ApiError::NotFoundResource(_)) => {
             return Ok(json_response(
                 200,
                 &json!({
@@ -471,10 +449,10 @@ pub fn record_status(bridge: &Bridge, object_type_raw: &str, object_id: &str) ->
                     "objectId": object_id,
                     "state": "done",
                     "explanation": format!(
-                        "Gong processed the file that carried it ({}, line {}); the bridge no longer keeps that request's record (with kv_max_keys it keeps the newest {} only)",
+                        "Gong processed the file that carried it ({}, line {}); the bridge keeps the records of its newest {} requests only",
                         entry.client_request_id,
                         entry.line,
-                        crate::settings::compact_layout(bridge.config).map_or(0, |l| l.request_retention)
+                        crate::settings::layout(bridge.config).request_retention
                     ),
                     "clientRequestId": entry.client_request_id,
                     "line": entry.line,

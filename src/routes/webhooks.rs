@@ -62,10 +62,10 @@ fn authenticate(bridge: &Bridge, request: &Request) -> Result<String, ApiError> 
 pub fn receive(bridge: &Bridge, request: &Request) -> Result<Response, ApiError> {
     let delivery = authenticate(bridge, request)?;
     let event = parse_event(request.body()).map_err(|v| violations_to_problem("Invalid webhook", "the webhook payload is invalid", v, None))?;
-    if settings::compact_layout(bridge.config).is_some() && matches!(event, Event::Records { .. }) {
-        // With a key cap, a delivery gets no idempotency key of its own (two keys for a week
-        // per webhook would not fit). A re-delivery is harmless without one: the same record
-        // version merges as a duplicate, or is kept out if it was already sent.
+    if matches!(event, Event::Records { .. }) {
+        // A record delivery gets no idempotency key of its own (two keys for a week per webhook
+        // would make the store grow without bound). A re-delivery is harmless without one: the
+        // same record version merges as a duplicate, or is kept out if it was already sent.
         return act(bridge, event, String::new(), delivery);
     }
     let idem = bridge.idempotency();

@@ -121,9 +121,19 @@ impl Bridge {
         self.call(method, path, &[("content-type", "application/json")], serde_json::to_vec(body)?).await
     }
 
-    /// `POST /flush?force=true`: everything buffered goes to Gong now.
+    /// `POST /flush?force=true`: everything buffered goes to Gong now. While the work after an
+    /// earlier answer (or a killed process, until its 30 s lease expires) holds the flush lease,
+    /// the report says so; like a scheduler, ask again shortly (for at most 40 s).
     pub async fn force_flush(&self) -> anyhow::Result<Reply> {
-        self.call("POST", "/flush?force=true", &[], Vec::new()).await
+        for _ in 0..400 {
+            let reply = self.call("POST", "/flush?force=true", &[], Vec::new()).await?;
+            let busy = reply.status == 200 && reply.json()["note"].as_str().is_some_and(|n| n.contains("flushing right now"));
+            if !busy {
+                return Ok(reply);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("POST /flush found the flush lease held for 40 s")
     }
 
     /// A delivery signed with `key` at `timestamp`, bounded by `timeout`.

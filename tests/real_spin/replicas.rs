@@ -22,8 +22,8 @@ pub async fn same_webhook_id_at_both_replicas_is_buffered_and_uploaded_once(ctx:
         let webhook_id = format!("msg-{round}");
         let (at_a, at_b) = tokio::join!(a.bridge.webhook(&webhook_id, &body), b.bridge.webhook(&webhook_id, &body));
         let statuses = [at_a?.status, at_b?.status];
-        // One takes effect; the other is its replay (202) or "still in progress" (409 + Retry-After).
-        ensure!(statuses.contains(&202) && statuses.iter().all(|s| [202, 409].contains(s)), "round {round}: {statuses:?}");
+        // Both are accepted: a record delivery is the same version however often it comes.
+        ensure!(statuses == [202, 202], "round {round}: {statuses:?}");
         let state = a.bridge.record_state("ACCOUNT", &id).await?;
         ensure!(state["pendingVersions"] == 1, "round {round}: buffered {} times: {state}", state["pendingVersions"]);
         ids.insert(id);
@@ -36,8 +36,8 @@ pub async fn same_webhook_id_at_both_replicas_is_buffered_and_uploaded_once(ctx:
     Ok(())
 }
 
-/// 1,000 webhooks with duplicates and out-of-order versions over two replicas, in the layout that
-/// `kv_max_keys` selects ("0": a key per version; "1024": shards).
+/// 1,000 webhooks with duplicates and out-of-order versions over two replicas, with the key
+/// budget `kv_max_keys` ("0": the default for a store without a cap).
 async fn thousand_webhooks_over_two_replicas(ctx: &Ctx, kv_max_keys: &str, db: u8) -> anyhow::Result<()> {
     let redis = Redis::start(&ctx.dir.join("redis"), db).await?;
     let mock = MockGong::start().await;
@@ -79,13 +79,11 @@ async fn thousand_webhooks_over_two_replicas(ctx: &Ctx, kv_max_keys: &str, db: u
     Ok(())
 }
 
-pub async fn thousand_webhooks_over_two_replicas_keep_every_latest_version_sharded(ctx: &Ctx) -> anyhow::Result<()> {
-    thousand_webhooks_over_two_replicas(ctx, "1024", 3).await
+pub async fn thousand_webhooks_over_two_replicas_keep_every_latest_version(ctx: &Ctx) -> anyhow::Result<()> {
+    thousand_webhooks_over_two_replicas(ctx, "0", 2).await
 }
 
-/// Issue 10 finding 5 on real Redis: in the per-version layout a late older version can be
-/// buffered after its newer one was sent (the `latest/` check and the write are not one step),
-/// and is then uploaded after it. Not every run hits the window.
-pub async fn thousand_webhooks_over_two_replicas_keep_every_latest_version_per_version(ctx: &Ctx) -> anyhow::Result<()> {
-    thousand_webhooks_over_two_replicas(ctx, "0", 2).await
+/// The same on a store budgeted like Fermyon Cloud's (1,024 keys).
+pub async fn thousand_webhooks_over_two_replicas_within_1024_keys(ctx: &Ctx) -> anyhow::Result<()> {
+    thousand_webhooks_over_two_replicas(ctx, "1024", 3).await
 }

@@ -135,18 +135,18 @@ pub async fn replayed_webhook_takes_effect_once(ctx: &Ctx) -> anyhow::Result<()>
     let spin = ctx.start(&ctx.options(&mock), "spin").await?;
     let bridge = spin.bridge;
     let body = upsert("acc-1", "2024-05-01T10:00:00Z", "ACME");
-    let first = bridge.webhook("msg_replay", &body).await?;
-    first.expect(202);
-    let again = bridge.webhook("msg_replay", &body).await?;
-    again.expect(202);
-    assert_eq!(again.header("idempotency-replayed"), Some("true"));
-    assert_eq!(again.json(), first.json(), "a re-delivery gets the first answer");
-    // The same id with another body is not a re-delivery.
-    let other = bridge.webhook("msg_replay", &upsert("acc-1", "2024-05-02T10:00:00Z", "ACME")).await?;
-    other.expect(422);
-    assert_eq!(bridge.record_state("ACCOUNT", "acc-1").await?["pendingVersions"], 1);
+    bridge.webhook("msg_replay", &body).await?.expect(202);
+    bridge.webhook("msg_replay", &body).await?.expect(202);
+    assert_eq!(bridge.record_state("ACCOUNT", "acc-1").await?["pendingVersions"], 1, "buffered once");
     bridge.force_flush().await?.expect(200);
     assert_eq!(uploaded_versions(&mock)?, vec![("acc-1".to_owned(), "2024-05-01T10:00:00Z".to_owned())]);
+    // Once sent, the same version is kept out by its tombstone; an older one too.
+    bridge.webhook("msg_replay", &body).await?.expect(202);
+    bridge.webhook("msg_older", &upsert("acc-1", "2024-04-01T10:00:00Z", "older")).await?.expect(202);
+    bridge.force_flush().await?.expect(200);
+    bridge.force_flush().await?.expect(200);
+    assert_eq!(mock.received_on("POST", "/v2/crm/entities").len(), 1, "sent once");
+    assert_eq!(bridge.record_state("ACCOUNT", "acc-1").await?["state"], "done");
     Ok(())
 }
 
@@ -268,8 +268,7 @@ pub async fn restart_after_sigkill_loses_nothing_and_sends_nothing_twice(ctx: &C
     for (i, id) in accepted.iter().enumerate().take(10) {
         let number: u32 = id.trim_start_matches("acc-").parse()?;
         let again = second.bridge.webhook(&format!("msg-{number}"), &upsert(id, &modified_at(number), "before the kill")).await?;
-        again.expect(202);
-        ensure!(again.header("idempotency-replayed") == Some("true"), "re-delivery {i} of an accepted webhook was not a replay");
+        ensure!(again.status == 202, "re-delivery {i} of an accepted webhook: {}", again.text());
     }
     let ids: BTreeSet<String> = accepted.iter().cloned().collect();
     flush_until_sent(&[second.bridge], &ids).await?;
@@ -280,7 +279,7 @@ pub async fn restart_after_sigkill_loses_nothing_and_sends_nothing_twice(ctx: &C
     let missing: Vec<_> = ids.difference(&in_gong).collect();
     ensure!(missing.is_empty(), "{} accepted records never reached Gong: {:?}", missing.len(), missing);
     println!(
-        "real-spin: restart: {} deliveries accepted before SIGKILL, {} records in Gong after the restart, none twice",
+        "real-spin: restart: {} deliveries accepted before SIGKILL, {} records in Gong after the restart (10 re-delivered), none twice",
         accepted.len(),
         in_gong.len()
     );

@@ -12,8 +12,8 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::{
-    blocked_until, failure_key, integration_for_flush, pending_value, poll_inflight, report_flush_failure, send_file, split_pending_value, Buffered, Failure, FlushReport, Requeue, FAILURE_PREFIX,
-    FLUSH_LEASE, INFLIGHT_PREFIX, LATEST_PREFIX, MAX_DELIVERIES_LISTED,
+    blocked_until, integration_for_flush, poll_inflight, report_flush_failure, send_file, Buffered, Failure, FlushReport, Requeue, FLUSH_LEASE, INFLIGHT_PREFIX,
+    MAX_DELIVERIES_LISTED,
 };
 use crate::app::Bridge;
 use crate::buffer::{self, PendingKey, FLUSH_ORDER};
@@ -32,14 +32,18 @@ use crate::validation::{self, ValidRecord};
 /// Inbox values one compaction loads at most (keys, and bytes), so one request stays bounded.
 const COMPACT_MAX_KEYS: usize = 4_000;
 const COMPACT_MAX_BYTES: usize = 32 * 1024 * 1024;
-/// A run stops sending files after this long, well inside the lease's 120 s, so that the lease
-/// cannot expire under a holder still writing shards.
-const RUN_SECONDS: i64 = 60;
+/// How long the flush lease lasts: a replica that dies holding it (a crash, SIGKILL) blocks
+/// flushing for at most this long.
+const LEASE_SECONDS: u64 = 30;
+/// A run stops sending files after this long, well inside the lease, so that the lease cannot
+/// expire under a holder still writing shards (runs after an answer stop sooner, at the work
+/// budget).
+const RUN_SECONDS: i64 = 15;
 
 // ----- the lease -----------------------------------------------------------------------------
 
 fn take_lease(bridge: &Bridge) -> Result<Option<lease::Lease>, ApiError> {
-    lease::acquire(bridge.kv, bridge.clock, FLUSH_LEASE, Duration::from_secs(120), settings::idempotency_settle(bridge.config))
+    lease::acquire(bridge.kv, bridge.clock, FLUSH_LEASE, Duration::from_secs(LEASE_SECONDS), settings::idempotency_settle(bridge.config))
 }
 
 /// Runs `work` under the flush lease; a busy lease is a 409 asking to retry shortly.
@@ -294,7 +298,6 @@ pub fn run(bridge: &Bridge, layout: Layout, force: bool, max_files: usize) -> Re
     let shards: Vec<(ObjectType, u32)> = keys.iter().filter_map(|k| compact::parse_shard_key(k, PENDING_SHARD_PREFIX)).collect();
     let inflight: Vec<String> = keys.iter().filter_map(|k| k.strip_prefix(INFLIGHT_PREFIX)).map(str::to_owned).collect();
     let requests_kept = keys.iter().filter(|k| k.starts_with("request/")).count();
-    let has_per_version = keys.iter().any(|k| is_per_version_key(k));
     drop(keys);
     let limits = settings::flush_limits(bridge.config);
     let now = bridge.clock.now().unix_timestamp();
@@ -304,18 +307,13 @@ pub fn run(bridge: &Bridge, layout: Layout, force: bool, max_files: usize) -> Re
     let unknown: Vec<(ObjectType, u32)> = shards.iter().copied().filter(|(t, n)| !known(*t, *n)).collect();
     let stale = summary.iter().any(|(t, stats)| stats.keys().any(|n| !shards.iter().any(|(st, sn)| st.as_str() == t && sn == n)));
     let due = due_types(&summary, limits, force, now);
-    let needs_lease = has_per_version || !inbox.is_empty() || !unknown.is_empty() || stale || (blocked.is_none() && (!due.is_empty() || !inflight.is_empty()));
+    let needs_lease = !inbox.is_empty() || !unknown.is_empty() || stale || (blocked.is_none() && (!due.is_empty() || !inflight.is_empty()));
 
     if needs_lease {
         match take_lease(bridge)? {
             None => report.note = Some("another replica is flushing right now".into()),
             Some(held) => {
                 let result = (|| -> Result<(), ApiError> {
-                    if has_per_version {
-                        if let Err(e) = migrate_from_per_version(bridge, layout, &mut report) {
-                            report.note = Some(format!("moving per-version keys into the shards failed; they stay and are moved later: {e}"));
-                        }
-                    }
                     if !unknown.is_empty() || stale {
                         reconcile(bridge, &shards, &unknown)?;
                     }
@@ -652,6 +650,9 @@ pub fn pending_versions(bridge: &Bridge, layout: Layout, object_type: ObjectType
             }
         }
     }
+    // A version delivered several times is one version (compaction merges the copies).
+    out.sort_by_key(|k| (k.modified, k.received));
+    out.dedup_by_key(|k| k.modified);
     Ok(out)
 }
 
@@ -697,117 +698,4 @@ fn retain_requests(bridge: &Bridge, layout: Layout) -> Result<usize, ApiError> {
         store.delete(&crate::store::request_key(id))?;
     }
     Ok(excess)
-}
-
-// ----- switching layouts -----------------------------------------------------------------------
-
-/// Keys only the compact layout writes.
-pub(super) fn is_compact_key(key: &str) -> bool {
-    key.starts_with(INBOX_PREFIX) || key.starts_with(PENDING_SHARD_PREFIX) || key.starts_with(FAILURE_SHARD_PREFIX) || key == SUMMARY_KEY
-}
-
-/// Keys of the per-version layout that hold records, or cost a key per record.
-fn is_per_version_key(key: &str) -> bool {
-    key.starts_with(crate::buffer::PENDING_PREFIX) || key.starts_with(FAILURE_PREFIX) || key.starts_with(LATEST_PREFIX) || key.starts_with("recidx/")
-}
-
-/// `kv_max_keys` was set on a store written without it: pending versions and failures move
-/// into the shards (each key deleted only once its record is confirmed there), and the
-/// per-record hint and index keys go. Bounded per run like a compaction; the caller holds the
-/// lease.
-fn migrate_from_per_version(bridge: &Bridge, layout: Layout, report: &mut FlushReport) -> Result<(), ApiError> {
-    let keys = bridge.kv.keys()?;
-    let mut sources: Vec<String> = Vec::new();
-    let mut per_type: BTreeMap<ObjectType, Vec<Incoming>> = BTreeMap::new();
-    for key in keys.iter().filter(|k| k.starts_with(crate::buffer::PENDING_PREFIX)).take(COMPACT_MAX_KEYS) {
-        let Some(pending) = PendingKey::decode(key) else { continue };
-        let Some(value) = bridge.kv.get(key)? else { continue };
-        let (delivery, line) = split_pending_value(&value);
-        let Ok(line) = compact::raw_line(line) else { continue };
-        per_type.entry(pending.object_type).or_default().push(Incoming {
-            object_id: pending.object_id,
-            slot: Slot::pending(pending.modified, pending.received, pending.attempt, delivery, line),
-            requeue: false,
-            tag: sources.len(),
-        });
-        sources.push(key.clone());
-    }
-    let mut confirmed = vec![false; sources.len()];
-    let mut moved = 0;
-    for (object_type, incoming) in per_type {
-        for merged in merge_into_pending(bridge, layout, object_type, incoming)? {
-            confirmed[merged.tag] = merged.confirmed;
-        }
-    }
-    for (key, ok) in sources.iter().zip(confirmed) {
-        if ok {
-            bridge.kv.delete(key)?;
-            moved += 1;
-        }
-    }
-    let mut failures = Vec::new();
-    let mut failure_keys = Vec::new();
-    for key in keys.iter().filter(|k| k.starts_with(FAILURE_PREFIX)).take(COMPACT_MAX_KEYS) {
-        if let Some(f) = bridge.store().get_json::<Failure>(key).ok().flatten() {
-            failures.push(f);
-            failure_keys.push(key.clone());
-        }
-    }
-    add_failures(bridge, layout, failures)?;
-    for key in failure_keys {
-        bridge.kv.delete(&key)?;
-    }
-    for key in keys.iter().filter(|k| k.starts_with(LATEST_PREFIX) || k.starts_with("recidx/")) {
-        bridge.kv.delete(key)?;
-    }
-    if moved > 0 {
-        report.compacted = Some(report.compacted.unwrap_or(0) + moved);
-    }
-    Ok(())
-}
-
-/// `kv_max_keys` was unset on a store written with it: inbox records, pending slots and
-/// failures go back to a key each (written before their compact key is removed).
-pub(super) fn migrate_to_per_version(bridge: &Bridge, keys: &[String], report: &mut FlushReport) -> Result<(), ApiError> {
-    let Some(held) = take_lease(bridge)? else {
-        report.note = Some("another replica is flushing right now".into());
-        return Ok(());
-    };
-    let result = (|| -> Result<(), ApiError> {
-        let now = bridge.clock.now().unix_timestamp();
-        let put = |object_type: ObjectType, object_id: &str, modified: i64, received: i64, attempt: u32, delivery: &str, line: &str| {
-            let key = PendingKey { object_type, object_id: object_id.to_owned(), modified, received, bytes: line.len(), attempt };
-            bridge.kv.set(&key.encode(), &pending_value(delivery, line.as_bytes()))
-        };
-        for key in keys.iter().filter(|k| k.starts_with(INBOX_PREFIX)) {
-            let Some(value) = bridge.kv.get(key)? else { continue };
-            if let Ok(entry) = serde_json::from_slice::<InboxEntry>(&value) {
-                for r in &entry.records {
-                    put(entry.t, &r.id, r.m, entry.r, 0, &entry.d, r.l.get())?;
-                }
-            }
-            bridge.kv.delete(key)?;
-        }
-        for key in keys {
-            if let Some((object_type, _)) = compact::parse_shard_key(key, PENDING_SHARD_PREFIX) {
-                let shard: Shard = read_map(bridge.kv, key)?;
-                for (object_id, slot) in &shard {
-                    if let Some(line) = &slot.line {
-                        put(object_type, object_id, slot.modified, slot.received.min(now), slot.attempt, &slot.delivery, line.get())?;
-                    }
-                }
-                bridge.kv.delete(key)?;
-            } else if key.starts_with(FAILURE_SHARD_PREFIX) {
-                let shard: BTreeMap<String, Failure> = read_map(bridge.kv, key)?;
-                for f in shard.values() {
-                    bridge.store().put_json(&failure_key(f.object_type, &f.object_id), f)?;
-                }
-                bridge.kv.delete(key)?;
-            }
-        }
-        bridge.kv.delete(SUMMARY_KEY)?;
-        Ok(())
-    })();
-    lease::release(bridge.kv, held);
-    result
 }

@@ -2,15 +2,12 @@
 //! type, following each file until Gong's final status, and the failure store.
 //! Design and failure analysis: `docs/buffer.md`.
 
-use std::time::Duration;
-
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::app::Bridge;
-use crate::buffer::{self, PendingKey, FLUSH_ORDER, PENDING_PREFIX};
+use crate::buffer::PendingKey;
 use crate::gong::models::ObjectType;
-use crate::idempotency::lease;
 use crate::problem::ApiError;
 use crate::quota::QuotaState;
 use crate::routes::requests::{self, submit_tracked, Submission, PAYLOAD};
@@ -21,8 +18,6 @@ use crate::validation::{self, ValidRecord};
 mod compact;
 
 const INFLIGHT_PREFIX: &str = "inflight/";
-const FAILURE_PREFIX: &str = "fail/";
-const LATEST_PREFIX: &str = "latest/";
 const FLUSH_LEASE: &str = "lease/flush";
 const NEXT_CHECK_KEY: &str = "flush/next-check";
 /// On ordinary requests the buffer is scanned at most this often (a scan lists every key).
@@ -36,13 +31,6 @@ const FILES_PER_ORDINARY_REQUEST: usize = 2;
 /// Deliveries listed in a flushed file's request record (the rest are counted only).
 const MAX_DELIVERIES_LISTED: usize = 1_000;
 
-fn latest_key(object_type: ObjectType, object_id: &str) -> String {
-    format!("{LATEST_PREFIX}{}/{object_id}", object_type.as_str())
-}
-
-pub fn failure_key(object_type: ObjectType, object_id: &str) -> String {
-    format!("{FAILURE_PREFIX}{}/{object_id}", object_type.as_str())
-}
 
 fn inflight_key(client_request_id: &str) -> String {
     format!("{INFLIGHT_PREFIX}{client_request_id}")
@@ -74,24 +62,6 @@ pub struct Failure {
 
 // ----- buffering ---------------------------------------------------------------------------
 
-/// A pending version's value: the delivery (webhook-id) that brought it, a newline, then the
-/// LDJSON line. Header values cannot hold a newline and LDJSON lines hold none, so the first
-/// newline always separates the two.
-fn pending_value(delivery: &str, line: &[u8]) -> Vec<u8> {
-    let mut value = Vec::with_capacity(delivery.len() + 1 + line.len());
-    value.extend_from_slice(delivery.as_bytes());
-    value.push(b'\n');
-    value.extend_from_slice(line);
-    value
-}
-
-fn split_pending_value(value: &[u8]) -> (&str, &[u8]) {
-    match value.iter().position(|b| *b == b'\n') {
-        Some(at) => (std::str::from_utf8(&value[..at]).unwrap_or(""), &value[at + 1..]),
-        None => ("", value),
-    }
-}
-
 #[derive(Debug, Default)]
 pub struct Buffered {
     pub accepted: usize,
@@ -99,31 +69,10 @@ pub struct Buffered {
     pub superseded: usize,
 }
 
-/// Writes validated records to the pending buffer. Each version gets a key of its own, written
-/// before anything else, so once this returns Ok the records are the bridge's responsibility.
+/// Writes validated records to the inbox (one key per delivery), so once this returns Ok the
+/// records are the bridge's responsibility.
 pub fn buffer_records(bridge: &Bridge, object_type: ObjectType, records: Vec<ValidRecord>, delivery: &str) -> Result<Buffered, ApiError> {
-    if let Some(layout) = settings::compact_layout(bridge.config) {
-        return compact::buffer_records(bridge, layout, object_type, records, delivery);
-    }
-    let store = bridge.store();
-    let now = bridge.clock.now().unix_timestamp();
-    let mut outcome = Buffered::default();
-    for record in records {
-        let modified = record.modified.unix_timestamp();
-        let latest: Option<i64> = store.get_json(&latest_key(object_type, &record.object_id))?;
-        if latest.is_some_and(|l| l > modified) {
-            outcome.superseded += 1;
-            continue;
-        }
-        let key = PendingKey { object_type, object_id: record.object_id.clone(), modified, received: now, bytes: record.line.len(), attempt: 0 };
-        bridge.kv.set(&key.encode(), &pending_value(delivery, &record.line))?;
-        // A hint for late, older deliveries; pending versions themselves decide at flush time.
-        if latest.is_none_or(|l| l < modified) {
-            store.put_json(&latest_key(object_type, &record.object_id), &modified)?;
-        }
-        outcome.accepted += 1;
-    }
-    Ok(outcome)
+    compact::buffer_records(bridge, settings::layout(bridge.config), object_type, records, delivery)
 }
 
 // ----- flushing ----------------------------------------------------------------------------
@@ -169,97 +118,13 @@ pub fn run(bridge: &Bridge, force: bool) -> Result<FlushReport, ApiError> {
 }
 
 fn run_bounded(bridge: &Bridge, force: bool, max_files: usize) -> Result<FlushReport, ApiError> {
-    if let Some(layout) = settings::compact_layout(bridge.config) {
-        return compact::run(bridge, layout, force, max_files);
-    }
-    let mut report = FlushReport { scanned: true, ..Default::default() };
-    let mut keys = bridge.kv.keys()?;
-    if keys.iter().any(|k| compact::is_compact_key(k)) {
-        // kv_max_keys was unset: bring records kept in the compact layout back to a key each.
-        compact::migrate_to_per_version(bridge, &keys, &mut report)?;
-        keys = bridge.kv.keys()?;
-    }
-    let mut pending: Vec<PendingKey> = keys.iter().filter_map(|k| PendingKey::decode(k)).collect();
-    let inflight: Vec<String> = keys.iter().filter_map(|k| k.strip_prefix(INFLIGHT_PREFIX)).map(str::to_owned).collect();
-    drop(keys);
-    let limits = settings::flush_limits(bridge.config);
-    let now = bridge.clock.now().unix_timestamp();
-
-    if let Some(until) = blocked_until(bridge, now)? {
-        report.throttled_until = Some(until);
-        report.note = Some(format!("Gong calls are paused until {until} (Unix time); records stay buffered and go then"));
-    } else if !pending.is_empty() {
-        flush_due(bridge, &mut pending, limits, force, now, max_files, &mut report)?;
-    }
-    if report.throttled_until.is_none() {
-        poll_inflight(bridge, &inflight, &mut report)?;
-    }
-    report.pending = json!(buffer::summarize(&pending)
-        .into_iter()
-        .map(|(t, s)| (t.as_str().to_owned(), json!({"records": s.records, "versions": s.versions, "bytes": s.bytes, "oldestReceived": s.oldest_received})))
-        .collect::<serde_json::Map<_, _>>());
-    Ok(report)
+    compact::run(bridge, settings::layout(bridge.config), force, max_files)
 }
 
 /// Until when (Unix seconds, rounded up) Gong may not be called, if it may not be called at `now`.
 fn blocked_until(bridge: &Bridge, now: i64) -> Result<Option<i64>, ApiError> {
     let state: QuotaState = bridge.store().get_json(crate::app::QUOTA_KEY)?.unwrap_or_default();
     Ok((state.blocked_until_ms > now * 1000).then_some((state.blocked_until_ms + 999).div_euclid(1000)))
-}
-
-fn flush_due(
-    bridge: &Bridge,
-    pending: &mut Vec<PendingKey>,
-    limits: buffer::FlushLimits,
-    force: bool,
-    now: i64,
-    max_files: usize,
-    report: &mut FlushReport,
-) -> Result<(), ApiError> {
-    let summaries = buffer::summarize(pending);
-    let due: Vec<ObjectType> = FLUSH_ORDER
-        .into_iter()
-        .filter(|t| summaries.get(t).is_some_and(|s| buffer::is_due(s, limits, force, now)))
-        .collect();
-    if due.is_empty() {
-        return Ok(());
-    }
-    let Some(integration_id) = integration_for_flush(bridge, report) else { return Ok(()) };
-    let settle = settings::idempotency_settle(bridge.config);
-    let Some(held) = lease::acquire(bridge.kv, bridge.clock, FLUSH_LEASE, Duration::from_secs(120), settle)? else {
-        report.note = Some("another replica is flushing right now".into());
-        return Ok(());
-    };
-    let gong = bridge.gong();
-    let result = (|| -> Result<(), ApiError> {
-        let gong = gong?;
-        for object_type in due {
-            // Several files while the type stays due (e.g. far more than batch_max_records).
-            loop {
-                if report.files.len() >= max_files {
-                    return Ok(());
-                }
-                let summary = buffer::summarize(pending).remove(&object_type).unwrap_or_default();
-                if !buffer::is_due(&summary, limits, force, now) {
-                    break;
-                }
-                let chosen = buffer::select_for_file(pending, object_type, limits);
-                if chosen.is_empty() {
-                    break;
-                }
-                match flush_file(bridge, &gong, integration_id, object_type, &chosen) {
-                    Ok(file) => {
-                        report.files.push(file);
-                        pending.retain(|k| !chosen.contains(k));
-                    }
-                    Err(e) => return report_flush_failure(bridge, object_type, e, now, report),
-                }
-            }
-        }
-        Ok(())
-    })();
-    lease::release(bridge.kv, held);
-    result
 }
 
 /// The integration files go to; without one, records wait (noted in the report).
@@ -289,35 +154,6 @@ fn report_flush_failure(bridge: &Bridge, object_type: ObjectType, error: ApiErro
         }
     }
     Ok(())
-}
-
-/// Sends one file. Its pending versions are deleted only after Gong's 201.
-fn flush_file(bridge: &Bridge, gong: &crate::gong::client::GongClient, integration_id: i64, object_type: ObjectType, chosen: &[PendingKey]) -> Result<Value, ApiError> {
-    let mut records = Vec::with_capacity(chosen.len());
-    let mut deliveries = Vec::new();
-    let mut attempt = 0;
-    for key in chosen {
-        // A version deleted meanwhile (another flush) is simply not in this file.
-        let Some(value) = bridge.kv.get(&key.encode())? else { continue };
-        let Ok(modified) = time::OffsetDateTime::from_unix_timestamp(key.modified) else { continue };
-        attempt = attempt.max(key.attempt);
-        let (delivery, line) = split_pending_value(&value);
-        // The request record lists the deliveries behind its file (capped: it must stay small).
-        if !delivery.is_empty() && deliveries.len() < MAX_DELIVERIES_LISTED {
-            deliveries.push(delivery.to_owned());
-        }
-        records.push(ValidRecord { object_id: key.object_id.clone(), modified, line: line.to_vec() });
-    }
-    let Some(sent) = send_file(bridge, gong, integration_id, object_type, records, deliveries, attempt)? else {
-        return Ok(json!({"objectType": object_type, "records": 0}));
-    };
-    for key in chosen {
-        // A failed delete only means the version is sent again later: duplicate, not lost.
-        if let Err(e) = bridge.kv.delete(&key.encode()) {
-            eprintln!("gong-crm-bridge: sent version left in the buffer ({e}); it will be sent again");
-        }
-    }
-    Ok(sent.report(object_type))
 }
 
 /// A file Gong accepted (201, or 409 for its clientRequestId).
@@ -498,22 +334,9 @@ fn settle_file(bridge: &Bridge, record: &crate::tracking::RequestRecord, marker:
         }
         report.requeued += requeue.len();
         report.failures_added += failures.len();
-        match settings::compact_layout(bridge.config) {
-            Some(layout) => {
-                compact::requeue(bridge, layout, marker.object_type, requeue)?;
-                compact::add_failures(bridge, layout, failures)?;
-            }
-            None => {
-                let now_unix = bridge.clock.now().unix_timestamp();
-                for r in requeue {
-                    let key = PendingKey { object_type: marker.object_type, object_id: r.object_id, modified: r.modified, received: now_unix, bytes: r.line.len(), attempt: r.attempt };
-                    bridge.kv.set(&key.encode(), &pending_value("", &r.line))?;
-                }
-                for f in failures {
-                    bridge.store().put_json(&failure_key(f.object_type, &f.object_id), &f)?;
-                }
-            }
-        }
+        let layout = settings::layout(bridge.config);
+        compact::requeue(bridge, layout, marker.object_type, requeue)?;
+        compact::add_failures(bridge, layout, failures)?;
     }
     store.delete_blob(PAYLOAD, id, record.payload_chunks)?;
     store.delete(&inflight_key(id))?;
@@ -544,89 +367,31 @@ fn identify(line: &[u8]) -> Option<(String, i64)> {
 // ----- the failure store -------------------------------------------------------------------
 
 pub fn list_failures(bridge: &Bridge, object_type: Option<ObjectType>, limit: usize) -> Result<(Vec<Failure>, usize), ApiError> {
-    if let Some(layout) = settings::compact_layout(bridge.config) {
-        return compact::list_failures(bridge, layout, object_type, limit);
-    }
-    let prefix = match object_type {
-        Some(t) => format!("{FAILURE_PREFIX}{}/", t.as_str()),
-        None => FAILURE_PREFIX.to_owned(),
-    };
-    let mut keys: Vec<String> = bridge.kv.keys()?.into_iter().filter(|k| k.starts_with(&prefix)).collect();
-    keys.sort();
-    let total = keys.len();
-    let mut out = Vec::new();
-    for key in keys.iter().take(limit) {
-        if let Some(f) = bridge.store().get_json::<Failure>(key)? {
-            out.push(f);
-        }
-    }
-    Ok((out, total))
+    compact::list_failures(bridge, settings::layout(bridge.config), object_type, limit)
 }
 
 /// Puts failures back into the buffer (all, one type, or some ids of one type).
 pub fn retry_failures(bridge: &Bridge, object_type: Option<ObjectType>, ids: Option<&[String]>) -> Result<usize, ApiError> {
-    if let Some(layout) = settings::compact_layout(bridge.config) {
-        return compact::retry_failures(bridge, layout, object_type, ids);
-    }
-    let (failures, _) = list_failures(bridge, object_type, usize::MAX)?;
-    let now = bridge.clock.now().unix_timestamp();
-    let mut requeued = 0;
-    for f in failures.into_iter().filter(|f| ids.is_none_or(|ids| ids.contains(&f.object_id))) {
-        let key = PendingKey { object_type: f.object_type, object_id: f.object_id.clone(), modified: f.modified, received: now, bytes: f.line.len(), attempt: 0 };
-        // Pending first, then the failure entry goes: a crash between leaves both, never neither.
-        bridge.kv.set(&key.encode(), &pending_value("", f.line.as_bytes()))?;
-        bridge.kv.delete(&failure_key(f.object_type, &f.object_id))?;
-        requeued += 1;
-    }
-    Ok(requeued)
+    compact::retry_failures(bridge, settings::layout(bridge.config), object_type, ids)
 }
 
 /// Pending versions of one record (for "where is my record").
 pub fn pending_versions(bridge: &Bridge, object_type: ObjectType, object_id: &str) -> Result<Vec<PendingKey>, ApiError> {
-    if let Some(layout) = settings::compact_layout(bridge.config) {
-        return compact::pending_versions(bridge, layout, object_type, object_id);
-    }
-    let prefix = PendingKey::record_prefix(object_type, object_id);
-    Ok(bridge
-        .kv
-        .keys()?
-        .iter()
-        .filter(|k| k.starts_with(&prefix))
-        .filter_map(|k| PendingKey::decode(k))
-        .filter(|k| k.object_id == object_id)
-        .collect())
+    compact::pending_versions(bridge, settings::layout(bridge.config), object_type, object_id)
 }
 
 /// The failure stored for one record, if any.
 pub fn find_failure(bridge: &Bridge, object_type: ObjectType, object_id: &str) -> Result<Option<Failure>, ApiError> {
-    match settings::compact_layout(bridge.config) {
-        Some(layout) => compact::find_failure(bridge, layout, object_type, object_id),
-        None => bridge.store().get_json(&failure_key(object_type, object_id)),
-    }
+    compact::find_failure(bridge, settings::layout(bridge.config), object_type, object_id)
 }
 
 /// Removes one failure explicitly; `false` when there was none.
 pub fn discard_failure(bridge: &Bridge, object_type: ObjectType, object_id: &str) -> Result<bool, ApiError> {
-    if let Some(layout) = settings::compact_layout(bridge.config) {
-        return compact::discard_failure(bridge, layout, object_type, object_id);
-    }
-    let key = failure_key(object_type, object_id);
-    if bridge.kv.get(&key)?.is_none() {
-        return Ok(false);
-    }
-    bridge.kv.delete(&key)?;
-    Ok(true)
+    compact::discard_failure(bridge, settings::layout(bridge.config), object_type, object_id)
 }
 
-/// In the compact layout, the file and line that last carried a record to Gong (the
-/// per-record index of the other layout would cost a key per record).
+/// The file and line that last carried a record to Gong (its tombstone in the shard).
 pub fn sent_entry(bridge: &Bridge, object_type: ObjectType, object_id: &str) -> Result<Option<requests::RecordIndexEntry>, ApiError> {
-    match settings::compact_layout(bridge.config) {
-        Some(layout) => compact::sent_entry(bridge, layout, object_type, object_id),
-        None => Ok(None),
-    }
+    compact::sent_entry(bridge, settings::layout(bridge.config), object_type, object_id)
 }
 
-pub fn is_pending_key(key: &str) -> bool {
-    key.starts_with(PENDING_PREFIX)
-}
