@@ -129,7 +129,7 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     println!("| store, layout, load | accepted | 503 re-deliveries | p50 | p99 | max | accepted/s |\n|---|---|---|---|---|---|---|");
-    for (layout, max_keys) in [("per-version", "0"), ("compact", "1024")] {
+    for (layout, max_keys) in [("default budget", "0"), ("kv_max_keys 1024", "1024")] {
         let options = SpinOptions::new(&spin, &mock).var("kv_max_keys", max_keys).var("flush_interval_seconds", "3600");
         let sqlite = SpinProcess::start(&app, &options, &root.join(format!("sqlite-{layout}"))).await?;
         measure(&format!("SQLite, {layout}"), &sqlite).await?;

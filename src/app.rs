@@ -150,6 +150,14 @@ impl<'a> Bridge<'a> {
 pub struct Handled {
     pub response: Response,
     pub follow_up: bool,
+    /// The inbox should be compacted first (a delivery filled it).
+    pub compact_inbox: bool,
+}
+
+/// Work a route asks for after its answer, carried in the response's extensions (never sent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FollowUp {
+    CompactInbox,
 }
 
 /// Handles one request; never panics on bad input, and every error becomes problem+json.
@@ -161,8 +169,11 @@ pub fn handle(bridge: &Bridge, request: Request) -> Handled {
     match route(bridge, request) {
         // Only after a served (2xx) request: an unauthenticated caller cannot make the bridge
         // scan its store.
-        Ok(response) => Handled { follow_up: checks_buffer && response.status().is_success(), response },
-        Err(error) => Handled { response: refuse(&method, &path, error), follow_up: false },
+        Ok(mut response) => {
+            let compact_inbox = response.extensions_mut().remove::<FollowUp>() == Some(FollowUp::CompactInbox);
+            Handled { follow_up: checks_buffer && response.status().is_success(), compact_inbox, response }
+        }
+        Err(error) => Handled { response: refuse(&method, &path, error), follow_up: false, compact_inbox: false },
     }
 }
 
@@ -177,7 +188,12 @@ pub fn refuse(method: &http::Method, path: &str, error: ApiError) -> Response {
 
 /// The work after an answer: whether buffered records are due (cheap unless a scan is due),
 /// flushed and followed within the work budget. A problem here is logged; the answer was sent.
-pub fn follow_up(bridge: &Bridge) {
+pub fn follow_up(bridge: &Bridge, compact_inbox: bool) {
+    if compact_inbox {
+        if let Err(e) = routes::flush::compact_inbox_now(bridge) {
+            eprintln!("gong-crm-bridge: inbox compaction after the answer: {e}");
+        }
+    }
     if let Err(e) = routes::flush::check(bridge) {
         eprintln!("gong-crm-bridge: buffer check after the answer: {e}");
     }
@@ -421,7 +437,7 @@ mod engine_edge_tests {
         assert_eq!(handled.response.status(), 202);
         assert!(handled.follow_up);
         assert!(gong.calls().is_empty(), "Gong was called before the answer: {:?}", gong.calls());
-        follow_up(&bridge.with_budget(clock.now()));
+        follow_up(&bridge.with_budget(clock.now()), false);
         assert!(gong.calls().iter().any(|c| c.method == "POST" && c.path.starts_with("/v2/crm/entities")), "{:?}", gong.calls());
     }
 
@@ -439,7 +455,7 @@ mod engine_edge_tests {
             assert_eq!(handle(&bridge, webhook(&format!("msg-{i}"), body.as_bytes())).response.status(), 202);
         }
         let started = clock.now();
-        follow_up(&bridge.with_budget(started));
+        follow_up(&bridge.with_budget(started), false);
         let calls = gong.calls();
         assert_eq!(calls.len(), 1, "a second call started after the budget was spent: {calls:?}");
         assert_eq!(calls[0].timeout, std::time::Duration::from_secs(5), "the call may wait only what is left of the budget");
@@ -536,5 +552,27 @@ mod engine_edge_tests {
         assert_eq!(answer.status(), 202, "{}", String::from_utf8_lossy(answer.body()));
         let uploads: Vec<_> = gong.calls().into_iter().filter(|c| c.path.starts_with("/v2/crm/entities")).collect();
         assert_eq!(uploads.len(), 1, "{uploads:?}");
+    }
+
+    /// Answer first, also for housekeeping: a delivery that fills the inbox is answered before
+    /// the inbox is compacted into the shards; the follow-up compacts it.
+    #[test]
+    fn a_delivery_that_fills_the_inbox_is_answered_before_compaction() {
+        let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_700_000_000));
+        let gong = ScriptedGong::new(&clock);
+        let config = configured(&[("kv_max_keys", "128")]);
+        let bridge = bridge(&kv, &config, &gong, &clock);
+        let inbox = |kv: &MemoryKv| kv.map.borrow().keys().filter(|k| k.starts_with("inbox/")).count();
+        let mut last = None;
+        for i in 0..16 {
+            last = Some(handle(&bridge, webhook(&format!("msg-{i}"), &upsert(&format!("acc-{i}")))));
+        }
+        let last = last.unwrap();
+        assert_eq!(last.response.status(), 202);
+        assert!(last.compact_inbox, "16 inbox keys reach the compaction line of a 128-key budget");
+        assert_eq!(inbox(&kv), 16, "nothing was compacted before the answer");
+        follow_up(&bridge.with_budget(clock.now()), last.compact_inbox);
+        assert_eq!(inbox(&kv), 0, "the follow-up compacted the inbox");
+        assert!(kv.map.borrow().keys().any(|k| k.starts_with("pbuf/ACCOUNT/")));
     }
 }

@@ -44,7 +44,7 @@ fn handle_request(incoming: IncomingRequest, response_out: ResponseOutparam) {
     let oversized = matches!(read, Err(ApiError::PayloadTooLarge { .. }));
     let handled = match read {
         Ok(request) => handle(&bridge, request),
-        Err(error) => crate::app::Handled { response: refuse(&method, &path, error), follow_up: false },
+        Err(error) => crate::app::Handled { response: refuse(&method, &path, error), follow_up: false, compact_inbox: false },
     };
     if let Err(e) = respond(response_out, handled.response) {
         eprintln!("gong-crm-bridge: sending the response failed: {e}");
@@ -57,7 +57,7 @@ fn handle_request(incoming: IncomingRequest, response_out: ResponseOutparam) {
     drop(stream);
     drop(incoming_body);
     if handled.follow_up {
-        follow_up(&bridge.with_budget(started));
+        follow_up(&bridge.with_budget(started), handled.compact_inbox);
     }
 }
 

@@ -133,5 +133,8 @@ fn buffer(bridge: &Bridge, object_type_raw: &str, records_json: &[u8], delivery:
     if let Some(first) = status_urls.first().and_then(|u| http::HeaderValue::from_str(u).ok()) {
         response.headers_mut().insert(http::header::LOCATION, first);
     }
+    if buffered.compact_inbox {
+        response.extensions_mut().insert(crate::app::FollowUp::CompactInbox);
+    }
     Ok(response)
 }

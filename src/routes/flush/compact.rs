@@ -207,17 +207,12 @@ pub fn buffer_records(bridge: &Bridge, layout: Layout, object_type: ObjectType, 
         let bytes = serde_json::to_vec(&entry).map_err(|e| ApiError::Internal(e.to_string()))?;
         bridge.kv.set(&inbox_key(object_type, now, &uuid::Uuid::new_v4().simple().to_string()), &bytes)?;
     }
-    if inbox_before + written >= layout.inbox_compact_at {
-        // Accepted already; compacting is only housekeeping now.
-        if let Err(e) = compact_now(bridge, layout) {
-            eprintln!("gong-crm-bridge: inbox compaction: {e}");
-        }
-    }
-    Ok(Buffered { accepted: count, superseded: 0 })
+    // Accepted already; compacting is housekeeping, done after the answer.
+    Ok(Buffered { accepted: count, superseded: 0, compact_inbox: inbox_before + written >= layout.inbox_compact_at })
 }
 
 /// Compacts the inbox if no other replica holds the flush lease.
-fn compact_now(bridge: &Bridge, layout: Layout) -> Result<(), ApiError> {
+pub(super) fn compact_now(bridge: &Bridge, layout: Layout) -> Result<(), ApiError> {
     let Some(held) = take_lease(bridge)? else { return Ok(()) };
     let result = (|| {
         let inbox: Vec<String> = bridge.kv.keys()?.into_iter().filter(|k| k.starts_with(INBOX_PREFIX)).collect();

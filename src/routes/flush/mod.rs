@@ -67,6 +67,14 @@ pub struct Buffered {
     pub accepted: usize,
     /// Versions older than one already accepted for the same record: kept out, never sent.
     pub superseded: usize,
+    /// The inbox has grown to where it should be compacted, after the answer.
+    pub compact_inbox: bool,
+}
+
+/// Compacts the inbox into the shards now, unless another replica holds the flush lease (the
+/// work after a webhook whose delivery filled the inbox).
+pub fn compact_inbox_now(bridge: &Bridge) -> Result<(), ApiError> {
+    compact::compact_now(bridge, settings::layout(bridge.config))
 }
 
 /// Writes validated records to the inbox (one key per delivery), so once this returns Ok the
