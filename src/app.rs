@@ -575,4 +575,67 @@ mod engine_edge_tests {
         assert_eq!(inbox(&kv), 0, "the follow-up compacted the inbox");
         assert!(kv.map.borrow().keys().any(|k| k.starts_with("pbuf/ACCOUNT/")));
     }
+
+    fn flush(bridge: &Bridge, force: bool) -> serde_json::Value {
+        let path = if force { "/flush?force=true" } else { "/flush" };
+        let answer = handle(bridge, request("POST", path, &[("authorization", "Bearer token")], b"")).response;
+        assert_eq!(answer.status(), 200, "{}", String::from_utf8_lossy(answer.body()));
+        serde_json::from_slice(answer.body()).unwrap()
+    }
+
+    fn uploaded_ids(gong: &ScriptedGong, upload: usize) -> Vec<String> {
+        let uploads: Vec<_> = gong.calls().into_iter().filter(|c| c.method == "POST" && c.path.starts_with("/v2/crm/entities")).collect();
+        let bodies = gong.bodies.borrow();
+        let body = &bodies[uploads[upload].index];
+        String::from_utf8_lossy(body).lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter_map(|v| v["objectId"].as_str().map(str::to_owned)).collect()
+    }
+
+    /// Issue 10 finding 2: Gong lists at most 20 failed lines per file. When it counts more
+    /// failures than it lists, the unlisted records go out again (without the listed ones) instead
+    /// of being reported done.
+    #[test]
+    fn records_whose_outcome_gong_did_not_list_are_sent_again() {
+        let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_700_000_000));
+        let gong = ScriptedGong::new(&clock);
+        let config = configured(&[("gong_calls_per_second", "0")]);
+        let bridge = bridge(&kv, &config, &gong, &clock);
+        let records: Vec<String> = (0..25)
+            .map(|i| format!(r#"{{"objectId":"a{i:02}","modifiedDate":"2024-05-01T10:00:{i:02}Z","name":"Acme"}}"#))
+            .collect();
+        let body = format!(r#"{{"type":"record.upserted","timestamp":"2024-01-01T00:00:00Z","data":{{"objectType":"ACCOUNT","records":[{}]}}}}"#, records.join(","));
+        assert_eq!(handle(&bridge, webhook("msg-25", body.as_bytes())).response.status(), 202);
+        flush(&bridge, true);
+        assert_eq!(uploaded_ids(&gong, 0).len(), 25);
+        let errors: Vec<String> = (1..=20).map(|line| format!(r#"{{"line":{line},"description":"bad value"}}"#)).collect();
+        let failed = format!(r#"{{"requestId":"r","status":"FAILED","errors":[{}],"totalErrorCount":25,"totalSuccessCount":0}}"#, errors.join(","));
+        gong.queue.borrow_mut().push_back(scripted(200, &failed));
+        flush(&bridge, false);
+        flush(&bridge, true);
+        let resent = uploaded_ids(&gong, 1);
+        assert_eq!(resent, vec!["a20", "a21", "a22", "a23", "a24"], "only the records Gong did not list go again");
+        let failures = handle(&bridge, request("GET", "/failures", &[("authorization", "Bearer token")], b"")).response;
+        let failures: serde_json::Value = serde_json::from_slice(failures.body()).unwrap();
+        assert_eq!(failures["total"], 20, "{failures}");
+        let status = handle(&bridge, request("GET", "/records/ACCOUNT/a24/status", &[("authorization", "Bearer token")], b"")).response;
+        let status: serde_json::Value = serde_json::from_slice(status.body()).unwrap();
+        // Done now, and because the second file's DONE covers it, not the first file's FAILED.
+        let second = gong.calls().into_iter().filter(|c| c.path.starts_with("/v2/crm/entities")).nth(1).unwrap().path;
+        assert_eq!(status["state"], "done", "{status}");
+        assert!(second.contains(status["clientRequestId"].as_str().unwrap()), "{status} / {second}");
+    }
+
+    /// Issue 10 finding 2: a FAILED status with no line listed is not a success for its records.
+    #[test]
+    fn a_failed_file_with_no_listed_error_is_sent_again() {
+        let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_700_000_000));
+        let gong = ScriptedGong::new(&clock);
+        let config = configured(&[("gong_calls_per_second", "0")]);
+        let bridge = bridge(&kv, &config, &gong, &clock);
+        assert_eq!(handle(&bridge, webhook("msg-1", &upsert("acc-1"))).response.status(), 202);
+        flush(&bridge, true);
+        gong.queue.borrow_mut().push_back(scripted(200, r#"{"requestId":"r","status":"FAILED","errors":[]}"#));
+        flush(&bridge, false);
+        flush(&bridge, true);
+        assert_eq!(uploaded_ids(&gong, 1), vec!["acc-1"]);
+    }
 }

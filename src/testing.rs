@@ -58,12 +58,14 @@ pub struct Scripted {
     pub takes: Duration,
 }
 
-/// A call the bridge made: method, path with query, and the timeout it allowed.
+/// A call the bridge made: method, path with query, the timeout it allowed, and where its body
+/// is in `ScriptedGong::bodies` (a multipart upload's LDJSON part, else the raw body).
 #[derive(Debug, Clone)]
 pub struct Call {
     pub method: String,
     pub path: String,
     pub timeout: Duration,
+    pub index: usize,
 }
 
 /// Gong as a script: queued answers first, then Gong-like successes (201 for uploads, DONE for
@@ -72,6 +74,7 @@ pub struct ScriptedGong<'c> {
     pub clock: &'c VirtualClock,
     pub queue: RefCell<VecDeque<Scripted>>,
     pub calls: RefCell<Vec<Call>>,
+    pub bodies: RefCell<Vec<Vec<u8>>>,
     pub default_takes: Cell<Duration>,
     /// Runs inside the next call, before Gong answers: what another replica does meanwhile.
     pub meanwhile: RefCell<Option<Box<dyn FnOnce() + 'c>>>,
@@ -79,7 +82,7 @@ pub struct ScriptedGong<'c> {
 
 impl<'c> ScriptedGong<'c> {
     pub fn new(clock: &'c VirtualClock) -> ScriptedGong<'c> {
-        ScriptedGong { clock, queue: RefCell::default(), calls: RefCell::default(), default_takes: Cell::new(Duration::from_millis(20)), meanwhile: RefCell::default() }
+        ScriptedGong { clock, queue: RefCell::default(), calls: RefCell::default(), bodies: RefCell::default(), default_takes: Cell::new(Duration::from_millis(20)), meanwhile: RefCell::default() }
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -99,7 +102,9 @@ impl<'c> ScriptedGong<'c> {
 impl Outbound for ScriptedGong<'_> {
     fn send(&self, request: Request, timeout: Duration) -> Result<Response, OutboundError> {
         let path = request.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
-        self.calls.borrow_mut().push(Call { method: request.method().to_string(), path, timeout });
+        let index = self.bodies.borrow().len();
+        self.bodies.borrow_mut().push(ldjson_part(request.body()));
+        self.calls.borrow_mut().push(Call { method: request.method().to_string(), path, timeout, index });
         let meanwhile = self.meanwhile.borrow_mut().take();
         if let Some(meanwhile) = meanwhile {
             meanwhile();
@@ -116,6 +121,14 @@ impl Outbound for ScriptedGong<'_> {
         self.clock.advance(takes);
         answer
     }
+}
+
+/// The lines of a multipart upload's file part (from its first LDJSON line to the closing
+/// boundary), or the body as it is.
+fn ldjson_part(body: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(body);
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with('{')).collect();
+    if lines.is_empty() { body.to_vec() } else { lines.join("\n").into_bytes() }
 }
 
 /// A bridge over the doubles.

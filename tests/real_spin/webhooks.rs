@@ -384,3 +384,28 @@ pub async fn where_is_my_record_answers_for_every_record_of_a_big_file(ctx: &Ctx
     ensure!(unknown.is_empty(), "{} of 150 records of a delivered file are not reported done, e.g. {}", unknown.len(), unknown[0]);
     Ok(())
 }
+
+/// Issue 10 finding 2, from outside: Gong lists 20 of 25 failed lines; the 5 unlisted records go
+/// out again (and only they), the 20 listed ones are in the failure store with Gong's words.
+pub async fn records_gong_did_not_list_are_sent_again(ctx: &Ctx) -> anyhow::Result<()> {
+    let mock = MockGong::start().await;
+    let errors: Vec<Value> = (1..=20).map(|line| json!({"line": line, "description": "bad value"})).collect();
+    mock.on("GET", "/v2/crm/request-status", MockResponse::json(200, json!({"requestId": "r", "status": "FAILED", "errors": errors, "totalErrorCount": 25, "totalSuccessCount": 0})));
+    let spin = ctx.start(&ctx.options(&mock), "spin").await?;
+    let records: Vec<Value> = (0..25u32).map(|i| json!({"objectId": format!("f{i:02}"), "modifiedDate": modified_at(i), "name": "twenty-five"})).collect();
+    let delivery = json!({"type": "record.upserted", "timestamp": "2024-01-01T00:00:00Z", "data": {"objectType": "ACCOUNT", "records": records}});
+    spin.bridge.webhook("msg-25", &delivery).await?.expect(202);
+    for _ in 0..5 {
+        spin.bridge.force_flush().await?.expect(200);
+        if mock.received_on("POST", "/v2/crm/entities").len() >= 2 {
+            break;
+        }
+    }
+    let uploads = mock.received_on("POST", "/v2/crm/entities");
+    ensure!(uploads.len() == 2, "{} uploads: the unlisted records were not sent again", uploads.len());
+    let resent: Vec<String> = uploads[1].part("dataFile").map(|p| p.lines()).unwrap_or_default().iter().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter_map(|v| v["objectId"].as_str().map(str::to_owned)).collect();
+    assert_eq!(resent, vec!["f20", "f21", "f22", "f23", "f24"]);
+    let failures = spin.bridge.get("/failures").await?.expect(200);
+    assert_eq!(failures["total"], 20, "{failures}");
+    Ok(())
+}

@@ -28,6 +28,8 @@ pub const POLLS_PER_REQUEST: usize = 3;
 const FILES_PER_REQUEST: usize = 12;
 /// Files an ordinary request (a webhook, say) may send on the side, so that it stays fast.
 const FILES_PER_ORDINARY_REQUEST: usize = 2;
+/// Files a record whose outcome Gong did not list may go in before it is failed.
+const UNLISTED_ATTEMPTS: u32 = 3;
 /// Deliveries listed in a flushed file's request record (the rest are counted only).
 const MAX_DELIVERIES_LISTED: usize = 1_000;
 
@@ -334,10 +336,29 @@ fn settle_file(bridge: &Bridge, record: &crate::tracking::RequestRecord, marker:
                 }
             }
         } else {
+            let mut listed = std::collections::BTreeSet::new();
             for error in &record.errors {
                 let Some(line) = usize::try_from(error.line - 1).ok().and_then(|i| lines.get(i)) else { continue };
                 let Some((object_id, modified)) = identify(line) else { continue };
+                listed.insert(error.line);
                 failures.push(failure(line, object_id, modified, error.description.clone()));
+            }
+            // Gong lists at most 20 failed lines per file ("upload the entire file repeatedly
+            // until you receive a DONE status"): when it counts more failures than it lists, or
+            // lists none, no unlisted record is known to be done. They go out again, without the
+            // listed ones, until a DONE or a listed failure covers each; after three such files a
+            // record goes to the failure store saying Gong gave no reason.
+            let counted = record.totals.error.unwrap_or(0).max(0) as usize;
+            if listed.is_empty() || counted > listed.len() {
+                let description = format!("Gong failed the file ({counted} failures, {} listed) without a reason for this record, three times", listed.len());
+                for (_, line) in lines.iter().enumerate().filter(|(i, _)| !listed.contains(&(*i as i64 + 1))) {
+                    let Some((object_id, modified)) = identify(line) else { continue };
+                    if marker.attempt + 1 < UNLISTED_ATTEMPTS {
+                        requeue.push(Requeue { object_id, modified, line: line.to_vec(), attempt: marker.attempt + 1 });
+                    } else {
+                        failures.push(failure(line, object_id, modified, description.clone()));
+                    }
+                }
             }
         }
         report.requeued += requeue.len();
