@@ -638,4 +638,57 @@ mod engine_edge_tests {
         flush(&bridge, true);
         assert_eq!(uploaded_ids(&gong, 1), vec!["acc-1"]);
     }
+
+    fn in_progress(gong: &ScriptedGong, answers: usize) {
+        for _ in 0..answers {
+            gong.queue.borrow_mut().push_back(scripted(200, r#"{"requestId":"r","status":"IN_PROGRESS","errors":[]}"#));
+        }
+    }
+
+    fn status_polls(gong: &ScriptedGong) -> usize {
+        gong.calls().iter().filter(|c| c.path.starts_with("/v2/crm/request-status")).count()
+    }
+
+    /// Issue 10 finding 3: following one file Gong is slow on, with a flush every 5 s for an
+    /// hour, costs a dozen status polls (backoff 10 s doubling to 10 min), not 720.
+    #[test]
+    fn following_a_slow_file_for_an_hour_costs_a_dozen_polls() {
+        let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_700_000_000));
+        let gong = ScriptedGong::new(&clock);
+        let config = configured(&[("gong_calls_per_second", "0")]);
+        let bridge = bridge(&kv, &config, &gong, &clock);
+        assert_eq!(handle(&bridge, webhook("msg-1", &upsert("acc-1"))).response.status(), 202);
+        flush(&bridge, true);
+        gong.calls.borrow_mut().clear();
+        in_progress(&gong, 1_000);
+        for _ in 0..720 {
+            clock.advance(std::time::Duration::from_secs(5));
+            flush(&bridge, false);
+        }
+        let polls = status_polls(&gong);
+        eprintln!("one slow file followed for an hour: {polls} Gong calls");
+        assert!((8..=15).contains(&polls), "{polls} status polls in an hour");
+        // Reading its status answers from the store between polls.
+        let before = status_polls(&gong);
+        handle(&bridge, request("GET", "/records/ACCOUNT/acc-1/status", &[("authorization", "Bearer token")], b""));
+        assert_eq!(status_polls(&gong), before, "a status read before the next poll is due asks Gong nothing");
+    }
+
+    /// Issue 10 finding 3: Gong keeps a status for 24 h; a file still unresolved then goes out again.
+    #[test]
+    fn a_file_unresolved_after_24_hours_is_sent_again() {
+        let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_700_000_000));
+        let gong = ScriptedGong::new(&clock);
+        let config = configured(&[("gong_calls_per_second", "0"), ("gong_daily_call_cap", "0"), ("outbound_hourly_cap", "0")]);
+        let bridge = bridge(&kv, &config, &gong, &clock);
+        assert_eq!(handle(&bridge, webhook("msg-1", &upsert("acc-1"))).response.status(), 202);
+        flush(&bridge, true);
+        in_progress(&gong, 1_000);
+        for _ in 0..(25 * 6) {
+            clock.advance(std::time::Duration::from_secs(600));
+            flush(&bridge, false);
+        }
+        let uploads = gong.calls().iter().filter(|c| c.path.starts_with("/v2/crm/entities")).count();
+        assert_eq!(uploads, 2, "the unresolved file's record went out again after 24 h");
+    }
 }

@@ -142,6 +142,13 @@ pub fn layout(config: &dyn Config) -> crate::compact::Layout {
 pub const WEBHOOK_MAX_BYTES: &str = "webhook_max_bytes";
 pub const MANAGEMENT_MAX_BYTES: &str = "management_max_bytes";
 pub const WORK_BUDGET_MS: &str = "work_budget_ms";
+pub const POLL_BACKOFF_SECONDS: &str = "poll_backoff_seconds";
+
+/// The wait after a request-status answer that is not final (doubling per answer, at most
+/// 10 minutes). Default 10 s; 0 polls whenever asked.
+pub fn poll_backoff_seconds(config: &dyn Config) -> i64 {
+    number::<i64>(config, POLL_BACKOFF_SECONDS).filter(|n| *n >= 0).unwrap_or(10)
+}
 
 /// A webhook delivery is at most this big unless `webhook_max_bytes` says otherwise: the size of
 /// one value in Fermyon Cloud's store, far above one CRM event (bulk loads use `POST /records`).
@@ -192,6 +199,7 @@ const NUMERIC_VARIABLES: &[&str] = &[
     WEBHOOK_MAX_BYTES,
     MANAGEMENT_MAX_BYTES,
     WORK_BUDGET_MS,
+    POLL_BACKOFF_SECONDS,
 ];
 
 /// Numeric variables whose value is not a whole number, as "name (value)": these values are no

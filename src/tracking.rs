@@ -113,9 +113,33 @@ pub struct RequestRecord {
     /// different nonce in the store means another replica sent the same request (so it is Gong's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub submitted_by: Option<String>,
+    /// Unix seconds before which Gong is not asked about this request again (set after an
+    /// answer that was not final, or a failed poll; doubling from `poll_backoff_seconds` to
+    /// 10 minutes). Until then status reads answer from the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_poll_at: Option<i64>,
+    /// Polls so far that did not end the request.
+    #[serde(default)]
+    pub polls: u32,
 }
 
+/// The longest wait between two polls of one request.
+pub const MAX_POLL_BACKOFF_SECONDS: i64 = 600;
+
 impl RequestRecord {
+    /// Whether Gong may be asked about this request at `now` (Unix seconds).
+    pub fn poll_due(&self, now: i64) -> bool {
+        self.status.worth_polling() && self.next_poll_at.is_none_or(|at| at <= now)
+    }
+
+    /// After a poll that did not end the request: the next one waits `base`, doubled per
+    /// such poll, at most 10 minutes (`base` 0: the next poll may come at once).
+    pub fn schedule_next_poll(&mut self, now: i64, base: i64) {
+        self.polls = self.polls.saturating_add(1);
+        let wait = base.saturating_mul(1i64 << (self.polls - 1).min(20)).min(MAX_POLL_BACKOFF_SECONDS);
+        self.next_poll_at = (wait > 0).then_some(now + wait);
+    }
+
     /// The clientRequestId to give Gong for this request (uploads, deletes, status polls).
     pub fn gong_client_request_id(&self) -> &str {
         self.sent_as.as_deref().unwrap_or(&self.client_request_id)
@@ -202,6 +226,8 @@ mod tests {
             fingerprint: None,
             sent_as: None,
             submitted_by: None,
+            next_poll_at: None,
+            polls: 0,
         }
     }
 

@@ -133,6 +133,8 @@ pub fn submit_tracked(bridge: &Bridge, gong: &GongClient, submission: Submission
         fingerprint: Some(fingerprint),
         sent_as: None,
         submitted_by: Some(uuid::Uuid::new_v4().simple().to_string()),
+        next_poll_at: None,
+        polls: 0,
     };
     store.put_json(&key, &record)?;
     // The newest-first listing, written before Gong is called, so it holds every request that
@@ -284,13 +286,13 @@ fn record_body(record: &RequestRecord) -> Map<String, Value> {
     body
 }
 
-/// `GET /requests/{id}`: the stored record; unless final, Gong's request-status is asked first
-/// and the answer stored (line errors resolved to objectIds). If Gong cannot be asked, the
-/// stored state is returned with `pollError`.
+/// `GET /requests/{id}`: the stored record; unless final, and when its next poll is due, Gong's
+/// request-status is asked first and the answer stored (line errors resolved to objectIds). If
+/// Gong cannot be asked, the stored state is returned with `pollError`.
 pub fn get(bridge: &Bridge, id: &str) -> Result<Response, ApiError> {
     let mut record = load(bridge, id)?;
     let mut body_extra = Map::new();
-    if record.status.worth_polling() {
+    if record.poll_due(bridge.clock.now().unix_timestamp()) {
         match poll(bridge, &mut record) {
             Ok(()) => {}
             Err(error) => {
@@ -303,13 +305,27 @@ pub fn get(bridge: &Bridge, id: &str) -> Result<Response, ApiError> {
     Ok(json_response(200, &Value::Object(body)))
 }
 
+/// Asks Gong where the request is and stores the answer. Any answer that does not end the
+/// request, and any failure to get one, schedules the next poll later (backoff), so that one
+/// slow or failing request cannot spend the quota or starve the others.
 pub fn poll(bridge: &Bridge, record: &mut RequestRecord) -> Result<(), ApiError> {
     let gong = bridge.gong()?;
-    let answer: RequestStatusResponse = bridge.call(
+    let now = bridge.clock.now().unix_timestamp();
+    let base = crate::settings::poll_backoff_seconds(bridge.config);
+    let answer: RequestStatusResponse = match bridge.call(
         Operation::RequestStatus,
         gong.request_status(record.integration_id, record.gong_client_request_id()),
         &[200],
-    )?;
+    ) {
+        Ok(answer) => answer,
+        // The shared budget said no: no call was made, so no backoff either.
+        Err(e @ (ApiError::Throttled { .. } | ApiError::OutOfTime { .. })) => return Err(e),
+        Err(e) => {
+            record.schedule_next_poll(now, base);
+            bridge.store().put_json(&request_key(&record.client_request_id), record)?;
+            return Err(e);
+        }
+    };
     let store = bridge.store();
     let line_map = if answer.errors.iter().any(|e| e.line > 0) && record.line_map_chunks > 0 {
         store.get_blob(LINES, &record.client_request_id, record.line_map_chunks)?.unwrap_or_default()
@@ -318,6 +334,11 @@ pub fn poll(bridge: &Bridge, record: &mut RequestRecord) -> Result<(), ApiError>
     };
     let was_submitting = record.status == TrackedStatus::Submitting;
     record.apply_status(&answer, |line| object_id_on_line(&line_map, line), bridge.now());
+    if record.status.is_final() {
+        record.next_poll_at = None;
+    } else {
+        record.schedule_next_poll(now, base);
+    }
     if was_submitting && record.payload_chunks > 0 && !record.from_buffer {
         // Gong knows the request, so the kept file is no longer needed.
         let chunks = std::mem::take(&mut record.payload_chunks);
@@ -463,7 +484,7 @@ pub fn record_status(bridge: &Bridge, object_type_raw: &str, object_id: &str) ->
         Err(e) => return Err(e),
     };
     let mut poll_error = None;
-    if record.status.worth_polling() {
+    if record.poll_due(bridge.clock.now().unix_timestamp()) {
         if let Err(e) = poll(bridge, &mut record) {
             poll_error = Some(e.to_string());
         }

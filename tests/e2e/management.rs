@@ -272,7 +272,8 @@ async fn get_records_sends_ids_as_body_and_query_and_caps_at_100() {
 
 #[tokio::test]
 async fn request_status_is_polled_until_final_and_line_errors_name_records() {
-    let app = registered_app().await;
+    // No backoff between polls, so that each read here asks Gong (the schedule has unit tests).
+    let app = TestApp::builder().var("integration_id", &INTEGRATION_ID.to_string()).var("idempotency_settle_ms", "5").var("poll_backoff_seconds", "0").build().await;
     let records = json!([
         {"objectId": "c1", "modifiedDate": "2024-01-01T00:00:00Z", "accountId": "a"},
         {"objectId": "c2", "modifiedDate": "2024-01-01T00:00:01Z", "accountId": "a"}

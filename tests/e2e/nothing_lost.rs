@@ -159,7 +159,9 @@ async fn nothing_lost_suite(layout: Layout) {
         .var("idempotency_settle_ms", "0")
         .var("gong_calls_per_second", "0")
         .var("batch_max_records", "40")
-        .var("gong_timeout_ms", "400");
+        .var("gong_timeout_ms", "400")
+        // Faults, not the poll schedule, are under test: a failed poll may be retried at once.
+        .var("poll_backoff_seconds", "0");
     let app = layout.apply(builder, &kv).build().await;
     // Where the buffer and the failure store live: pending shards, inbox keys, failure shards.
     let (buffer_writes, buffer_deletes, failure_writes) = ("pbuf/", "inbox/", "pfail/");

@@ -259,7 +259,8 @@ async fn static_bearer_for_crms_that_cannot_sign() {
 
 #[tokio::test]
 async fn a_records_status_through_its_life_and_request_listing() {
-    let app = app_with(None, "5").await;
+    // No backoff between polls, so that each flush here asks Gong (the schedule has unit tests).
+    let app = TestApp::builder().var("integration_id", &INTEGRATION_ID.to_string()).var("idempotency_settle_ms", "5").var("poll_backoff_seconds", "0").build().await;
     let status = |app: TestApp| async move { expect(&call(&app, "GET", "/records/ACCOUNT/a1/status", &[], Vec::new()).await, 200) };
     // Not known yet.
     expect(&call(&app, "GET", "/records/ACCOUNT/a1/status", &[], Vec::new()).await, 404);

@@ -256,11 +256,20 @@ fn send_file(
 
 // ----- following files to their end --------------------------------------------------------
 
+/// Gong keeps a request's status for 24 h; a file still unresolved after that is failed as a
+/// whole (its records go out again once, then to the failure store).
+const GONG_STATUS_TTL_SECONDS: i64 = 86_400;
+
+/// Follows in-flight files: those whose next poll is due, soonest first (a file that keeps
+/// erroring waits longer each time and cannot starve the others), at most
+/// `POLLS_PER_REQUEST` Gong calls per run.
 fn poll_inflight(bridge: &Bridge, inflight: &[String], report: &mut FlushReport) -> Result<(), ApiError> {
     let store = bridge.store();
-    for client_request_id in inflight.iter().take(POLLS_PER_REQUEST) {
+    let now = bridge.clock.now().unix_timestamp();
+    let mut files = Vec::new();
+    for client_request_id in inflight {
         let Some(marker) = store.get_json::<InFlight>(&inflight_key(client_request_id))? else { continue };
-        let mut record = match requests::load(bridge, client_request_id) {
+        let record = match requests::load(bridge, client_request_id) {
             Ok(record) => record,
             // No record: the file never reached Gong (the bridge stopped before storing it);
             // its versions are still pending.
@@ -276,15 +285,33 @@ fn poll_inflight(bridge: &Bridge, inflight: &[String], report: &mut FlushReport)
             store.delete(&inflight_key(client_request_id))?;
             continue;
         }
+        files.push((marker, record));
+    }
+    files.sort_by_key(|(marker, record)| (record.next_poll_at.unwrap_or(0), marker.sent_at));
+    let mut polls = 0;
+    for (marker, mut record) in files {
+        if !record.status.is_final() && now - marker.sent_at > GONG_STATUS_TTL_SECONDS {
+            record.status = TrackedStatus::Failed;
+            record.errors = vec![crate::tracking::TrackedLineError {
+                line: 0,
+                object_id: None,
+                description: "Gong gave no final status within 24 hours".into(),
+            }];
+            store.put_json(&crate::store::request_key(&record.client_request_id), &record)?;
+        }
         if !record.status.is_final() {
+            if polls >= POLLS_PER_REQUEST || !record.poll_due(now) {
+                continue;
+            }
+            polls += 1;
             match requests::poll(bridge, &mut record) {
                 Ok(()) => report.polled += 1,
                 Err(ApiError::Throttled { retry_after, .. }) => {
-                    report.throttled_until = Some(bridge.clock.now().unix_timestamp() + retry_after as i64);
+                    report.throttled_until = Some(now + retry_after as i64);
                     return Ok(());
                 }
                 Err(e) => {
-                    eprintln!("gong-crm-bridge: polling {client_request_id}: {e}");
+                    eprintln!("gong-crm-bridge: polling {}: {e}", record.client_request_id);
                     continue;
                 }
             }
