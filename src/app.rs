@@ -691,4 +691,30 @@ mod engine_edge_tests {
         let uploads = gong.calls().iter().filter(|c| c.path.starts_with("/v2/crm/entities")).count();
         assert_eq!(uploads, 2, "the unresolved file's record went out again after 24 h");
     }
+
+    /// Issue 10 finding 5: the status answer is about the newest version. A failure of an older
+    /// version does not shadow a newer one Gong processed, and retrying it puts nothing back.
+    #[test]
+    fn a_stale_failure_does_not_shadow_a_newer_success() {
+        let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_700_000_000));
+        let gong = ScriptedGong::new(&clock);
+        let config = configured(&[("gong_calls_per_second", "0")]);
+        let bridge = bridge(&kv, &config, &gong, &clock);
+        let version = |modified: &str| String::from_utf8(upsert("acc-1")).unwrap().replace("2024-05-01T10:00:00Z", modified);
+        assert_eq!(handle(&bridge, webhook("v1", version("2024-05-01T10:00:00Z").as_bytes())).response.status(), 202);
+        flush(&bridge, true);
+        gong.queue.borrow_mut().push_back(scripted(200, r#"{"requestId":"r","status":"FAILED","errors":[{"line":1,"description":"bad name"}],"totalErrorCount":1}"#));
+        flush(&bridge, false);
+        assert_eq!(handle(&bridge, webhook("v2", version("2024-05-02T10:00:00Z").as_bytes())).response.status(), 202);
+        flush(&bridge, true);
+        flush(&bridge, false);
+        let status = handle(&bridge, request("GET", "/records/ACCOUNT/acc-1/status", &[("authorization", "Bearer token")], b"")).response;
+        let status: serde_json::Value = serde_json::from_slice(status.body()).unwrap();
+        assert_eq!(status["state"], "done", "the newer version is done: {status}");
+        let retry = handle(&bridge, request("POST", "/failures/retry", &[("authorization", "Bearer token"), ("content-type", "application/json")], b"{}"));
+        assert_eq!(retry.response.status(), 200, "{}", String::from_utf8_lossy(retry.response.body()));
+        flush(&bridge, true);
+        let uploads = gong.calls().iter().filter(|c| c.path.starts_with("/v2/crm/entities")).count();
+        assert_eq!(uploads, 2, "the older, failed version was not sent after the newer one");
+    }
 }

@@ -439,7 +439,13 @@ pub fn record_status(bridge: &Bridge, object_type_raw: &str, object_id: &str) ->
             }),
         ));
     }
-    if let Some(failure) = crate::routes::flush::find_failure(bridge, object_type, object_id)? {
+    // A failure of an older version than the one last sent says nothing about the record now.
+    let failure = crate::routes::flush::find_failure(bridge, object_type, object_id)?;
+    let newer_sent = match &failure {
+        Some(f) => crate::routes::flush::sent_version(bridge, object_type, object_id)?.is_some_and(|sent| sent > f.modified),
+        None => false,
+    };
+    if let Some(failure) = failure.filter(|_| !newer_sent) {
         return Ok(json_response(
             200,
             &json!({

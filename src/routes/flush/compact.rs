@@ -651,6 +651,11 @@ pub fn pending_versions(bridge: &Bridge, layout: Layout, object_type: ObjectType
     Ok(out)
 }
 
+/// The modifiedDate (Unix seconds) of the version last sent to Gong, from its tombstone.
+pub fn sent_version(bridge: &Bridge, layout: Layout, object_type: ObjectType, object_id: &str) -> Result<Option<i64>, ApiError> {
+    Ok(slot_of(bridge, layout, object_type, object_id)?.filter(|slot| slot.sent.is_some()).map(|slot| slot.modified))
+}
+
 pub fn sent_entry(bridge: &Bridge, layout: Layout, object_type: ObjectType, object_id: &str) -> Result<Option<RecordIndexEntry>, ApiError> {
     Ok(slot_of(bridge, layout, object_type, object_id)?.and_then(|slot| slot.sent).map(|sent| RecordIndexEntry {
         client_request_id: sent.c,

@@ -447,6 +447,11 @@ pub fn discard_failure(bridge: &Bridge, object_type: ObjectType, object_id: &str
 }
 
 /// The file and line that last carried a record to Gong (its tombstone in the shard).
+/// The modifiedDate of the version of one record last sent to Gong, if any.
+pub fn sent_version(bridge: &Bridge, object_type: ObjectType, object_id: &str) -> Result<Option<i64>, ApiError> {
+    compact::sent_version(bridge, settings::layout(bridge.config), object_type, object_id)
+}
+
 pub fn sent_entry(bridge: &Bridge, object_type: ObjectType, object_id: &str) -> Result<Option<requests::RecordIndexEntry>, ApiError> {
     compact::sent_entry(bridge, settings::layout(bridge.config), object_type, object_id)
 }
