@@ -717,4 +717,23 @@ mod engine_edge_tests {
         let uploads = gong.calls().iter().filter(|c| c.path.starts_with("/v2/crm/entities")).count();
         assert_eq!(uploads, 2, "the older, failed version was not sent after the newer one");
     }
+
+    /// Issue 10 item 11: `POST /flush` answers non-2xx when its work failed (a scheduler must see
+    /// it), with the report of what was done; a later flush sends the records.
+    #[test]
+    fn a_flush_gong_refuses_answers_502_with_its_report() {
+        let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_700_000_000));
+        let gong = ScriptedGong::new(&clock);
+        gong.queue.borrow_mut().push_back(scripted(500, r#"{"requestId":"r","errors":["boom"]}"#));
+        let config = configured(&[("gong_calls_per_second", "0")]);
+        let bridge = bridge(&kv, &config, &gong, &clock);
+        assert_eq!(handle(&bridge, webhook("msg-1", &upsert("acc-1"))).response.status(), 202);
+        let failed = handle(&bridge, request("POST", "/flush?force=true", &[("authorization", "Bearer token")], b"")).response;
+        let problem: serde_json::Value = serde_json::from_slice(failed.body()).unwrap();
+        assert_eq!(failed.status(), 502, "{problem}");
+        assert!(problem["detail"].as_str().unwrap().contains("boom"), "{problem}");
+        assert!(problem["report"]["note"].as_str().unwrap().contains("stay buffered"), "{problem}");
+        flush(&bridge, true);
+        assert_eq!(uploaded_ids(&gong, 1), vec!["acc-1"]);
+    }
 }

@@ -36,6 +36,9 @@ pub enum ApiError {
     /// Numeric variables that do not parse: the bridge refuses to guess what was meant.
     #[error("malformed variable(s): {}; fix them in the deployment's variables", .0.join(", "))]
     MalformedVariables(Vec<String>),
+    /// `POST /flush` ran, but part of its work failed; the report says what was done.
+    #[error("{detail}; records stay buffered and go with a later flush")]
+    FlushFailed { detail: String, report: Value },
     /// The request's work budget (`work_budget_ms`) is spent: no further Gong call starts.
     #[error("the work budget of {budget_ms} ms (variable work_budget_ms) is spent; the rest waits for the next request or POST /flush")]
     OutOfTime { budget_ms: u64 },
@@ -85,6 +88,7 @@ impl ApiError {
             ApiError::BadConfig(_) => (503, "bad-configuration", "Bridge misconfigured"),
             ApiError::MalformedVariables(_) => (500, "malformed-variables", "Malformed variables"),
             ApiError::OutOfTime { .. } => (503, "work-budget-spent", "Work budget spent"),
+            ApiError::FlushFailed { .. } => (502, "flush-failed", "The flush failed in part"),
             ApiError::Kv(_) => (503, "kv-unavailable", "Key-value store unavailable"),
             ApiError::Gong { error, .. } => match error {
                 // Our validation passed, so a 400 from Gong is about the content: 422 with its words.
@@ -140,6 +144,9 @@ impl ApiError {
             }
             ApiError::MalformedVariables(malformed) => {
                 body.insert("malformed".into(), json!(malformed));
+            }
+            ApiError::FlushFailed { report, .. } => {
+                body.insert("report".into(), report);
             }
             ApiError::InProgress { retry_after: secs, .. }
             | ApiError::Throttled { retry_after: secs, .. }

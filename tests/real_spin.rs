@@ -131,6 +131,7 @@ fn cases() -> Vec<Case> {
         case!(webhooks::a_delivery_at_the_limit_is_accepted_within_1s),
         case!(webhooks::where_is_my_record_answers_for_every_record_of_a_big_file),
         case!(webhooks::records_gong_did_not_list_are_sent_again),
+        case!(webhooks::a_failed_flush_is_a_502_and_the_next_one_delivers),
         case!(webhooks::the_same_wasm_runs_on_spin_3_6, needs: Spin3, expected: None),
         case!(replicas::same_webhook_id_at_both_replicas_is_buffered_and_uploaded_once, needs: Redis, expected: None),
         case!(replicas::thousand_webhooks_over_two_replicas_keep_every_latest_version, needs: Redis, expected: None),

@@ -29,6 +29,10 @@ pub fn flush_now(bridge: &Bridge, request: &Request) -> Result<Response, ApiErro
         Ok(removed) => body["expiredKeysRemoved"] = json!(removed),
         Err(e) => body["sweepError"] = json!(e.to_string()),
     }
+    if let Some(detail) = report.failed.clone() {
+        // A scheduler needs a failure to be a failure: 502, with the report of what was done.
+        return Err(ApiError::FlushFailed { detail, report: body });
+    }
     let mut response = json_response(200, &body);
     if let Some(until) = report.throttled_until {
         let wait = (until - bridge.clock.now().unix_timestamp()).max(1);

@@ -46,9 +46,9 @@ async fn deliver(app: &TestApp, id: &str, body: &Value) -> TestResponse {
     deliver_signed(app, id, ts, &sign(id, ts, &bytes), &bytes).await
 }
 
-/// Forces a flush of everything buffered and returns the report.
+/// Forces a flush of everything buffered and returns the report (also of a 502: part failed).
 async fn flush(app: &TestApp) -> Value {
-    expect(&call(app, "POST", "/flush?force=true", &[], Vec::new()).await, 200)
+    crate::nothing_lost::flush_report(&call(app, "POST", "/flush?force=true", &[], Vec::new()).await)
 }
 
 fn uploaded_lines(app: &TestApp) -> Vec<Value> {
@@ -139,7 +139,9 @@ async fn a_file_gong_refuses_stays_buffered_and_goes_with_the_next_flush() {
     let app = app_with(None, "5").await;
     app.mock().on("POST", "/v2/crm/entities", MockResponse::json(500, json!({"errors": ["boom"]})));
     expect(&deliver(&app, "msg_retry", &upsert("a1", "2024-01-01T00:00:00Z")).await, 202);
-    let report = flush(&app).await;
+    let failed = call(&app, "POST", "/flush?force=true", &[], Vec::new()).await;
+    assert_eq!(failed.status, 502, "a flush whose work failed says so: {}", failed.text());
+    let report = crate::nothing_lost::flush_report(&failed);
     assert!(report["note"].as_str().unwrap().contains("boom"), "{report}");
     assert_eq!(waiting_versions(&app, "a1").await, 1, "still buffered");
     let report = flush(&app).await;

@@ -409,3 +409,29 @@ pub async fn records_gong_did_not_list_are_sent_again(ctx: &Ctx) -> anyhow::Resu
     assert_eq!(failures["total"], 20, "{failures}");
     Ok(())
 }
+
+/// Issue 10 item 11, from outside: a flush whose upload Gong refuses answers 502 `flush-failed`
+/// with its report (a scheduler sees the failure); the records stay and go with the next flush.
+pub async fn a_failed_flush_is_a_502_and_the_next_one_delivers(ctx: &Ctx) -> anyhow::Result<()> {
+    let mock = MockGong::start().await;
+    mock.on("POST", "/v2/crm/entities", MockResponse::json(500, json!({"requestId": "r500", "errors": ["upload backend down"]})));
+    let spin = ctx.start(&ctx.options(&mock), "spin").await?;
+    spin.bridge.webhook("msg-1", &upsert("acc-1", "2024-05-01T10:00:00Z", "ACME")).await?.expect(202);
+    let mut failed = spin.bridge.force_flush().await?;
+    // The work after the webhook's answer may have met the 500 first; then this flush delivers.
+    if failed.status == 200 && mock.received_on("POST", "/v2/crm/entities").len() == 1 {
+        failed = spin.bridge.force_flush().await?;
+    }
+    let uploads = mock.received_on("POST", "/v2/crm/entities").len();
+    if failed.status == 502 {
+        let problem = failed.expect(502);
+        assert!(problem["detail"].as_str().unwrap_or_default().contains("upload backend down"), "{problem}");
+        assert!(problem["report"].is_object(), "{problem}");
+        spin.bridge.force_flush().await?.expect(200);
+    } else {
+        ensure!(uploads >= 2, "the refused upload was neither reported (502) nor retried: {}", failed.text());
+    }
+    assert_eq!(uploaded_versions(&mock)?.last().map(|v| v.0.as_str()), Some("acc-1"));
+    assert_eq!(mock.received_on("POST", "/v2/crm/entities").len(), 2, "one refused upload, one delivered");
+    Ok(())
+}

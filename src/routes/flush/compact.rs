@@ -316,6 +316,7 @@ pub fn run(bridge: &Bridge, layout: Layout, force: bool, max_files: usize) -> Re
                     // can still go.
                     if let Err(e) = compact_inbox(bridge, layout, inbox, &mut report) {
                         report.note = Some(format!("compacting the inbox failed, its records stay there: {e}"));
+                        report.failed = Some(format!("compacting the inbox: {e}"));
                     }
                     if let Some(until) = blocked {
                         report.throttled_until = Some(until);

@@ -97,6 +97,10 @@ pub struct FlushReport {
     pub throttled_until: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Why part of the work failed (Gong or the store refused it; records stay buffered). A
+    /// throttle or a busy lease is not a failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
     pub polled: usize,
     pub failures_added: usize,
     pub requeued: usize,
@@ -161,6 +165,7 @@ fn report_flush_failure(bridge: &Bridge, object_type: ObjectType, error: ApiErro
                 report.throttled_until = Some(until);
             }
             report.note = Some(format!("flushing {object_type} failed, records stay buffered: {e}"));
+            report.failed = Some(format!("flushing {object_type}: {e}"));
         }
     }
     Ok(())
