@@ -411,6 +411,16 @@ mod tests {
 #[cfg(test)]
 mod engine_edge_tests {
     use super::*;
+
+    /// Fresh doubles (store, clock at 2023-11-14, scripted Gong, variables) and a bridge over them.
+    macro_rules! doubles {
+        ($kv:ident, $clock:ident, $gong:ident, $config:ident, $bridge:ident, $vars:expr) => {
+            let ($kv, $clock) = (MemoryKv::default(), VirtualClock::at(1_700_000_000));
+            let $gong = ScriptedGong::new(&$clock);
+            let $config = configured($vars);
+            let $bridge = bridge(&$kv, &$config, &$gong, &$clock);
+        };
+    }
     use crate::store::memory::MemoryKv;
     use crate::testing::{bridge, configured, request, ScriptedGong, VirtualClock};
 
@@ -429,10 +439,7 @@ mod engine_edge_tests {
     /// the flush is the follow-up, run after the answer.
     #[test]
     fn a_webhook_is_answered_before_any_gong_call() {
-        let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_700_000_000));
-        let gong = ScriptedGong::new(&clock);
-        let config = configured(&[("batch_max_records", "1")]);
-        let bridge = bridge(&kv, &config, &gong, &clock);
+        doubles!(kv, clock, gong, config, bridge, &[("batch_max_records", "1")]);
         let handled = handle(&bridge, webhook("msg-1", &upsert("acc-1")));
         assert_eq!(handled.response.status(), 202);
         assert!(handled.follow_up);
@@ -445,11 +452,8 @@ mod engine_edge_tests {
     /// `work_budget_ms`, and none starts once it is spent.
     #[test]
     fn work_after_the_answer_stays_within_its_budget() {
-        let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_700_000_000));
-        let gong = ScriptedGong::new(&clock);
+        doubles!(kv, clock, gong, config, bridge, &[("batch_max_records", "1"), ("work_budget_ms", "5000")]);
         gong.default_takes.set(std::time::Duration::from_secs(20));
-        let config = configured(&[("batch_max_records", "1"), ("work_budget_ms", "5000")]);
-        let bridge = bridge(&kv, &config, &gong, &clock);
         for (i, object_type) in ["ACCOUNT", "CONTACT"].iter().enumerate() {
             let body = String::from_utf8(upsert(&format!("r-{i}"))).unwrap().replace("ACCOUNT", object_type);
             assert_eq!(handle(&bridge, webhook(&format!("msg-{i}"), body.as_bytes())).response.status(), 202);
@@ -465,10 +469,7 @@ mod engine_edge_tests {
     /// Issue 10 item 11: a malformed number is named by /healthz and refuses work with a 500.
     #[test]
     fn a_malformed_variable_is_reported_and_refuses_work() {
-        let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_700_000_000));
-        let gong = ScriptedGong::new(&clock);
-        let config = configured(&[("kv_max_keys", "1,024")]);
-        let bridge = bridge(&kv, &config, &gong, &clock);
+        doubles!(kv, clock, gong, config, bridge, &[("kv_max_keys", "1,024")]);
         let health = handle(&bridge, request("GET", "/healthz", &[], b"")).response;
         let body: serde_json::Value = serde_json::from_slice(health.body()).unwrap();
         assert_eq!(body["status"], "misconfigured");
@@ -495,10 +496,7 @@ mod engine_edge_tests {
     /// is a 422 naming the first use, never a 202 replaying the first request's record.
     #[test]
     fn a_client_request_id_reused_for_another_request_is_refused() {
-        let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_700_000_000));
-        let gong = ScriptedGong::new(&clock);
-        let config = configured(&[]);
-        let bridge = bridge(&kv, &config, &gong, &clock);
+        doubles!(kv, clock, gong, config, bridge, &[]);
         let accounts = r#"[{"objectId":"a1","modifiedDate":"2024-05-01T10:00:00Z","name":"Acme"}]"#;
         let leads = r#"[{"objectId":"l1","modifiedDate":"2024-05-01T10:00:00Z","firstName":"Ada","lastName":"L","emailAddress":"ada@acme.com"}]"#;
         assert_eq!(handle(&bridge, upload("/records/ACCOUNT", "key-1", accounts)).response.status(), 202);
@@ -514,11 +512,8 @@ mod engine_edge_tests {
     /// key, another client) is not "accepted": the file goes out again under a fresh id.
     #[test]
     fn a_gong_409_for_an_unknown_client_request_id_resends_under_a_fresh_id() {
-        let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_700_000_000));
-        let gong = ScriptedGong::new(&clock);
+        doubles!(kv, clock, gong, config, bridge, &[]);
         gong.queue.borrow_mut().push_back(scripted(409, r#"{"requestId":"g409","errors":["clientRequestId already used"]}"#));
-        let config = configured(&[]);
-        let bridge = bridge(&kv, &config, &gong, &clock);
         let accounts = r#"[{"objectId":"a1","modifiedDate":"2024-05-01T10:00:00Z","name":"Acme"}]"#;
         let answer = handle(&bridge, upload("/records/ACCOUNT", "old-key", accounts)).response;
         assert_eq!(answer.status(), 202, "{}", String::from_utf8_lossy(answer.body()));
@@ -534,12 +529,9 @@ mod engine_edge_tests {
     /// claim race), Gong's 409 is that replica's acceptance and the file is not sent a third time.
     #[test]
     fn a_gong_409_after_a_replica_sent_the_same_request_is_accepted() {
-        let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_700_000_000));
-        let gong = ScriptedGong::new(&clock);
+        doubles!(kv, clock, gong, config, bridge, &[]);
         gong.queue.borrow_mut().push_back(scripted(409, r#"{"requestId":"g409","errors":["clientRequestId already used"]}"#));
         gong.queue.borrow_mut().push_back(scripted(409, r#"{"requestId":"g409","errors":["clientRequestId already used"]}"#));
-        let config = configured(&[]);
-        let bridge = bridge(&kv, &config, &gong, &clock);
         let kv_ref = &kv;
         *gong.meanwhile.borrow_mut() = Some(Box::new(move || {
             let key = "request/race-key";
@@ -558,10 +550,7 @@ mod engine_edge_tests {
     /// the inbox is compacted into the shards; the follow-up compacts it.
     #[test]
     fn a_delivery_that_fills_the_inbox_is_answered_before_compaction() {
-        let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_700_000_000));
-        let gong = ScriptedGong::new(&clock);
-        let config = configured(&[("kv_max_keys", "128")]);
-        let bridge = bridge(&kv, &config, &gong, &clock);
+        doubles!(kv, clock, gong, config, bridge, &[("kv_max_keys", "128")]);
         let inbox = |kv: &MemoryKv| kv.map.borrow().keys().filter(|k| k.starts_with("inbox/")).count();
         let mut last = None;
         for i in 0..16 {
@@ -595,10 +584,7 @@ mod engine_edge_tests {
     /// of being reported done.
     #[test]
     fn records_whose_outcome_gong_did_not_list_are_sent_again() {
-        let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_700_000_000));
-        let gong = ScriptedGong::new(&clock);
-        let config = configured(&[("gong_calls_per_second", "0")]);
-        let bridge = bridge(&kv, &config, &gong, &clock);
+        doubles!(kv, clock, gong, config, bridge, &[("gong_calls_per_second", "0")]);
         let records: Vec<String> = (0..25)
             .map(|i| format!(r#"{{"objectId":"a{i:02}","modifiedDate":"2024-05-01T10:00:{i:02}Z","name":"Acme"}}"#))
             .collect();
@@ -627,10 +613,7 @@ mod engine_edge_tests {
     /// Issue 10 finding 2: a FAILED status with no line listed is not a success for its records.
     #[test]
     fn a_failed_file_with_no_listed_error_is_sent_again() {
-        let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_700_000_000));
-        let gong = ScriptedGong::new(&clock);
-        let config = configured(&[("gong_calls_per_second", "0")]);
-        let bridge = bridge(&kv, &config, &gong, &clock);
+        doubles!(kv, clock, gong, config, bridge, &[("gong_calls_per_second", "0")]);
         assert_eq!(handle(&bridge, webhook("msg-1", &upsert("acc-1"))).response.status(), 202);
         flush(&bridge, true);
         gong.queue.borrow_mut().push_back(scripted(200, r#"{"requestId":"r","status":"FAILED","errors":[]}"#));
@@ -653,10 +636,7 @@ mod engine_edge_tests {
     /// hour, costs a dozen status polls (backoff 10 s doubling to 10 min), not 720.
     #[test]
     fn following_a_slow_file_for_an_hour_costs_a_dozen_polls() {
-        let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_700_000_000));
-        let gong = ScriptedGong::new(&clock);
-        let config = configured(&[("gong_calls_per_second", "0")]);
-        let bridge = bridge(&kv, &config, &gong, &clock);
+        doubles!(kv, clock, gong, config, bridge, &[("gong_calls_per_second", "0")]);
         assert_eq!(handle(&bridge, webhook("msg-1", &upsert("acc-1"))).response.status(), 202);
         flush(&bridge, true);
         gong.calls.borrow_mut().clear();
@@ -677,10 +657,7 @@ mod engine_edge_tests {
     /// Issue 10 finding 3: Gong keeps a status for 24 h; a file still unresolved then goes out again.
     #[test]
     fn a_file_unresolved_after_24_hours_is_sent_again() {
-        let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_700_000_000));
-        let gong = ScriptedGong::new(&clock);
-        let config = configured(&[("gong_calls_per_second", "0"), ("gong_daily_call_cap", "0"), ("outbound_hourly_cap", "0")]);
-        let bridge = bridge(&kv, &config, &gong, &clock);
+        doubles!(kv, clock, gong, config, bridge, &[("gong_calls_per_second", "0"), ("gong_daily_call_cap", "0"), ("outbound_hourly_cap", "0")]);
         assert_eq!(handle(&bridge, webhook("msg-1", &upsert("acc-1"))).response.status(), 202);
         flush(&bridge, true);
         in_progress(&gong, 1_000);
@@ -696,10 +673,7 @@ mod engine_edge_tests {
     /// version does not shadow a newer one Gong processed, and retrying it puts nothing back.
     #[test]
     fn a_stale_failure_does_not_shadow_a_newer_success() {
-        let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_700_000_000));
-        let gong = ScriptedGong::new(&clock);
-        let config = configured(&[("gong_calls_per_second", "0")]);
-        let bridge = bridge(&kv, &config, &gong, &clock);
+        doubles!(kv, clock, gong, config, bridge, &[("gong_calls_per_second", "0")]);
         let version = |modified: &str| String::from_utf8(upsert("acc-1")).unwrap().replace("2024-05-01T10:00:00Z", modified);
         assert_eq!(handle(&bridge, webhook("v1", version("2024-05-01T10:00:00Z").as_bytes())).response.status(), 202);
         flush(&bridge, true);
@@ -722,11 +696,8 @@ mod engine_edge_tests {
     /// it), with the report of what was done; a later flush sends the records.
     #[test]
     fn a_flush_gong_refuses_answers_502_with_its_report() {
-        let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_700_000_000));
-        let gong = ScriptedGong::new(&clock);
+        doubles!(kv, clock, gong, config, bridge, &[("gong_calls_per_second", "0")]);
         gong.queue.borrow_mut().push_back(scripted(500, r#"{"requestId":"r","errors":["boom"]}"#));
-        let config = configured(&[("gong_calls_per_second", "0")]);
-        let bridge = bridge(&kv, &config, &gong, &clock);
         assert_eq!(handle(&bridge, webhook("msg-1", &upsert("acc-1"))).response.status(), 202);
         let failed = handle(&bridge, request("POST", "/flush?force=true", &[("authorization", "Bearer token")], b"")).response;
         let problem: serde_json::Value = serde_json::from_slice(failed.body()).unwrap();
