@@ -5,28 +5,10 @@
 //! `PATH=$PATH:../shared/bin cargo bench --profile dev --bench real_spin_webhooks`
 //! (needs `spin` on PATH or SPIN_BIN, and redis-server for the Redis rows).
 
-#[path = "../tests/support/component.rs"]
+#[path = "../tests/real_spin/shared.rs"]
 #[allow(dead_code)]
-mod component_file;
-#[path = "../tests/support/mock_gong.rs"]
-#[allow(dead_code)]
-mod mock_gong_file;
-#[path = "../tests/support/signing.rs"]
-#[allow(dead_code)]
-mod signing_file;
-
-mod support {
-    pub(crate) use crate::component_file as component;
-    pub(crate) use crate::mock_gong_file as mock_gong;
-    pub(crate) use crate::signing_file as signing;
-}
-
-#[path = "../tests/real_spin/client.rs"]
-#[allow(dead_code)]
-mod client;
-#[path = "../tests/real_spin/harness.rs"]
-#[allow(dead_code)]
-mod harness;
+mod shared;
+pub(crate) use shared::{client, harness, support};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -113,13 +95,13 @@ async fn measure(label: &str, spin: &SpinProcess) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     let (spin, version) = harness::find_spin("SPIN_BIN", "spin").map_err(|why| anyhow::anyhow!(why))?;
     println!("{} ({version})", spin.display());
-    let root = component_file::target_dir().join("real-spin-bench");
+    let root = support::component::target_dir().join("real-spin-bench");
     let _ = std::fs::remove_dir_all(&root);
-    if std::env::var_os(component_file::WASM_ENV).is_none() {
-        component_file::build_component()?;
+    if std::env::var_os(support::component::WASM_ENV).is_none() {
+        support::component::build_component()?;
     }
     std::fs::create_dir_all(root.join("app"))?;
-    let app = AppDir::create(&root.join("app"), &component_file::component_path())?;
+    let app = AppDir::create(&root.join("app"), &support::component::component_path())?;
     let mock = MockGong::start().await;
     let redis = match Redis::available() {
         Ok(()) => Some(Redis::start(&root.join("redis"), 3).await?),

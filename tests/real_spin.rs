@@ -8,27 +8,11 @@
 //! cases) the suite says why and passes, except under CI (`CI=true`), where that is a failure.
 //! Arguments: substrings of case names to run only those (`cargo test --test real_spin -- webhook`).
 
-#[path = "support/component.rs"]
+#[path = "real_spin/shared.rs"]
 #[allow(dead_code)]
-mod component_file;
-#[path = "support/mock_gong.rs"]
-#[allow(dead_code)]
-mod mock_gong_file;
-#[path = "support/signing.rs"]
-#[allow(dead_code)]
-mod signing_file;
+mod shared;
+pub(crate) use shared::{client, harness, support};
 
-/// The parts of `tests/support` that need no wasmtime, under the names the other tests use.
-mod support {
-    pub(crate) use crate::component_file as component;
-    pub(crate) use crate::mock_gong_file as mock_gong;
-    pub(crate) use crate::signing_file as signing;
-}
-
-#[path = "real_spin/client.rs"]
-mod client;
-#[path = "real_spin/harness.rs"]
-mod harness;
 #[path = "real_spin/management.rs"]
 mod management;
 #[path = "real_spin/replicas.rs"]
@@ -232,11 +216,11 @@ fn main() {
     };
     let redis = harness::Redis::available();
 
-    let root = component_file::target_dir().join("real-spin");
+    let root = support::component::target_dir().join("real-spin");
     let _ = std::fs::remove_dir_all(&root);
-    let wasm = component_file::component_path();
-    if std::env::var_os(component_file::WASM_ENV).is_none_or(|p| p.is_empty()) {
-        if let Err(e) = component_file::build_component() {
+    let wasm = support::component::component_path();
+    if std::env::var_os(support::component::WASM_ENV).is_none_or(|p| p.is_empty()) {
+        if let Err(e) = support::component::build_component() {
             println!("real-spin: building the component failed: {e:#}");
             println!("real-spin: 0 passed, 1 failed");
             std::process::exit(1);

@@ -1,0 +1,22 @@
+//! What the real-Spin suite and its latency bench share: the wasmtime-free parts of
+//! `tests/support`, the HTTP client and the process harness. Included by `#[path]`; the includer
+//! re-exports `support`, `client` and `harness` at its crate root, where those files look for them.
+
+#[path = "../support/component.rs"]
+pub(crate) mod component_file;
+#[path = "../support/mock_gong.rs"]
+pub(crate) mod mock_gong_file;
+#[path = "../support/signing.rs"]
+pub(crate) mod signing_file;
+
+/// The parts of `tests/support` that need no wasmtime, under the names the other tests use.
+pub(crate) mod support {
+    pub(crate) use super::component_file as component;
+    pub(crate) use super::mock_gong_file as mock_gong;
+    pub(crate) use super::signing_file as signing;
+}
+
+#[path = "client.rs"]
+pub(crate) mod client;
+#[path = "harness.rs"]
+pub(crate) mod harness;
