@@ -5,10 +5,12 @@
 //! by `spin_edge`, behind the small traits in `ports`.
 
 pub mod app;
-pub mod buffer;
-pub mod compact;
+pub mod bridge;
+pub mod calls;
+pub mod fault;
 pub mod gong;
 pub mod idempotency;
+pub mod outbox;
 pub mod ports;
 pub mod problem;
 pub mod quota;

@@ -3,6 +3,7 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::fault::Fault;
 use crate::gong::client::{GongError, Operation};
 use crate::ports::{KvError, OutboundError, Response};
 
@@ -200,6 +201,39 @@ impl ApiError {
         }
         let bytes = serde_json::to_vec(&Value::Object(body)).unwrap_or_default();
         builder.body(bytes).unwrap_or_else(|_| http::Response::new(Vec::new()))
+    }
+}
+
+/// The one place a domain fault becomes an HTTP problem.
+impl From<Fault> for ApiError {
+    fn from(fault: Fault) -> ApiError {
+        match fault {
+            Fault::Kv(e) => ApiError::Kv(e),
+            Fault::Corrupt(detail) => ApiError::Internal(detail),
+            Fault::Gong { op, error } => ApiError::Gong { op, error },
+            Fault::GongUnreachable { op, error } => ApiError::GongUnreachable { op, error },
+            Fault::Throttled { detail, retry_after } => ApiError::Throttled { detail, retry_after },
+            Fault::OutOfTime { budget_ms } => ApiError::OutOfTime { budget_ms },
+            Fault::Kept { client_request_id, inner } => ApiError::Kept { client_request_id, inner: Box::new(ApiError::from(*inner)) },
+            Fault::NotConfigured(missing) => ApiError::NotConfigured(missing),
+            Fault::BadConfig(detail) => ApiError::BadConfig(detail),
+            e @ Fault::NoIntegration => ApiError::Conflict(e.to_string()),
+            e @ Fault::NoSuchRequest(_) => ApiError::NotFoundResource(e.to_string()),
+            e @ Fault::RequestIdReused { .. } => {
+                let first_use = match &e {
+                    Fault::RequestIdReused { client_request_id, .. } => format!("/requests/{client_request_id}"),
+                    _ => String::new(),
+                };
+                ApiError::unprocessable(
+                    "Idempotency-Key reused",
+                    e.to_string(),
+                    vec![json!({"field": "Idempotency-Key", "rule": "idempotencyKey.oneRequest", "firstUse": first_use})],
+                )
+            }
+            Fault::WrongState(detail) | Fault::Overwritten(detail) => ApiError::Conflict(detail),
+            e @ Fault::Busy => ApiError::InProgress { detail: e.to_string(), retry_after: 2 },
+            Fault::StoreFull { detail, retry_after } => ApiError::StoreFull { detail, retry_after },
+        }
     }
 }
 

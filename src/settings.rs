@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::gong::client::{Auth, GongClient};
 use crate::ports::Config;
-use crate::problem::ApiError;
+use crate::fault::Fault;
 
 pub const GONG_BASE_URL: &str = "gong_base_url";
 pub const GONG_ACCESS_KEY: &str = "gong_access_key";
@@ -40,34 +40,34 @@ pub fn unset_optional(config: &dyn Config) -> Vec<String> {
     [INTEGRATION_ID, WEBHOOK_SECRET].iter().filter(|n| config.get(n).is_none()).map(|n| n.to_string()).collect()
 }
 
-pub fn api_token(config: &dyn Config) -> Result<String, ApiError> {
-    config.get(API_TOKEN).ok_or_else(|| ApiError::NotConfigured(vec![API_TOKEN.to_owned()]))
+pub fn api_token(config: &dyn Config) -> Result<String, Fault> {
+    config.get(API_TOKEN).ok_or_else(|| Fault::NotConfigured(vec![API_TOKEN.to_owned()]))
 }
 
-pub fn gong_client(config: &dyn Config) -> Result<GongClient, ApiError> {
-    let base = config.get(GONG_BASE_URL).ok_or_else(|| ApiError::NotConfigured(vec![GONG_BASE_URL.to_owned()]))?;
+pub fn gong_client(config: &dyn Config) -> Result<GongClient, Fault> {
+    let base = config.get(GONG_BASE_URL).ok_or_else(|| Fault::NotConfigured(vec![GONG_BASE_URL.to_owned()]))?;
     let auth = match (config.get(GONG_ACCESS_KEY), config.get(GONG_ACCESS_KEY_SECRET), config.get(GONG_BEARER_TOKEN)) {
         (Some(access_key), Some(secret), _) => Auth::Basic { access_key, secret },
         (_, _, Some(token)) => Auth::Bearer(token),
         _ => {
-            return Err(ApiError::NotConfigured(vec![format!(
+            return Err(Fault::NotConfigured(vec![format!(
                 "{GONG_ACCESS_KEY} and {GONG_ACCESS_KEY_SECRET} (or {GONG_BEARER_TOKEN})"
             )]))
         }
     };
-    GongClient::new(&base, auth).map_err(|e| ApiError::BadConfig(e.to_string()))
+    GongClient::new(&base, auth).map_err(|e| Fault::BadConfig(e.to_string()))
 }
 
 /// The `integration_id` variable, when set. A value that is not an int64 is a configuration
 /// error rather than silently ignored.
-pub fn integration_id_variable(config: &dyn Config) -> Result<Option<i64>, ApiError> {
+pub fn integration_id_variable(config: &dyn Config) -> Result<Option<i64>, Fault> {
     match config.get(INTEGRATION_ID) {
         None => Ok(None),
         Some(raw) => raw
             .trim()
             .parse::<i64>()
             .map(Some)
-            .map_err(|_| ApiError::BadConfig(format!("variable {INTEGRATION_ID} is not a 64-bit integer"))),
+            .map_err(|_| Fault::BadConfig(format!("variable {INTEGRATION_ID} is not a 64-bit integer"))),
     }
 }
 
@@ -120,9 +120,9 @@ pub fn quota_limits(config: &dyn Config) -> crate::quota::QuotaLimits {
     }
 }
 
-pub fn flush_limits(config: &dyn Config) -> crate::buffer::FlushLimits {
-    let d = crate::buffer::FlushLimits::default();
-    crate::buffer::FlushLimits {
+pub fn flush_limits(config: &dyn Config) -> crate::outbox::due::FlushLimits {
+    let d = crate::outbox::due::FlushLimits::default();
+    crate::outbox::due::FlushLimits {
         max_records: number::<usize>(config, BATCH_MAX_RECORDS).filter(|n| *n > 0).unwrap_or(d.max_records),
         max_bytes: number::<usize>(config, BATCH_MAX_BYTES).filter(|n| *n > 0).unwrap_or(d.max_bytes),
         interval_seconds: number::<i64>(config, FLUSH_INTERVAL_SECONDS).filter(|n| *n >= 0).unwrap_or(d.interval_seconds),
@@ -135,8 +135,8 @@ pub const DEFAULT_KEY_BUDGET: usize = 4_096;
 
 /// How records are kept (inbox keys, pending and failure shards; see `docs/buffer.md`), sized by
 /// `kv_max_keys` (Fermyon Cloud: 1,024), else by [`DEFAULT_KEY_BUDGET`].
-pub fn layout(config: &dyn Config) -> crate::compact::Layout {
-    crate::compact::Layout::for_max_keys(number::<usize>(config, KV_MAX_KEYS).filter(|n| *n > 0).unwrap_or(DEFAULT_KEY_BUDGET))
+pub fn layout(config: &dyn Config) -> crate::outbox::shards::Layout {
+    crate::outbox::shards::Layout::for_max_keys(number::<usize>(config, KV_MAX_KEYS).filter(|n| *n > 0).unwrap_or(DEFAULT_KEY_BUDGET))
 }
 
 pub const WEBHOOK_MAX_BYTES: &str = "webhook_max_bytes";

@@ -9,7 +9,8 @@ use wasi::http::outgoing_handler;
 use wasi::http::types::{ErrorCode, Fields, IncomingBody, Method, OutgoingBody, OutgoingRequest, RequestOptions, Scheme};
 use wasi::io::streams::StreamError;
 
-use crate::app::{follow_up, handle, refuse, Bridge};
+use crate::app::{follow_up, handle, refuse};
+use crate::bridge::Bridge;
 use crate::ports::{Config, Kv, KvError, Outbound, OutboundError, Request, Response, SystemClock};
 use crate::problem::ApiError;
 use crate::settings::{self, BodyLimit};

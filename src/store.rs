@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::gong::models::{ObjectType, SchemaField};
 use crate::ports::{Kv, KvError};
-use crate::problem::ApiError;
+use crate::fault::{encoding, Fault};
 
 pub const INTEGRATION_KEY: &str = "integration";
 /// Chunk size for large values: under Fermyon Cloud's 1 MB value limit with room to spare.
@@ -53,34 +53,34 @@ impl<'a> Store<'a> {
         Store { kv }
     }
 
-    pub fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, ApiError> {
+    pub fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Fault> {
         match self.kv.get(key)? {
             None => Ok(None),
             Some(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
-                .map_err(|e| ApiError::Internal(format!("stored value under {key:?} is unreadable: {e}"))),
+                .map_err(|e| Fault::Corrupt(format!("stored value under {key:?} is unreadable: {e}"))),
         }
     }
 
-    pub fn put_json<T: Serialize>(&self, key: &str, value: &T) -> Result<(), ApiError> {
-        let bytes = serde_json::to_vec(value).map_err(|e| ApiError::Internal(e.to_string()))?;
-        self.kv.set(key, &bytes).map_err(ApiError::from)
+    pub fn put_json<T: Serialize>(&self, key: &str, value: &T) -> Result<(), Fault> {
+        let bytes = serde_json::to_vec(value).map_err(encoding)?;
+        self.kv.set(key, &bytes).map_err(Fault::from)
     }
 
     pub fn delete(&self, key: &str) -> Result<(), KvError> {
         self.kv.delete(key)
     }
 
-    pub fn integration(&self) -> Result<Option<KeptIntegration>, ApiError> {
+    pub fn integration(&self) -> Result<Option<KeptIntegration>, Fault> {
         self.get_json(INTEGRATION_KEY)
     }
 
-    pub fn schema(&self, object_type: ObjectType) -> Result<Option<Vec<SchemaField>>, ApiError> {
+    pub fn schema(&self, object_type: ObjectType) -> Result<Option<Vec<SchemaField>>, Fault> {
         self.get_json(&schema_key(object_type))
     }
 
     /// Writes `bytes` as chunks and returns how many; the caller records the count.
-    pub fn put_blob(&self, kind: &str, id: &str, bytes: &[u8]) -> Result<usize, ApiError> {
+    pub fn put_blob(&self, kind: &str, id: &str, bytes: &[u8]) -> Result<usize, Fault> {
         let mut count = 0;
         for (n, chunk) in bytes.chunks(CHUNK_BYTES).enumerate() {
             self.kv.set(&blob_key(kind, id, n), chunk)?;
@@ -89,7 +89,7 @@ impl<'a> Store<'a> {
         Ok(count)
     }
 
-    pub fn get_blob(&self, kind: &str, id: &str, chunks: usize) -> Result<Option<Vec<u8>>, ApiError> {
+    pub fn get_blob(&self, kind: &str, id: &str, chunks: usize) -> Result<Option<Vec<u8>>, Fault> {
         let mut out = Vec::new();
         for n in 0..chunks {
             match self.kv.get(&blob_key(kind, id, n))? {

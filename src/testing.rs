@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use crate::app::Bridge;
+use crate::bridge::Bridge;
 use crate::ports::{Clock, Config, Kv, Outbound, OutboundError, Request, Response};
 
 /// Spin variables from a map; empty values count as unset, as on Spin.

@@ -3,11 +3,12 @@
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::app::{json_body, query_flag, query_pairs, Bridge};
+use crate::app::{json_body, query_flag, query_pairs};
+use crate::bridge::Bridge;
 use crate::gong::models::{ObjectType, UPLOAD_OBJECT_TYPES};
 use crate::ports::{Request, Response};
 use crate::problem::{json_response, ApiError};
-use crate::routes::flush;
+use crate::outbox;
 
 fn object_type_param(raw: &str) -> Result<ObjectType, ApiError> {
     ObjectType::parse_upload(raw).ok_or_else(|| {
@@ -22,7 +23,7 @@ fn object_type_param(raw: &str) -> Result<ObjectType, ApiError> {
 /// `POST /flush[?force=true]`: for a Spin cron trigger or any external scheduler. Also sweeps
 /// expired idempotency keys, so one scheduled call does all the housekeeping.
 pub fn flush_now(bridge: &Bridge, request: &Request) -> Result<Response, ApiError> {
-    let report = flush::run(bridge, query_flag(request, "force")?)?;
+    let report = outbox::run(bridge, query_flag(request, "force")?)?;
     let mut body = serde_json::to_value(&report).unwrap_or_default();
     let idem = bridge.idempotency();
     match idem.sweep() {
@@ -53,7 +54,7 @@ pub fn list(bridge: &Bridge, request: &Request) -> Result<Response, ApiError> {
         Some((_, v)) => v.parse::<usize>().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(|| ApiError::bad_request("limit must be 1 to 1000"))?,
         None => 100,
     };
-    let (failures, total) = flush::list_failures(bridge, object_type, limit)?;
+    let (failures, total) = outbox::list_failures(bridge, object_type, limit)?;
     Ok(json_response(200, &json!({"failures": failures, "total": total})))
 }
 
@@ -70,13 +71,13 @@ pub fn retry(bridge: &Bridge, request: &Request) -> Result<Response, ApiError> {
     if body.ids.is_some() && object_type.is_none() {
         return Err(ApiError::bad_request("ids need an objectType: {\"objectType\": \"ACCOUNT\", \"ids\": [...]}"));
     }
-    let requeued = flush::retry_failures(bridge, object_type, body.ids.as_deref())?;
+    let requeued = outbox::retry_failures(bridge, object_type, body.ids.as_deref())?;
     Ok(json_response(200, &json!({"requeued": requeued})))
 }
 
 pub fn discard(bridge: &Bridge, object_type_raw: &str, object_id: &str) -> Result<Response, ApiError> {
     let object_type = object_type_param(object_type_raw)?;
-    if !flush::discard_failure(bridge, object_type, object_id)? {
+    if !outbox::discard_failure(bridge, object_type, object_id)? {
         return Err(ApiError::NotFoundResource(format!("no failure stored for {object_type} {object_id}")));
     }
     Ok(json_response(200, &json!({"discarded": {"objectType": object_type, "objectId": object_id}})))

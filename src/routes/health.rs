@@ -2,7 +2,7 @@
 
 use serde_json::json;
 
-use crate::app::Bridge;
+use crate::bridge::Bridge;
 use crate::ports::Response;
 use crate::problem::json_response;
 use crate::settings;

@@ -3,12 +3,14 @@
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::app::{client_request_id, json_body, Bridge};
+use crate::app::{client_request_id, json_body};
+use crate::bridge::Bridge;
 use crate::gong::client::{GongError, Operation};
 use crate::gong::models::{ListIntegrationsResponse, RegisterResponse, RegistrationRequest};
 use crate::ports::{Request, Response};
 use crate::problem::{json_response, ApiError};
-use crate::routes::requests::{accepted_response, submit_tracked, Submission};
+use crate::outbox::requests::{submit_tracked, Submission};
+use crate::routes::requests::accepted_response;
 use crate::settings;
 use crate::store::{KeptIntegration, INTEGRATION_KEY};
 use crate::tracking::RequestOperation;
@@ -92,7 +94,7 @@ fn adopt_existing(bridge: &Bridge, gong: &crate::gong::client::GongClient, confl
 /// Keeps the integrationId the bridge uses from now on, and where it came from.
 fn keep(bridge: &Bridge, integration_id: i64, source: &str, name: Option<String>, owner_email: Option<String>) -> Result<(), ApiError> {
     let kept = KeptIntegration { integration_id, source: source.to_owned(), name, owner_email, kept_at: bridge.now() };
-    bridge.store().put_json(INTEGRATION_KEY, &kept)
+    Ok(bridge.store().put_json(INTEGRATION_KEY, &kept)?)
 }
 
 /// Gong's list plus the integrationId the bridge uses (and where it comes from).

@@ -1,6 +1,5 @@
 //! Handlers, one module per area of the management API.
 pub mod failures;
-pub mod flush;
 pub mod health;
 pub mod integration;
 pub mod records;

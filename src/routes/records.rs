@@ -3,12 +3,14 @@
 
 use serde_json::{json, Map};
 
-use crate::app::{client_request_id, query_flag, query_pairs, Bridge};
+use crate::app::{client_request_id, query_flag, query_pairs};
+use crate::bridge::Bridge;
 use crate::gong::client::{Operation, MAX_GET_IDS};
 use crate::gong::models::{GetObjectsResponse, ObjectType, SCHEMA_OBJECT_TYPES, UPLOAD_OBJECT_TYPES};
 use crate::ports::{Request, Response};
 use crate::problem::{json_response, ApiError};
-use crate::routes::requests::{accepted_response, submit_tracked, Submission};
+use crate::outbox::requests::{submit_tracked, Submission};
+use crate::routes::requests::accepted_response;
 use crate::routes::violations_to_problem;
 use crate::tracking::RequestOperation;
 use crate::validation::{self, BodyFormat, RecordOptions, MAX_BODY_BYTES};

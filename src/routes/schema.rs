@@ -3,7 +3,8 @@
 
 use serde_json::json;
 
-use crate::app::{query_flag, Bridge};
+use crate::app::{query_flag};
+use crate::bridge::Bridge;
 use crate::gong::client::Operation;
 use crate::gong::models::{BaseResponse, ListSchemaResponse, ObjectType, SCHEMA_OBJECT_TYPES};
 use crate::ports::{Request, Response};

@@ -5,14 +5,13 @@
 use sha2::Digest;
 use subtle::ConstantTimeEq;
 
-use crate::app::Bridge;
+use crate::bridge::Bridge;
 use crate::idempotency::{self, Begin};
 use crate::ports::{Request, Response};
 use crate::problem::ApiError;
 use crate::routes::{integration, schema, violations_to_problem};
 use crate::settings;
 use crate::gong::models::{ObjectType, UPLOAD_OBJECT_TYPES};
-use crate::routes::flush;
 use crate::validation::{self, RecordOptions};
 use crate::webhooks::signature::WebhookSecret;
 use crate::webhooks::{parse_event, Event};
@@ -93,7 +92,7 @@ fn act(bridge: &Bridge, event: Event, client_request_id: String, delivery: Strin
 }
 
 /// Validates a delivery's records and writes them to the pending buffer: 202 once they are
-/// stored; from then on delivering them to Gong is the bridge's job (see `routes::flush`).
+/// stored; from then on delivering them to Gong is the bridge's job (see `outbox`).
 fn buffer(bridge: &Bridge, object_type_raw: &str, records_json: &[u8], delivery: &str) -> Result<Response, ApiError> {
     let object_type = ObjectType::parse_upload(object_type_raw).ok_or_else(|| {
         ApiError::unprocessable(
@@ -117,7 +116,7 @@ fn buffer(bridge: &Bridge, object_type_raw: &str, records_json: &[u8], delivery:
         return Err(violations_to_problem("Invalid records", "the delivery's records are invalid; nothing was accepted", violations, None));
     }
     let status_urls: Vec<String> = valid.iter().take(100).map(|r| format!("/records/{}/{}/status", object_type.as_str(), r.object_id)).collect();
-    let buffered = flush::buffer_records(bridge, object_type, valid, delivery)?;
+    let buffered = crate::outbox::buffer_records(bridge, object_type, valid, delivery)?;
     let mut response = crate::problem::json_response(
         202,
         &serde_json::json!({

@@ -1,6 +1,6 @@
 //! Flush decisions shared by every object type: the order types go in, the limits that make a
 //! type due (count, bytes, age of the oldest), and a pending version as "where is my record"
-//! reports it. The records themselves live in the shards of `compact`; design: `docs/buffer.md`.
+//! reports it. The records themselves live in `shards`; design: `docs/buffer.md`.
 
 use crate::gong::models::ObjectType;
 

@@ -1,8 +1,7 @@
-//! The compact layout, for stores with a key cap (`kv_max_keys`; Fermyon Cloud: 1,024 keys).
-//! Design and key budget: `docs/buffer.md`, "Compact layout".
+//! The outbox's one layout: a bounded set of keys per object type, sized from the key budget
+//! (`kv_max_keys`, or 4,096 when the store is uncapped). Design: `docs/buffer.md`.
 //!
-//! Without a cap every pending version has a key of its own (`buffer`). With one, records are
-//! kept in a fixed set of *shard* keys per object type, each a JSON map objectId → [`Slot`]:
+//! Records are kept in *shard* keys, each a JSON map objectId → [`Slot`]:
 //!
 //! - `inbox/{TYPE}/{receivedUnix}/{random}`: what a webhook writes, one key per delivery (split if
 //!   large). A key is never written twice, so concurrent webhooks cannot lose each other's
@@ -10,7 +9,7 @@
 //! - `pbuf/{TYPE}/{n}`: pending records (the newest version of each) and, for a while, a
 //!   tombstone of each record sent (its modifiedDate, file and line), so a late, older
 //!   re-delivery is recognised. Written only by the compactor and the flusher, which both run
-//!   under the one flush lease: the shards have a single writer at a time.
+//!   under the flush lease and read their writes back (two holders waste work, lose nothing).
 //! - `pfail/{TYPE}/{n}`: the failure store, same rules.
 //! - `buffer/summary`: count, bytes and oldest arrival of every pending shard, so that deciding
 //!   whether a type is due reads one small value instead of every shard. A hint: the shards
@@ -27,7 +26,7 @@ use sha2::{Digest, Sha256};
 
 use crate::gong::models::ObjectType;
 use crate::ports::Kv;
-use crate::problem::ApiError;
+use crate::fault::{encoding, Fault};
 
 pub const INBOX_PREFIX: &str = "inbox/";
 pub const PENDING_SHARD_PREFIX: &str = "pbuf/";
@@ -108,6 +107,15 @@ pub struct Sent {
     pub c: String,
     /// The record's 1-based line in that file.
     pub n: usize,
+    /// [`line_digest`] of the line sent, so a later edit with the same modifiedDate is told
+    /// apart from a re-delivery of the sent one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub h: String,
+}
+
+/// A short digest of one LDJSON line (64 bits of SHA-256, hex).
+pub fn line_digest(line: &[u8]) -> String {
+    Sha256::digest(line)[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Slot {
@@ -125,14 +133,14 @@ impl Slot {
         64 + 2 * object_id.len()
             + 2 * self.delivery.len()
             + self.line.as_ref().map_or(0, |l| l.get().len())
-            + self.sent.as_ref().map_or(0, |s| 40 + s.c.len())
+            + self.sent.as_ref().map_or(0, |s| 48 + s.c.len() + s.h.len())
     }
 }
 
 /// A line as stored in a shard: the validated JSON text, kept as is.
-pub fn raw_line(line: &[u8]) -> Result<Box<RawValue>, ApiError> {
-    let text = String::from_utf8(line.to_vec()).map_err(|e| ApiError::Internal(format!("a validated line is not UTF-8: {e}")))?;
-    RawValue::from_string(text).map_err(|e| ApiError::Internal(format!("a validated line is not JSON: {e}")))
+pub fn raw_line(line: &[u8]) -> Result<Box<RawValue>, Fault> {
+    let text = String::from_utf8(line.to_vec()).map_err(|e| Fault::Corrupt(format!("a validated line is not UTF-8: {e}")))?;
+    RawValue::from_string(text).map_err(|e| Fault::Corrupt(format!("a validated line is not JSON: {e}")))
 }
 
 pub type Shard = BTreeMap<String, Slot>;
@@ -149,9 +157,9 @@ pub enum Merge {
     Superseded,
 }
 
-/// Puts one incoming version into a shard: the newer modifiedDate wins; the same version again
-/// is a duplicate (also after it was sent), unless `requeue` (a file-level failure or
-/// `POST /failures/retry` puts a sent version back on purpose).
+/// Puts one incoming version into a shard: the newer modifiedDate wins, and on equal ones the
+/// later arrival; the same version again is a duplicate (also after it was sent), unless
+/// `requeue` (a file-level failure or `POST /failures/retry` puts a sent version back on purpose).
 pub fn merge(shard: &mut Shard, object_id: &str, incoming: Slot, requeue: bool) -> Merge {
     let Some(existing) = shard.get_mut(object_id) else {
         shard.insert(object_id.to_owned(), incoming);
@@ -161,11 +169,22 @@ pub fn merge(shard: &mut Shard, object_id: &str, incoming: Slot, requeue: bool) 
         return Merge::Superseded;
     }
     if incoming.modified == existing.modified {
+        // The same modifiedDate: the same edit again is a duplicate; another edit (a CRM that
+        // stamps seconds) is newer by arrival, so the later arrival wins, waiting or sent.
+        let digest = |line: &Option<Box<RawValue>>| line.as_ref().map(|l| line_digest(l.get().as_bytes()));
+        let incoming_digest = digest(&incoming.line);
         if existing.is_pending() {
             existing.attempt = existing.attempt.max(incoming.attempt);
-            return Merge::Duplicate;
+            if digest(&existing.line) == incoming_digest {
+                return Merge::Duplicate;
+            }
+            existing.line = incoming.line;
+            existing.delivery = incoming.delivery;
+            return Merge::Replaced;
         }
-        if !requeue {
+        // A tombstone without a digest predates digests: treated as the same edit.
+        let sent_digest = existing.sent.as_ref().map(|s| s.h.clone()).filter(|h| !h.is_empty());
+        if !requeue && sent_digest.is_none_or(|h| Some(h) == incoming_digest) {
             return Merge::Duplicate;
         }
     }
@@ -177,13 +196,13 @@ pub fn merge(shard: &mut Shard, object_id: &str, incoming: Slot, requeue: bool) 
 
 /// Marks a sent version as sent, unless a newer one took its place meanwhile (that one stays
 /// pending). Returns whether the slot was marked.
-pub fn mark_sent(shard: &mut Shard, object_id: &str, modified: i64, sent: Sent) -> bool {
+pub fn mark_sent(shard: &mut Shard, object_id: &str, modified: i64, digest: &str, sent: Sent) -> bool {
     match shard.get_mut(object_id) {
-        Some(slot) if slot.is_pending() && slot.modified == modified => {
+        Some(slot) if slot.modified == modified && slot.line.as_ref().is_some_and(|l| line_digest(l.get().as_bytes()) == digest) => {
             slot.line = None;
             slot.delivery.clear();
             slot.attempt = 0;
-            slot.sent = Some(sent);
+            slot.sent = Some(Sent { h: digest.to_owned(), ..sent });
             true
         }
         _ => false,
@@ -244,8 +263,8 @@ pub fn stat(shard: &Shard) -> ShardStat {
 pub type Summary = BTreeMap<String, BTreeMap<u32, ShardStat>>;
 
 /// Folds a type's shard stats into the buffer's per-type summary.
-pub fn type_summary(stats: &BTreeMap<u32, ShardStat>) -> crate::buffer::TypeSummary {
-    let mut t = crate::buffer::TypeSummary::default();
+pub fn type_summary(stats: &BTreeMap<u32, ShardStat>) -> super::due::TypeSummary {
+    let mut t = super::due::TypeSummary::default();
     for s in stats.values() {
         t.records += s.records;
         t.versions += s.records;
@@ -320,23 +339,23 @@ pub fn inbox_entries(object_type: ObjectType, delivery: &str, received: i64, rec
 }
 
 /// Reads a JSON map kept under `key` (absent: empty).
-pub fn read_map<V: DeserializeOwned>(kv: &dyn Kv, key: &str) -> Result<BTreeMap<String, V>, ApiError> {
+pub fn read_map<V: DeserializeOwned>(kv: &dyn Kv, key: &str) -> Result<BTreeMap<String, V>, Fault> {
     match kv.get(key)? {
         None => Ok(BTreeMap::new()),
-        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| ApiError::Internal(format!("stored value under {key:?} is unreadable: {e}"))),
+        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| Fault::Corrupt(format!("stored value under {key:?} is unreadable: {e}"))),
     }
 }
 
 /// Writes a JSON map under `key`; an empty map deletes the key (it frees a key of the budget).
-pub fn write_map<V: Serialize>(kv: &dyn Kv, key: &str, map: &BTreeMap<String, V>) -> Result<(), ApiError> {
+pub fn write_map<V: Serialize>(kv: &dyn Kv, key: &str, map: &BTreeMap<String, V>) -> Result<(), Fault> {
     if map.is_empty() {
-        return kv.delete(key).map_err(ApiError::from);
+        return kv.delete(key).map_err(Fault::from);
     }
-    let bytes = serde_json::to_vec(map).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let bytes = serde_json::to_vec(map).map_err(encoding)?;
     if bytes.len() > VALUE_LIMIT_BYTES {
-        return Err(ApiError::Internal(format!("{key} would hold {} bytes, over the 1 MB value limit", bytes.len())));
+        return Err(Fault::Corrupt(format!("{key} would hold {} bytes, over the 1 MB value limit", bytes.len())));
     }
-    kv.set(key, &bytes).map_err(ApiError::from)
+    kv.set(key, &bytes).map_err(Fault::from)
 }
 
 #[cfg(test)]
@@ -351,8 +370,12 @@ mod tests {
         Slot::pending(m, r, 0, "d", line(id, m))
     }
 
+    fn digest(id: &str, m: i64) -> String {
+        line_digest(line(id, m).get().as_bytes())
+    }
+
     fn sent(at: i64) -> Sent {
-        Sent { at, c: "fl-x".into(), n: 1 }
+        Sent { at, c: "fl-x".into(), n: 1, h: String::new() }
     }
 
     #[test]
@@ -370,8 +393,8 @@ mod tests {
     fn a_sent_version_is_a_tombstone_that_keeps_late_versions_out() {
         let mut shard = Shard::new();
         merge(&mut shard, "a", pending("a", 10, 100), false);
-        assert!(!mark_sent(&mut shard, "a", 9, sent(150)), "only the version that was sent");
-        assert!(mark_sent(&mut shard, "a", 10, sent(150)));
+        assert!(!mark_sent(&mut shard, "a", 9, &digest("a", 9), sent(150)), "only the version that was sent");
+        assert!(mark_sent(&mut shard, "a", 10, &digest("a", 10), sent(150)));
         assert!(!shard["a"].is_pending());
         assert_eq!(merge(&mut shard, "a", pending("a", 10, 200), false), Merge::Duplicate, "a re-delivery is not resent");
         assert_eq!(merge(&mut shard, "a", pending("a", 8, 200), false), Merge::Superseded);
@@ -380,9 +403,33 @@ mod tests {
         assert_eq!(merge(&mut shard, "a", Slot { attempt: 1, ..pending("a", 10, 300) }, true), Merge::Replaced);
         assert_eq!((shard["a"].received, shard["a"].attempt, shard["a"].is_pending()), (300, 1, true));
         // A newer version after a send is pending again.
-        mark_sent(&mut shard, "a", 10, sent(350));
+        mark_sent(&mut shard, "a", 10, &digest("a", 10), sent(350));
         assert_eq!(merge(&mut shard, "a", pending("a", 11, 400), false), Merge::Replaced);
         assert_eq!(shard["a"].received, 400);
+    }
+
+    /// Issue 10 finding 5: two edits with the same modifiedDate (a CRM with second precision):
+    /// the later arrival wins, whether the first is still waiting or already sent, and a send
+    /// of the first does not mark the second as sent.
+    #[test]
+    fn equal_modified_dates_the_later_arrival_wins() {
+        let edit = |text: &str| raw_line(format!(r#"{{"objectId":"a","name":"{text}"}}"#).as_bytes()).unwrap();
+        let mut shard = Shard::new();
+        merge(&mut shard, "a", Slot::pending(10, 100, 0, "d1", edit("first")), false);
+        assert_eq!(merge(&mut shard, "a", Slot::pending(10, 101, 0, "d2", edit("second")), false), Merge::Replaced);
+        assert!(shard["a"].line.as_ref().unwrap().get().contains("second"));
+        assert_eq!(shard["a"].received, 100, "it keeps its place in the queue");
+        assert_eq!(merge(&mut shard, "a", Slot::pending(10, 102, 0, "d2", edit("second")), false), Merge::Duplicate, "the same edit again");
+        // A file carried "second"; "third" arrived meanwhile with the same modifiedDate.
+        let carried = line_digest(edit("second").get().as_bytes());
+        merge(&mut shard, "a", Slot::pending(10, 103, 0, "d3", edit("third")), false);
+        assert!(!mark_sent(&mut shard, "a", 10, &carried, sent(150)), "the file did not carry this edit");
+        assert!(shard["a"].is_pending());
+        let carried = line_digest(edit("third").get().as_bytes());
+        assert!(mark_sent(&mut shard, "a", 10, &carried, sent(160)));
+        assert_eq!(merge(&mut shard, "a", Slot::pending(10, 170, 0, "d3", edit("third")), false), Merge::Duplicate, "a re-delivery of what was sent");
+        assert_eq!(merge(&mut shard, "a", Slot::pending(10, 180, 0, "d4", edit("fourth")), false), Merge::Replaced, "a later edit after the send");
+        assert!(shard["a"].is_pending());
     }
 
     #[test]
@@ -390,7 +437,7 @@ mod tests {
         let mut shard = Shard::new();
         merge(&mut shard, "a", pending("a", 10, 100), false);
         merge(&mut shard, "a", pending("a", 12, 120), false);
-        assert!(!mark_sent(&mut shard, "a", 10, sent(150)));
+        assert!(!mark_sent(&mut shard, "a", 10, &digest("a", 10), sent(150)));
         assert!(shard["a"].is_pending());
     }
 
@@ -400,7 +447,7 @@ mod tests {
         for i in 0..50 {
             let id = format!("t{i:02}");
             merge(&mut shard, &id, pending(&id, 1, 1), false);
-            mark_sent(&mut shard, &id, 1, sent(1_000 + i));
+            mark_sent(&mut shard, &id, 1, &digest(&id, 1), sent(1_000 + i));
         }
         merge(&mut shard, "p", pending("p", 1, 1), false);
         prune(&mut shard, 1_030, 20, usize::MAX);
@@ -419,7 +466,7 @@ mod tests {
         let mut shard = Shard::new();
         merge(&mut shard, "a", pending("a", 1, 50), false);
         merge(&mut shard, "b", pending("b", 1, 40), false);
-        mark_sent(&mut shard, "b", 1, sent(60));
+        mark_sent(&mut shard, "b", 1, &digest("b", 1), sent(60));
         let s = stat(&shard);
         assert_eq!((s.records, s.oldest), (1, Some(50)));
         assert_eq!(s.bytes, shard["a"].line.as_ref().unwrap().get().len() + 1);
@@ -438,7 +485,7 @@ mod tests {
             let mut slot = Slot::pending(i, i, 1, "msg_\"q\"", line("x", i));
             if i % 3 == 0 {
                 slot.line = None;
-                slot.sent = Some(Sent { at: i, c: "fl-account-0123456789abcdef".into(), n: 4_999 });
+                slot.sent = Some(Sent { at: i, c: "fl-account-0123456789abcdef".into(), n: 4_999, h: "0123456789abcdef".into() });
             }
             shard.insert(id, slot);
         }

@@ -1,0 +1,247 @@
+//! Following files to their end: polling in-flight files when due (soonest first, backoff,
+//! shared quota, under the renewed lease) and settling a final status — failed lines to the
+//! failure store, records Gong did not account for out again, a whole-file failure retried once.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::lease::{self, Lease};
+use super::pending::{merge_into_pending, settle, Incoming};
+use super::requests::{self, PAYLOAD};
+use super::shards::{self, failure_shard_key, read_map, shard_of, write_map, Layout, Slot};
+use super::{inflight_key, Failure, FlushReport, InFlight};
+use crate::bridge::Bridge;
+use crate::fault::Fault;
+use crate::gong::models::ObjectType;
+use crate::settings;
+use crate::tracking::{RequestRecord, TrackedLineError, TrackedStatus};
+use crate::validation;
+
+/// Status polls of in-flight files per run, so that a run stays short.
+pub const POLLS_PER_REQUEST: usize = 3;
+/// Files a record whose outcome Gong did not list may go in before it is failed.
+const UNLISTED_ATTEMPTS: u32 = 3;
+
+/// Gong keeps a request's status for 24 h; a file still unresolved after that is failed as a
+/// whole (its records go out again once, then to the failure store).
+const GONG_STATUS_TTL_SECONDS: i64 = 86_400;
+
+/// Follows in-flight files: those whose next poll is due, soonest first (a file that keeps
+/// erroring waits longer each time and cannot starve the others), at most
+/// `POLLS_PER_REQUEST` Gong calls per run.
+pub(super) fn poll_inflight(bridge: &Bridge, inflight: &[String], held: &mut Lease, report: &mut FlushReport) -> Result<(), Fault> {
+    let store = bridge.store();
+    let now = bridge.clock.now().unix_timestamp();
+    let mut files = Vec::new();
+    for client_request_id in inflight {
+        let Some(marker) = store.get_json::<InFlight>(&inflight_key(client_request_id))? else { continue };
+        let record = match requests::load(bridge, client_request_id) {
+            Ok(record) => record,
+            // No record: the file never reached Gong (the bridge stopped before storing it);
+            // its versions are still pending.
+            Err(Fault::NoSuchRequest(_)) => {
+                store.delete(&inflight_key(client_request_id))?;
+                continue;
+            }
+            // Anything else (the store failing) must not drop the marker of a file Gong may
+            // hold: its failed lines would never reach the failure store.
+            Err(e) => return Err(e),
+        };
+        if record.status == TrackedStatus::NotSent {
+            store.delete(&inflight_key(client_request_id))?;
+            continue;
+        }
+        files.push((marker, record));
+    }
+    files.sort_by_key(|(marker, record)| (record.next_poll_at.unwrap_or(0), marker.sent_at));
+    let mut polls = 0;
+    for (marker, mut record) in files {
+        if !record.status.is_final() && now - marker.sent_at > GONG_STATUS_TTL_SECONDS {
+            record.status = TrackedStatus::Failed;
+            record.errors = vec![TrackedLineError {
+                line: 0,
+                object_id: None,
+                description: "Gong gave no final status within 24 hours".into(),
+            }];
+            store.put_json(&crate::store::request_key(&record.client_request_id), &record)?;
+        }
+        if !record.status.is_final() {
+            if polls >= POLLS_PER_REQUEST || !record.poll_due(now) {
+                continue;
+            }
+            if !lease::still_held(bridge, held) {
+                return Ok(());
+            }
+            polls += 1;
+            match requests::poll(bridge, &mut record) {
+                Ok(()) => report.polled += 1,
+                Err(Fault::Throttled { retry_after, .. }) => {
+                    report.throttled_until = Some(now + retry_after as i64);
+                    return Ok(());
+                }
+                Err(e) => {
+                    eprintln!("gong-crm-bridge: polling {}: {e}", record.client_request_id);
+                    continue;
+                }
+            }
+        }
+        if record.status.is_final() {
+            settle_file(bridge, &record, &marker, report)?;
+        }
+    }
+    Ok(())
+}
+
+/// Applies a final status: failed lines go to the failure store; a file-level failure puts the
+/// file's records back to pending once, then into the failure store. Everything is written
+/// before the marker is removed, so a crash in between repeats this step (idempotently).
+fn settle_file(bridge: &Bridge, record: &RequestRecord, marker: &InFlight, report: &mut FlushReport) -> Result<(), Fault> {
+    let store = bridge.store();
+    let id = &record.client_request_id;
+    if record.status == TrackedStatus::Failed {
+        let Some(payload) = store.get_blob(PAYLOAD, id, record.payload_chunks)? else {
+            // Cannot happen unless a chunk was removed by hand; failing here on every poll would
+            // stop all later polling, so the file is let go. Its failed lines stay visible by
+            // objectId in GET /requests/{id}.
+            eprintln!("gong-crm-bridge: file {id} failed but its payload is gone; see GET /requests/{id}");
+            store.delete(&inflight_key(id))?;
+            return Ok(());
+        };
+        let lines: Vec<&[u8]> = payload.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+        let file_level: Vec<&str> = record.errors.iter().filter(|e| e.line <= 0).map(|e| e.description.as_str()).collect();
+        let now = bridge.now();
+        let failure = |line: &[u8], object_id: String, modified: i64, description: String| Failure {
+            object_type: marker.object_type,
+            object_id,
+            modified,
+            description,
+            client_request_id: id.clone(),
+            failed_at: now.clone(),
+            line: String::from_utf8_lossy(line).into_owned(),
+        };
+        let mut requeue = Vec::new();
+        let mut failures = Vec::new();
+        if !file_level.is_empty() {
+            let description = format!("Gong failed the whole file: {}", file_level.join("; "));
+            for line in &lines {
+                let Some((object_id, modified)) = identify(line) else { continue };
+                if marker.attempt == 0 {
+                    requeue.push(Requeue { object_id, modified, line: line.to_vec(), attempt: 1 });
+                } else {
+                    failures.push(failure(line, object_id, modified, description.clone()));
+                }
+            }
+        } else {
+            let mut listed = std::collections::BTreeSet::new();
+            for error in &record.errors {
+                let Some(line) = usize::try_from(error.line - 1).ok().and_then(|i| lines.get(i)) else { continue };
+                let Some((object_id, modified)) = identify(line) else { continue };
+                listed.insert(error.line);
+                failures.push(failure(line, object_id, modified, error.description.clone()));
+            }
+            // Gong lists at most 20 failed lines per file ("upload the entire file repeatedly
+            // until you receive a DONE status"): when it counts more failures than it lists, or
+            // lists none, no unlisted record is known to be done. They go out again, without the
+            // listed ones, until a DONE or a listed failure covers each; after three such files a
+            // record goes to the failure store saying Gong gave no reason.
+            let counted = record.totals.error.unwrap_or(0).max(0) as usize;
+            if listed.is_empty() || counted > listed.len() {
+                let description = format!("Gong failed the file ({counted} failures, {} listed) without a reason for this record, three times", listed.len());
+                for (_, line) in lines.iter().enumerate().filter(|(i, _)| !listed.contains(&(*i as i64 + 1))) {
+                    let Some((object_id, modified)) = identify(line) else { continue };
+                    if marker.attempt + 1 < UNLISTED_ATTEMPTS {
+                        requeue.push(Requeue { object_id, modified, line: line.to_vec(), attempt: marker.attempt + 1 });
+                    } else {
+                        failures.push(failure(line, object_id, modified, description.clone()));
+                    }
+                }
+            }
+        }
+        report.requeued += requeue.len();
+        report.failures_added += failures.len();
+        let layout = settings::layout(bridge.config);
+        requeue_records(bridge, layout, marker.object_type, requeue)?;
+        add_failures(bridge, layout, failures)?;
+    }
+    store.delete_blob(PAYLOAD, id, record.payload_chunks)?;
+    store.delete(&inflight_key(id))?;
+    Ok(())
+}
+
+/// A record going back to pending (a file-level failure, or `POST /failures/retry`).
+struct Requeue {
+    object_id: String,
+    modified: i64,
+    line: Vec<u8>,
+    attempt: u32,
+}
+
+/// objectId and modifiedDate of an LDJSON line the bridge itself wrote.
+fn identify(line: &[u8]) -> Option<(String, i64)> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Head {
+        object_id: String,
+        modified_date: String,
+    }
+    let head: Head = serde_json::from_slice(line).ok()?;
+    let modified = validation::parse_gong_datetime(&head.modified_date).ok()?.unix_timestamp();
+    Some((head.object_id, modified))
+}
+
+// ----- after Gong's final status ---------------------------------------------------------------
+
+/// Puts records of a failed file back to pending (caller holds the lease). Any record that
+/// cannot be confirmed fails the call, so the file stays in flight and the step repeats.
+fn requeue_records(bridge: &Bridge, layout: Layout, object_type: ObjectType, items: Vec<Requeue>) -> Result<(), Fault> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let now = bridge.clock.now().unix_timestamp();
+    let mut incoming = Vec::with_capacity(items.len());
+    for (tag, r) in items.into_iter().enumerate() {
+        incoming.push(Incoming { object_id: r.object_id, slot: Slot::pending(r.modified, now, r.attempt, "", shards::raw_line(&r.line)?), requeue: true, tag });
+    }
+    let merged = merge_into_pending(bridge, layout, object_type, incoming)?;
+    let unconfirmed = merged.iter().filter(|m| !m.confirmed).count();
+    if unconfirmed > 0 {
+        return Err(Fault::StoreFull { detail: format!("{unconfirmed} re-queued {object_type} records do not fit the pending shards yet"), retry_after: 60 });
+    }
+    Ok(())
+}
+
+/// Writes failures into the failure shards (caller holds the lease), and confirms them by
+/// reading back after the settle time; an unconfirmed one fails the call, so the file stays in
+/// flight and the step repeats.
+fn add_failures(bridge: &Bridge, layout: Layout, failures: Vec<Failure>) -> Result<(), Fault> {
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let mut by_key: BTreeMap<String, Vec<Failure>> = BTreeMap::new();
+    for f in failures {
+        by_key.entry(failure_shard_key(f.object_type, shard_of(&f.object_id, layout.failure_shards))).or_default().push(f);
+    }
+    let mut expected = Vec::new();
+    for (key, failures) in by_key {
+        let mut shard: BTreeMap<String, Failure> = read_map(bridge.kv, &key)?;
+        let ids: Vec<(String, i64)> = failures.iter().map(|f| (f.object_id.clone(), f.modified)).collect();
+        for f in failures {
+            // A failure of a newer version of the record is not replaced by an older one.
+            if shard.get(&f.object_id).is_none_or(|held| held.modified <= f.modified) {
+                shard.insert(f.object_id.clone(), f);
+            }
+        }
+        write_map(bridge.kv, &key, &shard)?;
+        expected.push((key, ids));
+    }
+    settle(bridge);
+    for (key, ids) in expected {
+        let stored: BTreeMap<String, Failure> = read_map(bridge.kv, &key)?;
+        let lost = ids.iter().filter(|(id, modified)| stored.get(id).is_none_or(|f| f.modified < *modified)).count();
+        if lost > 0 {
+            return Err(Fault::Overwritten(format!("{lost} failures were overwritten in {key} by a concurrent writer; the step repeats")));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! Accepting a delivery (one inbox key per delivery, nothing read-modify-written) and
+//! compacting the inbox into the pending shards after the answer.
+
+use std::collections::BTreeMap;
+
+use super::lease::{self, Lease};
+use super::pending::{merge_into_pending, Incoming};
+use super::shards::{self, inbox_entries, inbox_key, InboxEntry, InboxRecord, Layout, Merge, Slot, INBOX_PREFIX};
+use super::{Buffered, FlushReport};
+use crate::bridge::Bridge;
+use crate::fault::{encoding, Fault};
+use crate::gong::models::ObjectType;
+use crate::settings;
+use crate::validation::ValidRecord;
+
+/// Inbox values one compaction loads at most (keys, and bytes), so one request stays bounded.
+const COMPACT_MAX_KEYS: usize = 4_000;
+const COMPACT_MAX_BYTES: usize = 32 * 1024 * 1024;
+
+/// Stores a delivery's validated records in inbox keys of its own; 202 follows. Refused (503)
+/// while the store is near its key cap, so that nothing is accepted that cannot be kept.
+pub fn buffer_records(bridge: &Bridge, object_type: ObjectType, records: Vec<ValidRecord>, delivery: &str) -> Result<Buffered, Fault> {
+    let layout = settings::layout(bridge.config);
+    let now = bridge.clock.now().unix_timestamp();
+    let count = records.len();
+    let mut inbox_records = Vec::with_capacity(count);
+    for r in records {
+        inbox_records.push(InboxRecord { m: r.modified.unix_timestamp(), l: shards::raw_line(&r.line)?, id: r.object_id });
+    }
+    let entries = inbox_entries(object_type, delivery, now, inbox_records);
+    let keys = bridge.kv.keys()?;
+    let mut in_store = keys.len();
+    let inbox_before = keys.iter().filter(|k| k.starts_with(INBOX_PREFIX)).count();
+    drop(keys);
+    if in_store + entries.len() >= layout.admit_below {
+        // Make room first: compacting the inbox frees a key per delivery.
+        if let Err(e) = compact_now(bridge, layout) {
+            eprintln!("gong-crm-bridge: compaction to make room: {e}");
+        }
+        in_store = bridge.kv.keys()?.len();
+        if in_store + entries.len() >= layout.admit_below {
+            return Err(Fault::StoreFull {
+                detail: format!(
+                    "the store holds {in_store} keys and kv_max_keys is {}: nothing was accepted; the bridge is flushing to make room, re-deliver later",
+                    layout.max_keys
+                ),
+                retry_after: 30,
+            });
+        }
+    }
+    let written = entries.len();
+    for entry in entries {
+        let bytes = serde_json::to_vec(&entry).map_err(encoding)?;
+        bridge.kv.set(&inbox_key(object_type, now, &uuid::Uuid::new_v4().simple().to_string()), &bytes)?;
+    }
+    // Accepted already; compacting is housekeeping, done after the answer.
+    Ok(Buffered { accepted: count, superseded: 0, compact_inbox: inbox_before + written >= layout.inbox_compact_at })
+}
+
+/// Compacts the inbox now, unless another replica holds the flush lease (the work after a
+/// webhook whose delivery filled the inbox).
+pub fn compact_inbox_now(bridge: &Bridge) -> Result<(), Fault> {
+    compact_now(bridge, settings::layout(bridge.config))
+}
+
+fn compact_now(bridge: &Bridge, layout: Layout) -> Result<(), Fault> {
+    let Some(mut held) = lease::take_flush_lease(bridge)? else { return Ok(()) };
+    let result = (|| {
+        let inbox: Vec<String> = bridge.kv.keys()?.into_iter().filter(|k| k.starts_with(INBOX_PREFIX)).collect();
+        compact_inbox(bridge, layout, inbox, &mut held, &mut FlushReport::default())
+    })();
+    lease::release(bridge.kv, held);
+    result
+}
+
+/// The received time in an inbox key name, for oldest-first order.
+fn inbox_received(key: &str) -> &str {
+    key.strip_prefix(INBOX_PREFIX).and_then(|rest| rest.split('/').nth(1)).unwrap_or("")
+}
+
+/// Moves inbox records into the pending shards (caller holds the lease). An inbox key goes
+/// only when every record in it is confirmed in its shard.
+pub(super) fn compact_inbox(bridge: &Bridge, layout: Layout, mut inbox: Vec<String>, held: &mut Lease, report: &mut FlushReport) -> Result<(), Fault> {
+    inbox.sort_by(|a, b| inbox_received(a).cmp(inbox_received(b)).then(a.cmp(b)));
+    let mut loaded: Vec<(String, InboxEntry)> = Vec::new();
+    let mut bytes = 0;
+    for key in inbox.into_iter().take(COMPACT_MAX_KEYS) {
+        if bytes >= COMPACT_MAX_BYTES {
+            break;
+        }
+        let Some(value) = bridge.kv.get(&key)? else { continue };
+        bytes += value.len();
+        match serde_json::from_slice::<InboxEntry>(&value) {
+            Ok(entry) => loaded.push((key, entry)),
+            // Left in place (and logged): it is the bridge's own write, so this means damage.
+            Err(e) => eprintln!("gong-crm-bridge: inbox value {key} is unreadable ({e}); left in place"),
+        }
+    }
+    let mut complete = vec![true; loaded.len()];
+    let mut per_type: BTreeMap<ObjectType, Vec<Incoming>> = BTreeMap::new();
+    for (tag, (_, entry)) in loaded.iter_mut().enumerate() {
+        for r in std::mem::take(&mut entry.records) {
+            per_type.entry(entry.t).or_default().push(Incoming {
+                object_id: r.id,
+                slot: Slot::pending(r.m, entry.r, 0, &entry.d, r.l),
+                requeue: false,
+                tag,
+            });
+        }
+    }
+    let (mut compacted, mut superseded) = (0, 0);
+    for (object_type, incoming) in per_type {
+        if !lease::still_held(bridge, held) {
+            // Another replica has the lease now (this run outlived it): it compacts the rest.
+            break;
+        }
+        for merged in merge_into_pending(bridge, layout, object_type, incoming)? {
+            if !merged.confirmed {
+                complete[merged.tag] = false;
+            } else if merged.outcome == Merge::Superseded {
+                superseded += 1;
+            } else {
+                compacted += 1;
+            }
+        }
+        // This type's inbox keys go before the next type's shards are created, so the store
+        // needs room for at most one type's new shards at a time (see `Layout::admit_below`).
+        for ((key, entry), done) in loaded.iter().zip(&complete) {
+            if *done && entry.t == object_type {
+                // A failed delete leaves records that merge again as duplicates: nothing lost.
+                if let Err(e) = bridge.kv.delete(key) {
+                    eprintln!("gong-crm-bridge: compacted inbox key {key} left in place: {e}");
+                }
+            }
+        }
+    }
+    report.compacted = Some(report.compacted.unwrap_or(0) + compacted);
+    report.superseded = Some(report.superseded.unwrap_or(0) + superseded);
+    Ok(())
+}

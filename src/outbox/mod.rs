@@ -1,0 +1,100 @@
+//! The delivery engine: accept validated records (inbox), compact them into the shards, flush
+//! due types to Gong as files, follow each file to its final status, settle it (DONE, failed
+//! lines to the failure store, unlisted lines out again), and answer "where is my record".
+//! No HTTP here: functions return domain values or a [`Fault`]. Design: `docs/buffer.md`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::gong::models::ObjectType;
+
+pub mod due;
+pub mod failures;
+pub mod flush;
+mod follow;
+mod inbox;
+pub mod lease;
+pub mod locate;
+mod pending;
+pub mod requests;
+mod retention;
+pub mod shards;
+
+pub use failures::{discard_failure, list_failures, retry_failures};
+pub use flush::{check, run};
+pub use inbox::{buffer_records, compact_inbox_now};
+pub use locate::{locate, Location};
+
+#[cfg(test)]
+mod tests;
+
+
+const INFLIGHT_PREFIX: &str = "inflight/";
+/// Deliveries listed in a flushed file's request record (the rest are counted only).
+const MAX_DELIVERIES_LISTED: usize = 1_000;
+
+fn inflight_key(client_request_id: &str) -> String {
+    format!("{INFLIGHT_PREFIX}{client_request_id}")
+}
+
+/// A file sent from the buffer whose final status has not been applied yet.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InFlight {
+    object_type: ObjectType,
+    /// The highest `attempt` among the file's records (file-level failures retry once).
+    attempt: u32,
+    sent_at: i64,
+}
+
+/// A record Gong refused, with what Gong said.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Failure {
+    pub object_type: ObjectType,
+    pub object_id: String,
+    pub modified: i64,
+    pub description: String,
+    pub client_request_id: String,
+    pub failed_at: String,
+    /// The record as sent (one LDJSON line), so a retry resends exactly it.
+    pub line: String,
+}
+
+/// What accepting one delivery did.
+#[derive(Debug, Default)]
+pub struct Buffered {
+    pub accepted: usize,
+    /// Versions older than one already accepted for the same record: kept out, never sent.
+    pub superseded: usize,
+    /// The inbox has grown to where it should be compacted, after the answer.
+    pub compact_inbox: bool,
+}
+
+/// What one flush run did; `POST /flush` answers it.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FlushReport {
+    pub scanned: bool,
+    pub files: Vec<Value>,
+    pub pending: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throttled_until: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Why part of the work failed (Gong or the store refused it; records stay buffered). A
+    /// throttle or a busy lease is not a failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+    pub polled: usize,
+    pub failures_added: usize,
+    pub requeued: usize,
+    /// Inbox records merged into the pending shards by this run, those kept out as older than
+    /// a version already held, and inbox keys still waiting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compacted: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub superseded: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inbox_keys: Option<usize>,
+}

@@ -1,0 +1,304 @@
+//! The engine's native tests: every issue-10 finding through the edge (`app::handle` and
+//! `follow_up`) over an in-memory store, a scripted Gong and a virtual clock; each was seen
+//! failing on the code before its fix.
+
+use crate::app::{follow_up, handle};
+use crate::bridge::Bridge;
+use crate::ports::{Clock, Request};
+
+/// Fresh doubles (store, clock at 2023-11-14, scripted Gong, variables) and a bridge over them.
+macro_rules! doubles {
+    ($kv:ident, $clock:ident, $gong:ident, $config:ident, $bridge:ident, $vars:expr) => {
+        let ($kv, $clock) = (MemoryKv::default(), VirtualClock::at(1_700_000_000));
+        let $gong = ScriptedGong::new(&$clock);
+        let $config = configured($vars);
+        let $bridge = bridge(&$kv, &$config, &$gong, &$clock);
+    };
+}
+use crate::store::memory::MemoryKv;
+use crate::testing::{bridge, configured, request, ScriptedGong, VirtualClock};
+
+fn upsert(object_id: &str) -> Vec<u8> {
+    format!(
+        r#"{{"type":"record.upserted","timestamp":"2024-01-01T00:00:00Z","data":{{"objectType":"ACCOUNT","record":{{"objectId":"{object_id}","modifiedDate":"2024-05-01T10:00:00Z","name":"Acme"}}}}}}"#
+    )
+    .into_bytes()
+}
+
+fn webhook(id: &str, body: &[u8]) -> Request {
+    request("POST", "/webhooks", &[("authorization", "Bearer hook-token"), ("webhook-id", id), ("content-type", "application/json")], body)
+}
+
+/// Issue 10 finding 4: a webhook that makes a flush due is answered without any Gong call;
+/// the flush is the follow-up, run after the answer.
+#[test]
+fn a_webhook_is_answered_before_any_gong_call() {
+    doubles!(kv, clock, gong, config, bridge, &[("batch_max_records", "1")]);
+    let handled = handle(&bridge, webhook("msg-1", &upsert("acc-1")));
+    assert_eq!(handled.response.status(), 202);
+    assert!(handled.follow_up);
+    assert!(gong.calls().is_empty(), "Gong was called before the answer: {:?}", gong.calls());
+    follow_up(&bridge.with_budget(clock.now()), false);
+    assert!(gong.calls().iter().any(|c| c.method == "POST" && c.path.starts_with("/v2/crm/entities")), "{:?}", gong.calls());
+}
+
+/// Issue 10 item 3/9: the follow-up's Gong calls wait at most what is left of
+/// `work_budget_ms`, and none starts once it is spent.
+#[test]
+fn work_after_the_answer_stays_within_its_budget() {
+    doubles!(kv, clock, gong, config, bridge, &[("batch_max_records", "1"), ("work_budget_ms", "5000")]);
+    gong.default_takes.set(std::time::Duration::from_secs(20));
+    for (i, object_type) in ["ACCOUNT", "CONTACT"].iter().enumerate() {
+        let body = String::from_utf8(upsert(&format!("r-{i}"))).unwrap().replace("ACCOUNT", object_type);
+        assert_eq!(handle(&bridge, webhook(&format!("msg-{i}"), body.as_bytes())).response.status(), 202);
+    }
+    let started = clock.now();
+    follow_up(&bridge.with_budget(started), false);
+    let calls = gong.calls();
+    assert_eq!(calls.len(), 1, "a second call started after the budget was spent: {calls:?}");
+    assert_eq!(calls[0].timeout, std::time::Duration::from_secs(5), "the call may wait only what is left of the budget");
+    assert!(clock.now() - started <= time::Duration::seconds(5));
+}
+
+/// Issue 10 item 11: a malformed number is named by /healthz and refuses work with a 500.
+#[test]
+fn a_malformed_variable_is_reported_and_refuses_work() {
+    doubles!(kv, clock, gong, config, bridge, &[("kv_max_keys", "1,024")]);
+    let health = handle(&bridge, request("GET", "/healthz", &[], b"")).response;
+    let body: serde_json::Value = serde_json::from_slice(health.body()).unwrap();
+    assert_eq!(body["status"], "misconfigured");
+    assert!(body["malformedVariables"][0].as_str().unwrap().starts_with("kv_max_keys"), "{body}");
+    let refused = handle(&bridge, webhook("msg-1", &upsert("acc-1")));
+    assert_eq!(refused.response.status(), 500);
+    assert!(!refused.follow_up);
+    let problem: serde_json::Value = serde_json::from_slice(refused.response.body()).unwrap();
+    assert_eq!(problem["malformed"][0], "kv_max_keys (\"1,024\" is not a whole number)");
+    assert!(kv.map.borrow().is_empty(), "nothing was buffered");
+    assert!(gong.calls().is_empty());
+}
+
+fn upload(path: &str, key: &str, body: &str) -> Request {
+    request("POST", path, &[("authorization", "Bearer token"), ("idempotency-key", key), ("content-type", "application/json")], body.as_bytes())
+}
+
+fn scripted(status: u16, body: &str) -> crate::testing::Scripted {
+    let response = http::Response::builder().status(status).header("content-type", "application/json").body(body.as_bytes().to_vec()).unwrap();
+    crate::testing::Scripted { answer: Ok(response), takes: std::time::Duration::from_millis(10) }
+}
+
+/// Issue 10 finding 1: one Idempotency-Key (= clientRequestId) on a second, different request
+/// is a 422 naming the first use, never a 202 replaying the first request's record.
+#[test]
+fn a_client_request_id_reused_for_another_request_is_refused() {
+    doubles!(kv, clock, gong, config, bridge, &[]);
+    let accounts = r#"[{"objectId":"a1","modifiedDate":"2024-05-01T10:00:00Z","name":"Acme"}]"#;
+    let leads = r#"[{"objectId":"l1","modifiedDate":"2024-05-01T10:00:00Z","firstName":"Ada","lastName":"L","emailAddress":"ada@acme.com"}]"#;
+    assert_eq!(handle(&bridge, upload("/records/ACCOUNT", "key-1", accounts)).response.status(), 202);
+    let reused = handle(&bridge, upload("/records/LEAD", "key-1", leads)).response;
+    let body: serde_json::Value = serde_json::from_slice(reused.body()).unwrap();
+    assert_eq!(reused.status(), 422, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("ACCOUNT"), "the problem names the first use: {body}");
+    let uploads = gong.calls().into_iter().filter(|c| c.path.starts_with("/v2/crm/entities")).count();
+    assert_eq!(uploads, 1, "the leads were neither sent nor reported as sent");
+}
+
+/// Issue 10 finding 1: Gong's 409 for a clientRequestId the bridge never sent (an expired
+/// key, another client) is not "accepted": the file goes out again under a fresh id.
+#[test]
+fn a_gong_409_for_an_unknown_client_request_id_resends_under_a_fresh_id() {
+    doubles!(kv, clock, gong, config, bridge, &[]);
+    gong.queue.borrow_mut().push_back(scripted(409, r#"{"requestId":"g409","errors":["clientRequestId already used"]}"#));
+    let accounts = r#"[{"objectId":"a1","modifiedDate":"2024-05-01T10:00:00Z","name":"Acme"}]"#;
+    let answer = handle(&bridge, upload("/records/ACCOUNT", "old-key", accounts)).response;
+    assert_eq!(answer.status(), 202, "{}", String::from_utf8_lossy(answer.body()));
+    let uploads: Vec<_> = gong.calls().into_iter().filter(|c| c.path.starts_with("/v2/crm/entities")).collect();
+    assert_eq!(uploads.len(), 2, "{uploads:?}");
+    assert!(uploads[0].path.contains("clientRequestId=old-key"));
+    assert!(!uploads[1].path.contains("clientRequestId=old-key"), "resent under a fresh id: {uploads:?}");
+    let record: serde_json::Value = serde_json::from_slice(&kv.map.borrow()["request/old-key"]).unwrap();
+    assert_eq!(record["status"], "PENDING", "{record}");
+}
+
+/// The other side of finding 1: when another replica wrote the same request meanwhile (a
+/// claim race), Gong's 409 is that replica's acceptance and the file is not sent a third time.
+#[test]
+fn a_gong_409_after_a_replica_sent_the_same_request_is_accepted() {
+    doubles!(kv, clock, gong, config, bridge, &[]);
+    gong.queue.borrow_mut().push_back(scripted(409, r#"{"requestId":"g409","errors":["clientRequestId already used"]}"#));
+    gong.queue.borrow_mut().push_back(scripted(409, r#"{"requestId":"g409","errors":["clientRequestId already used"]}"#));
+    let kv_ref = &kv;
+    *gong.meanwhile.borrow_mut() = Some(Box::new(move || {
+        let key = "request/race-key";
+        let mut other: serde_json::Value = serde_json::from_slice(&kv_ref.map.borrow()[key]).unwrap();
+        other["submittedBy"] = serde_json::json!("the-other-replica");
+        kv_ref.map.borrow_mut().insert(key.to_owned(), serde_json::to_vec(&other).unwrap());
+    }));
+    let accounts = r#"[{"objectId":"a1","modifiedDate":"2024-05-01T10:00:00Z","name":"Acme"}]"#;
+    let answer = handle(&bridge, upload("/records/ACCOUNT", "race-key", accounts)).response;
+    assert_eq!(answer.status(), 202, "{}", String::from_utf8_lossy(answer.body()));
+    let uploads: Vec<_> = gong.calls().into_iter().filter(|c| c.path.starts_with("/v2/crm/entities")).collect();
+    assert_eq!(uploads.len(), 1, "{uploads:?}");
+}
+
+/// Answer first, also for housekeeping: a delivery that fills the inbox is answered before
+/// the inbox is compacted into the shards; the follow-up compacts it.
+#[test]
+fn a_delivery_that_fills_the_inbox_is_answered_before_compaction() {
+    doubles!(kv, clock, gong, config, bridge, &[("kv_max_keys", "128")]);
+    let inbox = |kv: &MemoryKv| kv.map.borrow().keys().filter(|k| k.starts_with("inbox/")).count();
+    let mut last = None;
+    for i in 0..16 {
+        last = Some(handle(&bridge, webhook(&format!("msg-{i}"), &upsert(&format!("acc-{i}")))));
+    }
+    let last = last.unwrap();
+    assert_eq!(last.response.status(), 202);
+    assert!(last.compact_inbox, "16 inbox keys reach the compaction line of a 128-key budget");
+    assert_eq!(inbox(&kv), 16, "nothing was compacted before the answer");
+    follow_up(&bridge.with_budget(clock.now()), last.compact_inbox);
+    assert_eq!(inbox(&kv), 0, "the follow-up compacted the inbox");
+    assert!(kv.map.borrow().keys().any(|k| k.starts_with("pbuf/ACCOUNT/")));
+}
+
+fn flush(bridge: &Bridge, force: bool) -> serde_json::Value {
+    let path = if force { "/flush?force=true" } else { "/flush" };
+    let answer = handle(bridge, request("POST", path, &[("authorization", "Bearer token")], b"")).response;
+    assert_eq!(answer.status(), 200, "{}", String::from_utf8_lossy(answer.body()));
+    serde_json::from_slice(answer.body()).unwrap()
+}
+
+fn uploaded_ids(gong: &ScriptedGong, upload: usize) -> Vec<String> {
+    let uploads: Vec<_> = gong.calls().into_iter().filter(|c| c.method == "POST" && c.path.starts_with("/v2/crm/entities")).collect();
+    let bodies = gong.bodies.borrow();
+    let body = &bodies[uploads[upload].index];
+    String::from_utf8_lossy(body).lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter_map(|v| v["objectId"].as_str().map(str::to_owned)).collect()
+}
+
+/// Issue 10 finding 2: Gong lists at most 20 failed lines per file. When it counts more
+/// failures than it lists, the unlisted records go out again (without the listed ones) instead
+/// of being reported done.
+#[test]
+fn records_whose_outcome_gong_did_not_list_are_sent_again() {
+    doubles!(kv, clock, gong, config, bridge, &[("gong_calls_per_second", "0")]);
+    let records: Vec<String> = (0..25)
+        .map(|i| format!(r#"{{"objectId":"a{i:02}","modifiedDate":"2024-05-01T10:00:{i:02}Z","name":"Acme"}}"#))
+        .collect();
+    let body = format!(r#"{{"type":"record.upserted","timestamp":"2024-01-01T00:00:00Z","data":{{"objectType":"ACCOUNT","records":[{}]}}}}"#, records.join(","));
+    assert_eq!(handle(&bridge, webhook("msg-25", body.as_bytes())).response.status(), 202);
+    flush(&bridge, true);
+    assert_eq!(uploaded_ids(&gong, 0).len(), 25);
+    let errors: Vec<String> = (1..=20).map(|line| format!(r#"{{"line":{line},"description":"bad value"}}"#)).collect();
+    let failed = format!(r#"{{"requestId":"r","status":"FAILED","errors":[{}],"totalErrorCount":25,"totalSuccessCount":0}}"#, errors.join(","));
+    gong.queue.borrow_mut().push_back(scripted(200, &failed));
+    flush(&bridge, false);
+    flush(&bridge, true);
+    let resent = uploaded_ids(&gong, 1);
+    assert_eq!(resent, vec!["a20", "a21", "a22", "a23", "a24"], "only the records Gong did not list go again");
+    let failures = handle(&bridge, request("GET", "/failures", &[("authorization", "Bearer token")], b"")).response;
+    let failures: serde_json::Value = serde_json::from_slice(failures.body()).unwrap();
+    assert_eq!(failures["total"], 20, "{failures}");
+    let status = handle(&bridge, request("GET", "/records/ACCOUNT/a24/status", &[("authorization", "Bearer token")], b"")).response;
+    let status: serde_json::Value = serde_json::from_slice(status.body()).unwrap();
+    // Done now, and because the second file's DONE covers it, not the first file's FAILED.
+    let second = gong.calls().into_iter().filter(|c| c.path.starts_with("/v2/crm/entities")).nth(1).unwrap().path;
+    assert_eq!(status["state"], "done", "{status}");
+    assert!(second.contains(status["clientRequestId"].as_str().unwrap()), "{status} / {second}");
+}
+
+/// Issue 10 finding 2: a FAILED status with no line listed is not a success for its records.
+#[test]
+fn a_failed_file_with_no_listed_error_is_sent_again() {
+    doubles!(kv, clock, gong, config, bridge, &[("gong_calls_per_second", "0")]);
+    assert_eq!(handle(&bridge, webhook("msg-1", &upsert("acc-1"))).response.status(), 202);
+    flush(&bridge, true);
+    gong.queue.borrow_mut().push_back(scripted(200, r#"{"requestId":"r","status":"FAILED","errors":[]}"#));
+    flush(&bridge, false);
+    flush(&bridge, true);
+    assert_eq!(uploaded_ids(&gong, 1), vec!["acc-1"]);
+}
+
+fn in_progress(gong: &ScriptedGong, answers: usize) {
+    for _ in 0..answers {
+        gong.queue.borrow_mut().push_back(scripted(200, r#"{"requestId":"r","status":"IN_PROGRESS","errors":[]}"#));
+    }
+}
+
+fn status_polls(gong: &ScriptedGong) -> usize {
+    gong.calls().iter().filter(|c| c.path.starts_with("/v2/crm/request-status")).count()
+}
+
+/// Issue 10 finding 3: following one file Gong is slow on, with a flush every 5 s for an
+/// hour, costs a dozen status polls (backoff 10 s doubling to 10 min), not 720.
+#[test]
+fn following_a_slow_file_for_an_hour_costs_a_dozen_polls() {
+    doubles!(kv, clock, gong, config, bridge, &[("gong_calls_per_second", "0")]);
+    assert_eq!(handle(&bridge, webhook("msg-1", &upsert("acc-1"))).response.status(), 202);
+    flush(&bridge, true);
+    gong.calls.borrow_mut().clear();
+    in_progress(&gong, 1_000);
+    for _ in 0..720 {
+        clock.advance(std::time::Duration::from_secs(5));
+        flush(&bridge, false);
+    }
+    let polls = status_polls(&gong);
+    eprintln!("one slow file followed for an hour: {polls} Gong calls");
+    assert!((8..=15).contains(&polls), "{polls} status polls in an hour");
+    // Reading its status answers from the store between polls.
+    let before = status_polls(&gong);
+    handle(&bridge, request("GET", "/records/ACCOUNT/acc-1/status", &[("authorization", "Bearer token")], b""));
+    assert_eq!(status_polls(&gong), before, "a status read before the next poll is due asks Gong nothing");
+}
+
+/// Issue 10 finding 3: Gong keeps a status for 24 h; a file still unresolved then goes out again.
+#[test]
+fn a_file_unresolved_after_24_hours_is_sent_again() {
+    doubles!(kv, clock, gong, config, bridge, &[("gong_calls_per_second", "0"), ("gong_daily_call_cap", "0"), ("outbound_hourly_cap", "0")]);
+    assert_eq!(handle(&bridge, webhook("msg-1", &upsert("acc-1"))).response.status(), 202);
+    flush(&bridge, true);
+    in_progress(&gong, 1_000);
+    for _ in 0..(25 * 6) {
+        clock.advance(std::time::Duration::from_secs(600));
+        flush(&bridge, false);
+    }
+    let uploads = gong.calls().iter().filter(|c| c.path.starts_with("/v2/crm/entities")).count();
+    assert_eq!(uploads, 2, "the unresolved file's record went out again after 24 h");
+}
+
+/// Issue 10 finding 5: the status answer is about the newest version. A failure of an older
+/// version does not shadow a newer one Gong processed, and retrying it puts nothing back.
+#[test]
+fn a_stale_failure_does_not_shadow_a_newer_success() {
+    doubles!(kv, clock, gong, config, bridge, &[("gong_calls_per_second", "0")]);
+    let version = |modified: &str| String::from_utf8(upsert("acc-1")).unwrap().replace("2024-05-01T10:00:00Z", modified);
+    assert_eq!(handle(&bridge, webhook("v1", version("2024-05-01T10:00:00Z").as_bytes())).response.status(), 202);
+    flush(&bridge, true);
+    gong.queue.borrow_mut().push_back(scripted(200, r#"{"requestId":"r","status":"FAILED","errors":[{"line":1,"description":"bad name"}],"totalErrorCount":1}"#));
+    flush(&bridge, false);
+    assert_eq!(handle(&bridge, webhook("v2", version("2024-05-02T10:00:00Z").as_bytes())).response.status(), 202);
+    flush(&bridge, true);
+    flush(&bridge, false);
+    let status = handle(&bridge, request("GET", "/records/ACCOUNT/acc-1/status", &[("authorization", "Bearer token")], b"")).response;
+    let status: serde_json::Value = serde_json::from_slice(status.body()).unwrap();
+    assert_eq!(status["state"], "done", "the newer version is done: {status}");
+    let retry = handle(&bridge, request("POST", "/failures/retry", &[("authorization", "Bearer token"), ("content-type", "application/json")], b"{}"));
+    assert_eq!(retry.response.status(), 200, "{}", String::from_utf8_lossy(retry.response.body()));
+    flush(&bridge, true);
+    let uploads = gong.calls().iter().filter(|c| c.path.starts_with("/v2/crm/entities")).count();
+    assert_eq!(uploads, 2, "the older, failed version was not sent after the newer one");
+}
+
+/// Issue 10 item 11: `POST /flush` answers non-2xx when its work failed (a scheduler must see
+/// it), with the report of what was done; a later flush sends the records.
+#[test]
+fn a_flush_gong_refuses_answers_502_with_its_report() {
+    doubles!(kv, clock, gong, config, bridge, &[("gong_calls_per_second", "0")]);
+    gong.queue.borrow_mut().push_back(scripted(500, r#"{"requestId":"r","errors":["boom"]}"#));
+    assert_eq!(handle(&bridge, webhook("msg-1", &upsert("acc-1"))).response.status(), 202);
+    let failed = handle(&bridge, request("POST", "/flush?force=true", &[("authorization", "Bearer token")], b"")).response;
+    let problem: serde_json::Value = serde_json::from_slice(failed.body()).unwrap();
+    assert_eq!(failed.status(), 502, "{problem}");
+    assert!(problem["detail"].as_str().unwrap().contains("boom"), "{problem}");
+    assert!(problem["report"]["note"].as_str().unwrap().contains("stay buffered"), "{problem}");
+    flush(&bridge, true);
+    assert_eq!(uploaded_ids(&gong, 1), vec!["acc-1"]);
+}
+
