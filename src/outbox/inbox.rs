@@ -49,9 +49,13 @@ pub fn buffer_records(bridge: &Bridge, object_type: ObjectType, records: Vec<Val
         }
     }
     let written = entries.len();
-    for entry in entries {
+    // Below the second, arrivals sort by their nanoseconds, so that compaction merges them in
+    // arrival order (equal modifiedDate: the later arrival wins); a random part keeps keys
+    // unique across replicas, and each part of a split delivery has a key of its own.
+    let arrival = format!("{:09}{}", bridge.clock.now().nanosecond(), uuid::Uuid::new_v4().simple());
+    for (part, entry) in entries.into_iter().enumerate() {
         let bytes = serde_json::to_vec(&entry).map_err(encoding)?;
-        bridge.kv.set(&inbox_key(object_type, now, &uuid::Uuid::new_v4().simple().to_string()), &bytes)?;
+        bridge.kv.set(&inbox_key(object_type, now, &format!("{arrival}-{part:04}")), &bytes)?;
     }
     // Accepted already; compacting is housekeeping, done after the answer.
     Ok(Buffered { accepted: count, superseded: 0, compact_inbox: inbox_before + written >= layout.inbox_compact_at })

@@ -302,3 +302,45 @@ fn a_flush_gong_refuses_answers_502_with_its_report() {
     assert_eq!(uploaded_ids(&gong, 1), vec!["acc-1"]);
 }
 
+
+/// Issue 10 finding 5: two edits of a record with the same modifiedDate, delivered within
+/// the same second: the later arrival is what Gong gets, through the inbox, the compaction
+/// and the flush (the inbox orders arrivals below the second).
+#[test]
+fn equal_modified_dates_the_later_delivery_reaches_gong() {
+    doubles!(kv, clock, gong, config, bridge, &[("gong_calls_per_second", "0")]);
+    let edit = |id: &str, name: &str| {
+        format!(
+            r#"{{"type":"record.upserted","timestamp":"2024-01-01T00:00:00Z","data":{{"objectType":"ACCOUNT","record":{{"objectId":"{id}","modifiedDate":"2024-05-01T10:00:00Z","name":"{name}"}}}}}}"#
+        )
+    };
+    for i in 0..20 {
+        for name in ["first", "second"] {
+            clock.advance(std::time::Duration::from_micros(10));
+            assert_eq!(handle(&bridge, webhook(&format!("m-{i}-{name}"), edit(&format!("a{i:02}"), name).as_bytes())).response.status(), 202);
+        }
+    }
+    flush(&bridge, true);
+    let bodies = gong.bodies.borrow();
+    let names: Vec<String> = String::from_utf8_lossy(&bodies[0]).lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["name"].to_string()).collect();
+    assert_eq!(names.len(), 20);
+    assert!(names.iter().all(|n| n == "\"second\""), "{names:?}");
+}
+
+/// A delivery too large for one inbox value is kept in several, and every record of it goes
+/// to Gong (each part has a key of its own).
+#[test]
+fn every_part_of_a_large_delivery_reaches_gong() {
+    doubles!(kv, clock, gong, config, bridge, &[("gong_calls_per_second", "0"), ("batch_max_records", "100000")]);
+    let filler = "x".repeat(200);
+    let records: Vec<String> =
+        (0..6_000).map(|i| format!(r#"{{"objectId":"big-{i:05}","modifiedDate":"2024-05-01T10:00:00Z","name":"{filler}"}}"#)).collect();
+    let body = format!(r#"{{"type":"record.upserted","timestamp":"2024-01-01T00:00:00Z","data":{{"objectType":"ACCOUNT","records":[{}]}}}}"#, records.join(","));
+    assert_eq!(handle(&bridge, webhook("msg-big", body.as_bytes())).response.status(), 202);
+    assert!(kv.map.borrow().keys().filter(|k| k.starts_with("inbox/")).count() > 1, "the delivery was split");
+    flush(&bridge, true);
+    let mut sent: Vec<String> = (0..gong.calls().iter().filter(|c| c.method == "POST").count()).flat_map(|n| uploaded_ids(&gong, n)).collect();
+    sent.sort();
+    sent.dedup();
+    assert_eq!(sent.len(), 6_000);
+}
