@@ -26,6 +26,8 @@ pub use inbox::{buffer_records, compact_inbox_now};
 pub use locate::{locate, Location};
 
 #[cfg(test)]
+mod model_tests;
+#[cfg(test)]
 mod tests;
 
 

@@ -109,7 +109,9 @@ pub(super) fn merge_into_pending(bridge: &Bridge, layout: Layout, object_type: O
                 // A re-queued version must be pending again, not just known to have been sent;
                 // an arrival held as sent must be the edit that was sent.
                 let sent_this = s.sent.as_ref().is_some_and(|sent| sent.h.is_empty() || sent.h == digest);
-                s.modified > modified || (s.modified == modified && (s.is_pending() || (!requeue && sent_this)))
+                // A re-queue kept out by another edit of the same modifiedDate, sent since, is done too.
+                let sent_other = s.sent.as_ref().is_some_and(|sent| !sent.h.is_empty() && sent.h != digest);
+                s.modified > modified || (s.modified == modified && (s.is_pending() || if requeue { sent_other } else { sent_this }))
             });
             out.push(Merged { tag, outcome, confirmed });
         }

@@ -170,12 +170,13 @@ pub fn merge(shard: &mut Shard, object_id: &str, incoming: Slot, requeue: bool) 
     }
     if incoming.modified == existing.modified {
         // The same modifiedDate: the same edit again is a duplicate; another edit (a CRM that
-        // stamps seconds) is newer by arrival, so the later arrival wins, waiting or sent.
+        // stamps seconds) is newer by arrival, so a later arrival wins, waiting or sent. A
+        // re-queue brings back an edit that was sent before, so it never wins over another.
         let digest = |line: &Option<Box<RawValue>>| line.as_ref().map(|l| line_digest(l.get().as_bytes()));
         let incoming_digest = digest(&incoming.line);
         if existing.is_pending() {
             existing.attempt = existing.attempt.max(incoming.attempt);
-            if digest(&existing.line) == incoming_digest {
+            if requeue || digest(&existing.line) == incoming_digest {
                 return Merge::Duplicate;
             }
             existing.line = incoming.line;
@@ -183,9 +184,11 @@ pub fn merge(shard: &mut Shard, object_id: &str, incoming: Slot, requeue: bool) 
             return Merge::Replaced;
         }
         // A tombstone without a digest predates digests: treated as the same edit.
-        let sent_digest = existing.sent.as_ref().map(|s| s.h.clone()).filter(|h| !h.is_empty());
-        if !requeue && sent_digest.is_none_or(|h| Some(h) == incoming_digest) {
-            return Merge::Duplicate;
+        let same_as_sent = existing.sent.as_ref().map(|s| s.h.as_str()).is_none_or(|h| h.is_empty() || Some(h) == incoming_digest.as_deref());
+        match (requeue, same_as_sent) {
+            (false, true) => return Merge::Duplicate,
+            (true, false) => return Merge::Superseded,
+            _ => {}
         }
     }
     // A record already waiting keeps its place in the queue (its age counts from then).
@@ -430,6 +433,23 @@ mod tests {
         assert_eq!(merge(&mut shard, "a", Slot::pending(10, 170, 0, "d3", edit("third")), false), Merge::Duplicate, "a re-delivery of what was sent");
         assert_eq!(merge(&mut shard, "a", Slot::pending(10, 180, 0, "d4", edit("fourth")), false), Merge::Replaced, "a later edit after the send");
         assert!(shard["a"].is_pending());
+    }
+
+    /// Found by the model test: a re-queue of an edit Gong failed must not replace a later edit
+    /// with the same modifiedDate, waiting or already sent.
+    #[test]
+    fn a_requeued_edit_does_not_replace_a_later_one_with_the_same_modified_date() {
+        let edit = |text: &str| raw_line(format!(r#"{{"objectId":"a","name":"{text}"}}"#).as_bytes()).unwrap();
+        let mut shard = Shard::new();
+        merge(&mut shard, "a", Slot::pending(10, 100, 0, "d1", edit("first")), false);
+        assert!(mark_sent(&mut shard, "a", 10, &line_digest(edit("first").get().as_bytes()), sent(110)));
+        assert_eq!(merge(&mut shard, "a", Slot::pending(10, 120, 0, "d2", edit("second")), false), Merge::Replaced);
+        assert_eq!(merge(&mut shard, "a", Slot::pending(10, 130, 1, "", edit("first")), true), Merge::Duplicate);
+        assert!(shard["a"].line.as_ref().unwrap().get().contains("second"));
+        assert!(mark_sent(&mut shard, "a", 10, &line_digest(edit("second").get().as_bytes()), sent(140)));
+        assert_eq!(merge(&mut shard, "a", Slot::pending(10, 150, 1, "", edit("first")), true), Merge::Superseded);
+        assert!(!shard["a"].is_pending());
+        assert_eq!(merge(&mut shard, "a", Slot::pending(10, 160, 1, "", edit("second")), true), Merge::Replaced, "the sent edit itself is re-queued");
     }
 
     #[test]
