@@ -512,7 +512,7 @@ pub async fn a_90000_record_delivery_is_accepted_within_10s_and_delivered(ctx: &
 /// schedule, not on every flush (here `poll_backoff_seconds=1`: 1, 2, 4, 8 s apart).
 pub async fn a_slow_file_is_polled_with_backoff(ctx: &Ctx) -> anyhow::Result<()> {
     let mock = MockGong::start().await;
-    mock.on("GET", "/v2/crm/request-status", MockResponse::json(200, json!({"requestId": "r", "status": "IN_PROGRESS", "errors": []})));
+    mock.always("GET", "/v2/crm/request-status", MockResponse::json(200, json!({"requestId": "r", "status": "IN_PROGRESS", "errors": []})));
     let spin = ctx.start(&ctx.options(&mock).var("poll_backoff_seconds", "1"), "spin").await?;
     spin.bridge.webhook("msg-slow", &upsert("slow-1", "2024-05-01T10:00:00Z", "slow")).await?.expect(202);
     let started = std::time::Instant::now();
