@@ -143,6 +143,14 @@ pub const WEBHOOK_MAX_BYTES: &str = "webhook_max_bytes";
 pub const MANAGEMENT_MAX_BYTES: &str = "management_max_bytes";
 pub const WORK_BUDGET_MS: &str = "work_budget_ms";
 pub const POLL_BACKOFF_SECONDS: &str = "poll_backoff_seconds";
+pub const INBOX_RELEASE_SECONDS: &str = "inbox_release_seconds";
+
+/// How long a compacted inbox key is kept before it is checked again and deleted, so that a
+/// replica stalled between reading and writing a shard cannot lose a record (`docs/buffer.md`).
+/// Default 60 s (twice the flush lease); 0 deletes right after the read-back.
+pub fn inbox_release_seconds(config: &dyn Config) -> i64 {
+    number::<i64>(config, INBOX_RELEASE_SECONDS).filter(|n| *n >= 0).unwrap_or(60)
+}
 
 /// The wait after a request-status answer that is not final (doubling per answer, at most
 /// 10 minutes). Default 10 s; 0 polls whenever asked.
@@ -200,6 +208,7 @@ const NUMERIC_VARIABLES: &[&str] = &[
     MANAGEMENT_MAX_BYTES,
     WORK_BUDGET_MS,
     POLL_BACKOFF_SECONDS,
+    INBOX_RELEASE_SECONDS,
 ];
 
 /// Numeric variables whose value is not a whole number, as "name (value)": these values are no

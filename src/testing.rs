@@ -8,7 +8,8 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use crate::bridge::Bridge;
-use crate::ports::{Clock, Config, Kv, Outbound, OutboundError, Request, Response};
+use crate::ports::{Clock, Config, Kv, KvError, Outbound, OutboundError, Request, Response};
+use crate::store::memory::MemoryKv;
 
 /// Spin variables from a map; empty values count as unset, as on Spin.
 #[derive(Default)]
@@ -160,4 +161,35 @@ pub fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) 
         builder = builder.header(*k, *v);
     }
     builder.body(body.to_vec()).unwrap_or_default()
+}
+
+/// A store whose next read of a key under `prefix` runs `meanwhile` right after reading:
+/// another replica working between this one's read and write of a shard.
+#[derive(Default)]
+pub struct InterleavedKv<'h> {
+    pub inner: MemoryKv,
+    pub meanwhile: std::cell::RefCell<Option<(String, Box<dyn FnOnce(&dyn Kv) + 'h>)>>,
+}
+
+impl Kv for InterleavedKv<'_> {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        let value = self.inner.get(key)?;
+        let due = self.meanwhile.borrow().as_ref().is_some_and(|(prefix, _)| key.starts_with(prefix.as_str()));
+        if due {
+            let taken = self.meanwhile.borrow_mut().take();
+            if let Some((_, run)) = taken {
+                run(self);
+            }
+        }
+        Ok(value)
+    }
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
+        self.inner.set(key, value)
+    }
+    fn delete(&self, key: &str) -> Result<(), KvError> {
+        self.inner.delete(key)
+    }
+    fn keys(&self) -> Result<Vec<String>, KvError> {
+        self.inner.keys()
+    }
 }

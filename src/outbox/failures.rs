@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use super::lease::under_flush_lease;
 use super::pending::{merge_into_pending, Incoming};
 use super::shards::{self, failure_shard_key, read_map, shard_of, write_map, Slot, FAILURE_SHARD_PREFIX};
-use super::Failure;
+use super::{inflight_key, Failure, InFlight};
 use crate::bridge::Bridge;
 use crate::fault::Fault;
 use crate::gong::models::ObjectType;
@@ -45,8 +45,12 @@ pub fn discard_failure(bridge: &Bridge, object_type: ObjectType, object_id: &str
     under_flush_lease(bridge, |_| {
         let key = failure_shard_key(object_type, shard_of(object_id, layout.failure_shards));
         let mut shard: BTreeMap<String, Failure> = read_map(bridge.kv, &key)?;
-        if shard.remove(object_id).is_none() {
-            return Ok(false);
+        let Some(removed) = shard.remove(object_id) else { return Ok(false) };
+        // A file still settling would write the failure again on its second look.
+        let marker_key = inflight_key(&removed.client_request_id);
+        if let Some(mut marker) = bridge.store().get_json::<InFlight>(&marker_key)? {
+            marker.discarded.push(object_id.to_owned());
+            bridge.store().put_json(&marker_key, &marker)?;
         }
         write_map(bridge.kv, &key, &shard)?;
         Ok(true)

@@ -103,14 +103,14 @@ fn send_file(
     object_type: ObjectType,
     records: Vec<ValidRecord>,
     deliveries: Vec<String>,
-    attempt: u32,
+    attempts: BTreeMap<String, u32>,
 ) -> Result<Option<SentFile>, Fault> {
     let (ldjson, line_ids, merged) = validation::build_ldjson(records);
     if line_ids.is_empty() {
         return Ok(None);
     }
     let client_request_id = format!("fl-{}-{}", object_type.as_str().to_ascii_lowercase(), uuid::Uuid::new_v4().simple());
-    let marker = InFlight { object_type, attempt, sent_at: bridge.clock.now().unix_timestamp() };
+    let marker = InFlight { object_type, attempts, sent_at: bridge.clock.now().unix_timestamp(), settled_at: None, discarded: Vec::new() };
     // The marker goes first: whatever happens next, a poll finds this file.
     bridge.store().put_json(&inflight_key(&client_request_id), &marker)?;
     let count = line_ids.len();
@@ -186,7 +186,11 @@ fn run_bounded(bridge: &Bridge, force: bool, max_files: usize) -> Result<FlushRe
     let unknown: Vec<(ObjectType, u32)> = shards.iter().copied().filter(|(t, n)| !known(*t, *n)).collect();
     let stale = summary.iter().any(|(t, stats)| stats.keys().any(|n| !shards.iter().any(|(st, sn)| st.as_str() == t && sn == n)));
     let due = due_types(&summary, limits, force, now);
-    let needs_lease = !inbox.is_empty() || !unknown.is_empty() || stale || (blocked.is_none() && (!due.is_empty() || !inflight.is_empty()));
+    // Inbox keys merged already need the lease only once they may be released.
+    let settling = inbox::settling(bridge)?;
+    let release_after = settings::inbox_release_seconds(bridge.config);
+    let inbox_work = inbox.iter().any(|key| settling.get(key).is_none_or(|at| now - at >= release_after));
+    let needs_lease = inbox_work || !unknown.is_empty() || stale || (blocked.is_none() && (!due.is_empty() || !inflight.is_empty()));
 
     if needs_lease {
         match lease::take_flush_lease(bridge)? {
@@ -231,7 +235,9 @@ fn run_bounded(bridge: &Bridge, force: bool, max_files: usize) -> Result<FlushRe
         }
     }
     report.pending = pending_report(&read_summary(bridge)?);
-    report.inbox_keys = Some(bridge.kv.keys()?.iter().filter(|k| k.starts_with(INBOX_PREFIX)).count());
+    // Keys whose records wait to be merged; merged ones waiting for release are not counted.
+    let settling = inbox::settling(bridge)?;
+    report.inbox_keys = Some(bridge.kv.keys()?.iter().filter(|k| k.starts_with(INBOX_PREFIX) && !settling.contains_key(*k)).count());
     Ok(report)
 }
 
@@ -339,18 +345,20 @@ fn choose(bridge: &Bridge, object_type: ObjectType, order: &[(i64, u32)], limits
 fn flush_chosen(bridge: &Bridge, gong: &GongClient, integration_id: i64, object_type: ObjectType, chosen: Vec<Chosen>) -> Result<serde_json::Value, Fault> {
     let mut records = Vec::with_capacity(chosen.len());
     let mut deliveries = Vec::new();
-    let mut attempt = 0;
+    let mut attempts = BTreeMap::new();
     let mut sent_versions: BTreeMap<u32, Vec<(String, i64, String)>> = BTreeMap::new();
     for c in chosen {
         let (Some(line), Ok(modified)) = (c.slot.line, time::OffsetDateTime::from_unix_timestamp(c.slot.modified)) else { continue };
-        attempt = attempt.max(c.slot.attempt);
+        if c.slot.attempt > 0 {
+            attempts.insert(c.object_id.clone(), c.slot.attempt);
+        }
         if !c.slot.delivery.is_empty() && deliveries.len() < MAX_DELIVERIES_LISTED {
             deliveries.push(c.slot.delivery);
         }
         sent_versions.entry(c.shard).or_default().push((c.object_id.clone(), c.slot.modified, shards::line_digest(line.get().as_bytes())));
         records.push(ValidRecord { object_id: c.object_id, modified, line: line.get().as_bytes().to_vec() });
     }
-    let Some(sent) = send_file(bridge, gong, integration_id, object_type, records, deliveries, attempt)? else {
+    let Some(sent) = send_file(bridge, gong, integration_id, object_type, records, deliveries, attempts)? else {
         return Ok(json!({"objectType": object_type, "records": 0}));
     };
     let line_of: BTreeMap<&str, usize> = sent.line_ids.iter().enumerate().map(|(i, id)| (id.as_str(), i + 1)).collect();

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::lease::{self, Lease};
 use super::pending::{merge_into_pending, settle, Incoming};
 use super::requests::{self, PAYLOAD};
-use super::shards::{self, failure_shard_key, read_map, shard_of, write_map, Layout, Slot};
+use super::shards::{self, failure_shard_key, pending_shard_key, read_map, shard_of, write_map, Layout, Shard, Slot};
 use super::{inflight_key, Failure, FlushReport, InFlight};
 use crate::bridge::Bridge;
 use crate::fault::Fault;
@@ -93,14 +93,83 @@ pub(super) fn poll_inflight(bridge: &Bridge, inflight: &[String], held: &mut Lea
     Ok(())
 }
 
+/// What a failed file's final status means for its records: those that go out again, and
+/// those that go to the failure store. `None` when the file's payload is gone.
+fn outcome(bridge: &Bridge, record: &RequestRecord, marker: &InFlight) -> Result<Option<(Vec<Requeue>, Vec<Failure>)>, Fault> {
+    let id = &record.client_request_id;
+    let Some(payload) = bridge.store().get_blob(PAYLOAD, id, record.payload_chunks)? else { return Ok(None) };
+    let lines: Vec<&[u8]> = payload.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
+    let file_level: Vec<&str> = record.errors.iter().filter(|e| e.line <= 0).map(|e| e.description.as_str()).collect();
+    let now = bridge.now();
+    let failure = |line: &[u8], object_id: String, modified: i64, description: String| Failure {
+        object_type: marker.object_type,
+        object_id,
+        modified,
+        description,
+        client_request_id: id.clone(),
+        failed_at: now.clone(),
+        line: String::from_utf8_lossy(line).into_owned(),
+    };
+    let mut requeue = Vec::new();
+    let mut failures = Vec::new();
+    if !file_level.is_empty() {
+        let description = format!("Gong failed the whole file: {}", file_level.join("; "));
+        for line in &lines {
+            let Some((object_id, modified)) = identify(line) else { continue };
+            if marker.attempts.get(&object_id).copied().unwrap_or(0) == 0 {
+                requeue.push(Requeue { object_id, modified, line: line.to_vec(), attempt: 1 });
+            } else {
+                failures.push(failure(line, object_id, modified, description.clone()));
+            }
+        }
+    } else {
+        let mut listed = std::collections::BTreeSet::new();
+        for error in &record.errors {
+            let Some(line) = usize::try_from(error.line - 1).ok().and_then(|i| lines.get(i)) else { continue };
+            let Some((object_id, modified)) = identify(line) else { continue };
+            listed.insert(error.line);
+            failures.push(failure(line, object_id, modified, error.description.clone()));
+        }
+        // Gong lists at most 20 failed lines per file ("upload the entire file repeatedly
+        // until you receive a DONE status"): when it counts more failures than it lists, or
+        // lists none, no unlisted record is known to be done. They go out again, without the
+        // listed ones, until a DONE or a listed failure covers each; after three such files a
+        // record goes to the failure store saying Gong gave no reason.
+        let counted = record.totals.error.unwrap_or(0).max(0) as usize;
+        if listed.is_empty() || counted > listed.len() {
+            let description = format!("Gong failed the file ({counted} failures, {} listed) without a reason for this record, three times", listed.len());
+            for (_, line) in lines.iter().enumerate().filter(|(i, _)| !listed.contains(&(*i as i64 + 1))) {
+                let Some((object_id, modified)) = identify(line) else { continue };
+                let attempt = marker.attempts.get(&object_id).copied().unwrap_or(0);
+                if attempt + 1 < UNLISTED_ATTEMPTS {
+                    requeue.push(Requeue { object_id, modified, line: line.to_vec(), attempt: attempt + 1 });
+                } else {
+                    failures.push(failure(line, object_id, modified, description.clone()));
+                }
+            }
+        }
+    }
+    failures.retain(|f| !marker.discarded.contains(&f.object_id));
+    Ok(Some((requeue, failures)))
+}
+
 /// Applies a final status: failed lines go to the failure store; a file-level failure puts the
 /// file's records back to pending once, then into the failure store. Everything is written
 /// before the marker is removed, so a crash in between repeats this step (idempotently).
+///
+/// A failed file's marker and payload then stay for `inbox_release_seconds`, and the step is
+/// checked once more before they go: a replica stalled mid-write may have overwritten a
+/// re-queue or a failure (no compare-and-swap), and what is missing is written again.
 fn settle_file(bridge: &Bridge, record: &RequestRecord, marker: &InFlight, report: &mut FlushReport) -> Result<(), Fault> {
     let store = bridge.store();
     let id = &record.client_request_id;
+    let now = bridge.clock.now().unix_timestamp();
+    let release_after = settings::inbox_release_seconds(bridge.config);
     if record.status == TrackedStatus::Failed {
-        let Some(payload) = store.get_blob(PAYLOAD, id, record.payload_chunks)? else {
+        if marker.settled_at.is_some_and(|at| now - at < release_after) {
+            return Ok(());
+        }
+        let Some((mut requeue, mut failures)) = outcome(bridge, record, marker)? else {
             // Cannot happen unless a chunk was removed by hand; failing here on every poll would
             // stop all later polling, so the file is let go. Its failed lines stay visible by
             // objectId in GET /requests/{id}.
@@ -108,65 +177,47 @@ fn settle_file(bridge: &Bridge, record: &RequestRecord, marker: &InFlight, repor
             store.delete(&inflight_key(id))?;
             return Ok(());
         };
-        let lines: Vec<&[u8]> = payload.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
-        let file_level: Vec<&str> = record.errors.iter().filter(|e| e.line <= 0).map(|e| e.description.as_str()).collect();
-        let now = bridge.now();
-        let failure = |line: &[u8], object_id: String, modified: i64, description: String| Failure {
-            object_type: marker.object_type,
-            object_id,
-            modified,
-            description,
-            client_request_id: id.clone(),
-            failed_at: now.clone(),
-            line: String::from_utf8_lossy(line).into_owned(),
-        };
-        let mut requeue = Vec::new();
-        let mut failures = Vec::new();
-        if !file_level.is_empty() {
-            let description = format!("Gong failed the whole file: {}", file_level.join("; "));
-            for line in &lines {
-                let Some((object_id, modified)) = identify(line) else { continue };
-                if marker.attempt == 0 {
-                    requeue.push(Requeue { object_id, modified, line: line.to_vec(), attempt: 1 });
-                } else {
-                    failures.push(failure(line, object_id, modified, description.clone()));
-                }
+        let layout = settings::layout(bridge.config);
+        if marker.settled_at.is_some() {
+            // The second look: keep only what a concurrent writer took away.
+            requeue.retain(|r| !requeue_held(bridge, layout, marker.object_type, id, r.object_id.as_str(), r.modified).unwrap_or(false));
+            failures.retain(|f| !failure_held(bridge, layout, id, f).unwrap_or(false));
+            if !requeue.is_empty() || !failures.is_empty() {
+                eprintln!("gong-crm-bridge: {} re-queues and {} failures of {id} were overwritten by a concurrent writer; writing them again", requeue.len(), failures.len());
             }
         } else {
-            let mut listed = std::collections::BTreeSet::new();
-            for error in &record.errors {
-                let Some(line) = usize::try_from(error.line - 1).ok().and_then(|i| lines.get(i)) else { continue };
-                let Some((object_id, modified)) = identify(line) else { continue };
-                listed.insert(error.line);
-                failures.push(failure(line, object_id, modified, error.description.clone()));
-            }
-            // Gong lists at most 20 failed lines per file ("upload the entire file repeatedly
-            // until you receive a DONE status"): when it counts more failures than it lists, or
-            // lists none, no unlisted record is known to be done. They go out again, without the
-            // listed ones, until a DONE or a listed failure covers each; after three such files a
-            // record goes to the failure store saying Gong gave no reason.
-            let counted = record.totals.error.unwrap_or(0).max(0) as usize;
-            if listed.is_empty() || counted > listed.len() {
-                let description = format!("Gong failed the file ({counted} failures, {} listed) without a reason for this record, three times", listed.len());
-                for (_, line) in lines.iter().enumerate().filter(|(i, _)| !listed.contains(&(*i as i64 + 1))) {
-                    let Some((object_id, modified)) = identify(line) else { continue };
-                    if marker.attempt + 1 < UNLISTED_ATTEMPTS {
-                        requeue.push(Requeue { object_id, modified, line: line.to_vec(), attempt: marker.attempt + 1 });
-                    } else {
-                        failures.push(failure(line, object_id, modified, description.clone()));
-                    }
-                }
-            }
+            report.requeued += requeue.len();
+            report.failures_added += failures.len();
         }
-        report.requeued += requeue.len();
-        report.failures_added += failures.len();
-        let layout = settings::layout(bridge.config);
+        let wrote = !requeue.is_empty() || !failures.is_empty();
         requeue_records(bridge, layout, marker.object_type, requeue)?;
         add_failures(bridge, layout, failures)?;
+        if release_after > 0 && (marker.settled_at.is_none() || wrote) {
+            return store.put_json(&inflight_key(id), &InFlight { settled_at: Some(now), ..marker.clone() });
+        }
     }
     store.delete_blob(PAYLOAD, id, record.payload_chunks)?;
     store.delete(&inflight_key(id))?;
     Ok(())
+}
+
+/// Whether the pending shard holds a re-queued version (or a newer one): a tombstone of the
+/// failed file itself is no evidence, any later state is.
+fn requeue_held(bridge: &Bridge, layout: Layout, object_type: ObjectType, file: &str, object_id: &str, modified: i64) -> Result<bool, Fault> {
+    let shard: Shard = read_map(bridge.kv, &pending_shard_key(object_type, shard_of(object_id, layout.pending_shards)))?;
+    Ok(shard.get(object_id).is_some_and(|slot| {
+        slot.modified > modified || (slot.modified == modified && (slot.is_pending() || slot.sent.as_ref().is_some_and(|s| s.c != file)))
+    }))
+}
+
+/// Whether a failure is in the failure store, or its record went on (re-queued by
+/// `POST /failures/retry`, or a newer version).
+fn failure_held(bridge: &Bridge, layout: Layout, file: &str, failure: &Failure) -> Result<bool, Fault> {
+    let stored: BTreeMap<String, Failure> = read_map(bridge.kv, &failure_shard_key(failure.object_type, shard_of(&failure.object_id, layout.failure_shards)))?;
+    if stored.get(&failure.object_id).is_some_and(|f| f.modified >= failure.modified) {
+        return Ok(true);
+    }
+    requeue_held(bridge, layout, failure.object_type, file, &failure.object_id, failure.modified)
 }
 
 /// A record going back to pending (a file-level failure, or `POST /failures/retry`).

@@ -1,11 +1,11 @@
 //! Accepting a delivery (one inbox key per delivery, nothing read-modify-written) and
 //! compacting the inbox into the pending shards after the answer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::lease::{self, Lease};
 use super::pending::{merge_into_pending, Incoming};
-use super::shards::{self, inbox_entries, inbox_key, InboxEntry, InboxRecord, Layout, Merge, Slot, INBOX_PREFIX};
+use super::shards::{self, inbox_entries, inbox_key, pending_shard_key, read_map, shard_of, write_map, InboxEntry, InboxRecord, Layout, Merge, Shard, Slot, INBOX_PREFIX};
 use super::{Buffered, FlushReport};
 use crate::bridge::Bridge;
 use crate::fault::{encoding, Fault};
@@ -82,9 +82,35 @@ fn inbox_received(key: &str) -> &str {
     key.strip_prefix(INBOX_PREFIX).and_then(|rest| rest.split('/').nth(1)).unwrap_or("")
 }
 
-/// Moves inbox records into the pending shards (caller holds the lease). An inbox key goes
-/// only when every record in it is confirmed in its shard.
+/// Inbox keys whose records are merged and confirmed, with when (Unix seconds): kept until
+/// `inbox_release_seconds` have passed, then checked against the shards again and deleted.
+const SETTLING_KEY: &str = "buffer/settling";
+
+/// Inbox keys merged already and waiting to be released (not "waiting" records).
+pub(super) fn settling(bridge: &Bridge) -> Result<BTreeMap<String, i64>, Fault> {
+    read_map(bridge.kv, SETTLING_KEY)
+}
+
+/// Moves inbox records into the pending shards (caller holds the lease), and releases inbox
+/// keys merged earlier.
+///
+/// Why an inbox key outlives its merge: without compare-and-swap, a replica that read a shard
+/// before this merge and writes it after (its lease expired while it stalled) overwrites the
+/// merge. The read-back after the settle wait catches such a write only if it lands within the
+/// settle time. So a merged key is kept for `inbox_release_seconds`, then its records are looked
+/// up again: present (at that version or newer) → the key goes; missing → merged again. Under
+/// key pressure (a full inbox) keys go right after the read-back, as the store needs the room.
 pub(super) fn compact_inbox(bridge: &Bridge, layout: Layout, mut inbox: Vec<String>, held: &mut Lease, report: &mut FlushReport) -> Result<(), Fault> {
+    let now = bridge.clock.now().unix_timestamp();
+    let release_after = settings::inbox_release_seconds(bridge.config);
+    let present: BTreeSet<&str> = inbox.iter().map(String::as_str).collect();
+    let mut settling = settling(bridge)?;
+    let settling_before = settling.clone();
+    settling.retain(|key, _| present.contains(key.as_str()));
+    let unmerged = inbox.iter().filter(|k| !settling.contains_key(*k)).count();
+    let pressure = release_after == 0 || unmerged >= layout.inbox_compact_at || inbox.len() >= 2 * layout.inbox_compact_at;
+    // Keys merged before are loaded again only once they may be released.
+    inbox.retain(|key| settling.get(key).is_none_or(|at| pressure || now - at >= release_after));
     inbox.sort_by(|a, b| inbox_received(a).cmp(inbox_received(b)).then(a.cmp(b)));
     let mut loaded: Vec<(String, InboxEntry)> = Vec::new();
     let mut bytes = 0;
@@ -100,6 +126,36 @@ pub(super) fn compact_inbox(bridge: &Bridge, layout: Layout, mut inbox: Vec<Stri
             Err(e) => eprintln!("gong-crm-bridge: inbox value {key} is unreadable ({e}); left in place"),
         }
     }
+    // Release the keys merged before whose records the shards still hold; merge the others again.
+    let mut shards_read: BTreeMap<String, Shard> = BTreeMap::new();
+    let mut to_merge = Vec::with_capacity(loaded.len());
+    for (key, entry) in loaded {
+        if settling.remove(&key).is_none() {
+            to_merge.push((key, entry));
+            continue;
+        }
+        let mut held_by_shards = true;
+        for r in &entry.records {
+            let shard_key = pending_shard_key(entry.t, shard_of(&r.id, layout.pending_shards));
+            if !shards_read.contains_key(&shard_key) {
+                shards_read.insert(shard_key.clone(), read_map(bridge.kv, &shard_key)?);
+            }
+            if shards_read[&shard_key].get(&r.id).is_none_or(|slot| slot.modified < r.m) {
+                held_by_shards = false;
+                break;
+            }
+        }
+        if held_by_shards {
+            // A failed delete leaves records that merge again as duplicates: nothing lost.
+            if let Err(e) = bridge.kv.delete(&key) {
+                eprintln!("gong-crm-bridge: released inbox key {key} left in place: {e}");
+            }
+        } else {
+            eprintln!("gong-crm-bridge: records of {key} were overwritten in their shard by a concurrent writer; merging them again");
+            to_merge.push((key, entry));
+        }
+    }
+    let mut loaded = to_merge;
     let mut complete = vec![true; loaded.len()];
     let mut per_type: BTreeMap<ObjectType, Vec<Incoming>> = BTreeMap::new();
     for (tag, (_, entry)) in loaded.iter_mut().enumerate() {
@@ -127,16 +183,23 @@ pub(super) fn compact_inbox(bridge: &Bridge, layout: Layout, mut inbox: Vec<Stri
                 compacted += 1;
             }
         }
-        // This type's inbox keys go before the next type's shards are created, so the store
-        // needs room for at most one type's new shards at a time (see `Layout::admit_below`).
         for ((key, entry), done) in loaded.iter().zip(&complete) {
-            if *done && entry.t == object_type {
-                // A failed delete leaves records that merge again as duplicates: nothing lost.
+            if !*done || entry.t != object_type {
+                continue;
+            }
+            if pressure {
+                // This type's inbox keys go before the next type's shards are created, so the
+                // store needs room for at most one type's new shards (`Layout::admit_below`).
                 if let Err(e) = bridge.kv.delete(key) {
                     eprintln!("gong-crm-bridge: compacted inbox key {key} left in place: {e}");
                 }
+            } else {
+                settling.insert(key.clone(), now);
             }
         }
+    }
+    if settling != settling_before {
+        write_map(bridge.kv, SETTLING_KEY, &settling)?;
     }
     report.compacted = Some(report.compacted.unwrap_or(0) + compacted);
     report.superseded = Some(report.superseded.unwrap_or(0) + superseded);

@@ -3,6 +3,8 @@
 //! lines to the failure store, unlisted lines out again), and answer "where is my record".
 //! No HTTP here: functions return domain values or a [`Fault`]. Design: `docs/buffer.md`.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -44,9 +46,18 @@ fn inflight_key(client_request_id: &str) -> String {
 #[serde(rename_all = "camelCase")]
 struct InFlight {
     object_type: ObjectType,
-    /// The highest `attempt` among the file's records (file-level failures retry once).
-    attempt: u32,
+    /// Per record (objectId; only those above 0): files that already gave no outcome for it. A
+    /// file-level failure re-sends a record once, an unlisted line up to three times in all.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    attempts: BTreeMap<String, u32>,
     sent_at: i64,
+    /// A failed file whose outcome was written at this time (Unix seconds): checked once more
+    /// after `inbox_release_seconds`, then removed with its payload (see `follow::settle_file`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    settled_at: Option<i64>,
+    /// Failures of this file discarded by `DELETE /failures/…` while it settles: not written again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    discarded: Vec<String>,
 }
 
 /// A record Gong refused, with what Gong said.

@@ -16,7 +16,7 @@ macro_rules! doubles {
     };
 }
 use crate::store::memory::MemoryKv;
-use crate::testing::{bridge, configured, request, ScriptedGong, VirtualClock};
+use crate::testing::{bridge, configured, request, InterleavedKv, ScriptedGong, VirtualClock};
 
 fn upsert(object_id: &str) -> Vec<u8> {
     format!(
@@ -343,4 +343,68 @@ fn every_part_of_a_large_delivery_reaches_gong() {
     sent.sort();
     sent.dedup();
     assert_eq!(sent.len(), 6_000);
+}
+
+/// Issue 10 item 9: two lease holders at once may waste work, never lose a version. Replica A
+/// stalls between reading a shard and writing it back, long enough for its lease to expire;
+/// replica B meanwhile compacts a new record into the same shard. A's write then overwrites
+/// B's: the record must still reach Gong (its inbox key may not be gone yet).
+#[test]
+fn a_stalled_lease_holder_overwriting_a_shard_loses_no_record() {
+    use crate::ports::Kv;
+    let clock = VirtualClock::at(1_700_000_000);
+    let gong = ScriptedGong::new(&clock);
+    let config = configured(&[("kv_max_keys", "128"), ("gong_calls_per_second", "0")]);
+    // Two records of the same pending shard (8 shards at a budget of 128 keys).
+    let pending_shards = crate::settings::layout(&config).pending_shards;
+    let first = "acc-0".to_owned();
+    let second = (1..).map(|i| format!("acc-{i}")).find(|id| super::shards::shard_of(id, pending_shards) == super::shards::shard_of(&first, pending_shards)).unwrap();
+    let (clock, gong, config, second_id) = (&clock, &gong, &config, second.clone());
+    let kv = InterleavedKv::default();
+    let replica = bridge(&kv, config, gong, clock);
+    assert_eq!(handle(&replica, webhook("msg-first", &upsert(&first))).response.status(), 202);
+    *kv.meanwhile.borrow_mut() = Some((
+        "pbuf/ACCOUNT/".to_owned(),
+        Box::new(move |kv: &dyn Kv| {
+            clock.advance(std::time::Duration::from_secs(31));
+            let other = Bridge { kv, config, outbound: gong, clock, deadline: None };
+            let second = second_id;
+            assert_eq!(handle(&other, webhook("msg-second", &upsert(&second))).response.status(), 202);
+            follow_up(&other.with_budget(clock.now()), true);
+        }),
+    ));
+    follow_up(&replica.with_budget(clock.now()), true);
+    assert!(kv.meanwhile.borrow().is_none(), "the interleaving ran");
+    // A quiet period: flushes until nothing is waiting.
+    for _ in 0..10 {
+        clock.advance(std::time::Duration::from_secs(61));
+        flush(&replica, true);
+    }
+    let mut sent: Vec<String> = (0..gong.calls().iter().filter(|c| c.method == "POST").count()).flat_map(|n| uploaded_ids(&gong, n)).collect();
+    sent.sort();
+    sent.dedup();
+    assert_eq!(sent, {
+        let mut both = vec![first.clone(), second.clone()];
+        both.sort();
+        both
+    }, "every accepted record reached Gong; keys left: {:?}", kv.inner.keys().unwrap());
+}
+
+/// A failure discarded while its file settles (its second look after `inbox_release_seconds`)
+/// stays discarded: the second look writes back only what a concurrent writer took away.
+#[test]
+fn a_failure_discarded_while_its_file_settles_stays_discarded() {
+    doubles!(kv, clock, gong, config, bridge, &[("gong_calls_per_second", "0")]);
+    assert_eq!(handle(&bridge, webhook("msg-1", &upsert("acc-1"))).response.status(), 202);
+    flush(&bridge, true);
+    gong.queue.borrow_mut().push_back(scripted(200, r#"{"requestId":"r","status":"FAILED","errors":[{"line":1,"description":"bad value"}],"totalErrorCount":1}"#));
+    flush(&bridge, false);
+    let auth = [("authorization", "Bearer token")];
+    let total = |bridge: &Bridge| serde_json::from_slice::<serde_json::Value>(handle(bridge, request("GET", "/failures", &auth, b"")).response.body()).unwrap()["total"].clone();
+    assert_eq!(total(&bridge), 1);
+    assert_eq!(handle(&bridge, request("DELETE", "/failures/ACCOUNT/acc-1", &auth, b"")).response.status(), 200);
+    clock.advance(std::time::Duration::from_secs(61));
+    flush(&bridge, false);
+    assert_eq!(total(&bridge), 0, "the second look wrote a discarded failure back");
+    assert!(!kv.map.borrow().keys().any(|k| k.starts_with("inflight/")), "the settled file is released");
 }

@@ -312,8 +312,13 @@ impl Drop for Redis {
 /// Keys in Spin's SQLite store of `state_dir` (read with Python's sqlite3, which CI has; `None`
 /// when it cannot be read, e.g. no python3).
 pub fn sqlite_key_count(state_dir: &Path) -> Option<u64> {
+    sqlite_keys_with_prefix(state_dir, "")
+}
+
+/// Keys starting with `prefix` in Spin's SQLite store of `state_dir` (see `sqlite_key_count`).
+pub fn sqlite_keys_with_prefix(state_dir: &Path, prefix: &str) -> Option<u64> {
     let db = state_dir.join("sqlite_key_value.db");
-    let script = "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from spin_key_value').fetchone()[0])";
-    let output = Command::new("python3").args(["-c", script]).arg(&db).stdin(Stdio::null()).output().ok()?;
+    let script = "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from spin_key_value where substr(key, 1, length(?)) = ?', (sys.argv[2], sys.argv[2])).fetchone()[0])";
+    let output = Command::new("python3").args(["-c", script]).arg(&db).arg(prefix).stdin(Stdio::null()).output().ok()?;
     String::from_utf8_lossy(&output.stdout).trim().parse().ok()
 }

@@ -9,7 +9,7 @@ use anyhow::{bail, ensure};
 use serde_json::{json, Value};
 
 use crate::client::{unix_now, Bridge, Reply, CALL_TIMEOUT};
-use crate::harness::{sqlite_key_count, SpinProcess};
+use crate::harness::{sqlite_key_count, sqlite_keys_with_prefix, SpinProcess};
 use crate::support::mock_gong::{MockGong, MockResponse};
 use crate::support::signing::WEBHOOK_SECRET_BYTES;
 use crate::Ctx;
@@ -443,7 +443,9 @@ pub async fn a_failed_flush_is_a_502_and_the_next_one_delivers(ctx: &Ctx) -> any
 pub async fn three_deliveries_of_300_records_leave_a_bounded_key_count(ctx: &Ctx) -> anyhow::Result<()> {
     for kv_max_keys in ["0", "1024"] {
         let mock = MockGong::start().await;
-        let spin = ctx.start(&ctx.options(&mock).var("kv_max_keys", kv_max_keys), &format!("spin-keys-{kv_max_keys}")).await?;
+        // A short second look, so that the case also sees merged inbox keys released.
+        let options = ctx.options(&mock).var("kv_max_keys", kv_max_keys).var("inbox_release_seconds", "2");
+        let spin = ctx.start(&options, &format!("spin-keys-{kv_max_keys}")).await?;
         let mut counts = vec![sqlite_key_count(&spin.state_dir)];
         for round in 0..2u32 {
             let mut ids = BTreeSet::new();
@@ -463,13 +465,19 @@ pub async fn three_deliveries_of_300_records_leave_a_bounded_key_count(ctx: &Ctx
             spin.bridge.force_flush().await?.expect(200);
             counts.push(sqlite_key_count(&spin.state_dir));
         }
-        let [Some(empty), Some(first), Some(second)] = counts[..] else { bail!("the SQLite store could not be read: {counts:?}") };
+        // After the second look: the merged inbox keys are released.
+        tokio::time::sleep(Duration::from_millis(2_500)).await;
+        spin.bridge.force_flush().await?.expect(200);
+        counts.push(sqlite_key_count(&spin.state_dir));
+        let inbox_left = sqlite_keys_with_prefix(&spin.state_dir, "inbox/");
+        ensure!(inbox_left == Some(0), "inbox keys left after their release: {inbox_left:?}");
+        let [Some(empty), Some(first), Some(second), Some(released)] = counts[..] else { bail!("the SQLite store could not be read: {counts:?}") };
         // Steady state: the shards exist; 300 more records add their files' request records
         // (and the odd shard they are the first record of), not a key per record.
         let limit = if kv_max_keys == "1024" { 16 } else { 64 };
         ensure!(second - first <= limit, "300 more records added {} keys (from {first} to {second}), over {limit}", second - first);
         println!(
-            "real-spin: keys (kv_max_keys={kv_max_keys}): {empty} empty, {first} after 300 records in 3 deliveries (+{}), {second} after 300 more (+{})",
+            "real-spin: keys (kv_max_keys={kv_max_keys}): {empty} empty, {first} after 300 records in 3 deliveries (+{}), {second} after 300 more (+{}), {released} once their inbox keys were released",
             first - empty,
             second - first
         );
