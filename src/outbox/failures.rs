@@ -24,7 +24,7 @@ pub fn list_failures(bridge: &Bridge, object_type: Option<ObjectType>, limit: us
     let mut all = Vec::new();
     for key in failure_shard_keys(bridge, object_type)? {
         let shard: BTreeMap<String, Failure> = read_map(bridge.kv, &key)?;
-        all.extend(shard.into_values());
+        all.extend(shard.into_values().filter(|f| f.retried_at.is_none()));
     }
     all.sort_by(|a, b| (a.object_type.as_str(), &a.object_id).cmp(&(b.object_type.as_str(), &b.object_id)));
     let total = all.len();
@@ -36,7 +36,7 @@ pub fn list_failures(bridge: &Bridge, object_type: Option<ObjectType>, limit: us
 pub fn find_failure(bridge: &Bridge, object_type: ObjectType, object_id: &str) -> Result<Option<Failure>, Fault> {
     let layout = settings::layout(bridge.config);
     let mut shard: BTreeMap<String, Failure> = read_map(bridge.kv, &failure_shard_key(object_type, shard_of(object_id, layout.failure_shards)))?;
-    Ok(shard.remove(object_id))
+    Ok(shard.remove(object_id).filter(|f| f.retried_at.is_none()))
 }
 
 /// Removes one failure explicitly; `false` when there was none.
@@ -45,7 +45,7 @@ pub fn discard_failure(bridge: &Bridge, object_type: ObjectType, object_id: &str
     under_flush_lease(bridge, |_| {
         let key = failure_shard_key(object_type, shard_of(object_id, layout.failure_shards));
         let mut shard: BTreeMap<String, Failure> = read_map(bridge.kv, &key)?;
-        let Some(removed) = shard.remove(object_id) else { return Ok(false) };
+        let Some(removed) = shard.remove(object_id).filter(|f| f.retried_at.is_none()) else { return Ok(false) };
         // A file still settling would write the failure again on its second look.
         let marker_key = inflight_key(&removed.client_request_id);
         if let Some(mut marker) = bridge.store().get_json::<InFlight>(&marker_key)? {
@@ -61,13 +61,16 @@ pub fn discard_failure(bridge: &Bridge, object_type: ObjectType, object_id: &str
 /// between leaves a record in both, never in neither.
 pub fn retry_failures(bridge: &Bridge, object_type: Option<ObjectType>, ids: Option<&[String]>) -> Result<usize, Fault> {
     let layout = settings::layout(bridge.config);
+    let release_after = settings::inbox_release_seconds(bridge.config);
     under_flush_lease(bridge, |_| {
         let now = bridge.clock.now().unix_timestamp();
         let mut requeued = 0;
+        let mut retried: BTreeMap<String, i64> = BTreeMap::new();
         for key in failure_shard_keys(bridge, object_type)? {
             let Some((shard_type, _)) = shards::parse_shard_key(&key, FAILURE_SHARD_PREFIX) else { continue };
             let mut shard: BTreeMap<String, Failure> = read_map(bridge.kv, &key)?;
-            let picked: Vec<String> = shard.keys().filter(|id| ids.is_none_or(|ids| ids.contains(id))).cloned().collect();
+            let picked: Vec<String> =
+                shard.iter().filter(|(id, f)| f.retried_at.is_none() && ids.is_none_or(|ids| ids.contains(id))).map(|(id, _)| id.clone()).collect();
             if picked.is_empty() {
                 continue;
             }
@@ -78,12 +81,82 @@ pub fn retry_failures(bridge: &Bridge, object_type: Option<ObjectType>, ids: Opt
             }
             for merged in merge_into_pending(bridge, layout, shard_type, incoming)? {
                 if merged.confirmed {
-                    shard.remove(&picked[merged.tag]);
+                    let id = &picked[merged.tag];
+                    if release_after == 0 {
+                        shard.remove(id);
+                    } else if let Some(f) = shard.get_mut(id) {
+                        // Kept (hidden) until a second look finds it pending: a replica stalled
+                        // mid-write could still overwrite this re-queue.
+                        f.retried_at = Some(now);
+                        retried.entry(key.clone()).or_insert(now);
+                    }
                     requeued += 1;
                 }
             }
             write_map(bridge.kv, &key, &shard)?;
         }
+        if release_after > 0 && !retried.is_empty() {
+            let mut settling: BTreeMap<String, i64> = read_map(bridge.kv, RETRIED_KEY)?;
+            for (key, at) in retried {
+                settling.entry(key).or_insert(at);
+            }
+            write_map(bridge.kv, RETRIED_KEY, &settling)?;
+        }
         Ok(requeued)
     })
+}
+
+/// Failure shards holding re-queued failures, with the earliest re-queue in each.
+pub(super) const RETRIED_KEY: &str = "buffer/retried";
+
+/// The second look at re-queued failures (caller holds the lease): a failure whose record the
+/// pending shards hold again (or a newer version, or a later send) goes; one whose re-queue was
+/// overwritten is re-queued again.
+pub(super) fn release_retried(bridge: &Bridge) -> Result<(), Fault> {
+    let layout = settings::layout(bridge.config);
+    let now = bridge.clock.now().unix_timestamp();
+    let release_after = settings::inbox_release_seconds(bridge.config);
+    let mut settling: BTreeMap<String, i64> = read_map(bridge.kv, RETRIED_KEY)?;
+    let before = settling.clone();
+    for (key, at) in before.iter() {
+        if now - at < release_after {
+            continue;
+        }
+        let Some((object_type, _)) = shards::parse_shard_key(key, FAILURE_SHARD_PREFIX) else {
+            settling.remove(key);
+            continue;
+        };
+        let mut shard: BTreeMap<String, Failure> = read_map(bridge.kv, key)?;
+        let mut again = Vec::new();
+        let mut released = Vec::new();
+        let mut earliest = None;
+        for (id, f) in shard.iter_mut() {
+            let Some(retried_at) = f.retried_at else { continue };
+            if now - retried_at < release_after {
+                earliest = Some(earliest.map_or(retried_at, |e: i64| e.min(retried_at)));
+                continue;
+            }
+            if super::follow::requeue_held(bridge, layout, object_type, &f.client_request_id, id, f.modified)? {
+                released.push(id.clone());
+            } else {
+                eprintln!("gong-crm-bridge: the re-queue of {object_type} {id} was overwritten by a concurrent writer; re-queuing it again");
+                again.push(Incoming { object_id: id.clone(), slot: Slot::pending(f.modified, now, 0, "", shards::raw_line(f.line.as_bytes())?), requeue: true, tag: 0 });
+                f.retried_at = Some(now);
+                earliest = Some(earliest.map_or(now, |e: i64| e.min(now)));
+            }
+        }
+        for id in released {
+            shard.remove(&id);
+        }
+        merge_into_pending(bridge, layout, object_type, again)?;
+        write_map(bridge.kv, key, &shard)?;
+        match earliest {
+            Some(at) => settling.insert(key.clone(), at),
+            None => settling.remove(key),
+        };
+    }
+    if settling != before {
+        write_map(bridge.kv, RETRIED_KEY, &settling)?;
+    }
+    Ok(())
 }

@@ -11,7 +11,7 @@ use super::lease::{self, Lease};
 use super::pending::{pending_report, read_summary, set_stat, write_summary};
 use super::requests::{self, submit_tracked, Submission, PAYLOAD};
 use super::shards::{self, pending_shard_key, read_map, write_map, Sent, Shard, Slot, Summary, INBOX_PREFIX, PENDING_SHARD_PREFIX};
-use super::{follow, inbox, inflight_key, retention, FlushReport, InFlight, INFLIGHT_PREFIX, MAX_DELIVERIES_LISTED};
+use super::{failures, follow, inbox, inflight_key, retention, FlushReport, InFlight, INFLIGHT_PREFIX, MAX_DELIVERIES_LISTED};
 use crate::bridge::Bridge;
 use crate::fault::Fault;
 use crate::gong::client::GongClient;
@@ -177,6 +177,7 @@ fn run_bounded(bridge: &Bridge, force: bool, max_files: usize) -> Result<FlushRe
     let shards: Vec<(ObjectType, u32)> = keys.iter().filter_map(|k| shards::parse_shard_key(k, PENDING_SHARD_PREFIX)).collect();
     let inflight: Vec<String> = keys.iter().filter_map(|k| k.strip_prefix(INFLIGHT_PREFIX)).map(str::to_owned).collect();
     let requests_kept = keys.iter().filter(|k| k.starts_with("request/")).count();
+    let retried_failures = keys.iter().any(|k| k == failures::RETRIED_KEY);
     drop(keys);
     let limits = settings::flush_limits(bridge.config);
     let now = bridge.clock.now().unix_timestamp();
@@ -190,7 +191,7 @@ fn run_bounded(bridge: &Bridge, force: bool, max_files: usize) -> Result<FlushRe
     let settling = inbox::settling(bridge)?;
     let release_after = settings::inbox_release_seconds(bridge.config);
     let inbox_work = inbox.iter().any(|key| settling.get(key).is_none_or(|at| now - at >= release_after));
-    let needs_lease = inbox_work || !unknown.is_empty() || stale || (blocked.is_none() && (!due.is_empty() || !inflight.is_empty()));
+    let needs_lease = inbox_work || retried_failures || !unknown.is_empty() || stale || (blocked.is_none() && (!due.is_empty() || !inflight.is_empty()));
 
     if needs_lease {
         match lease::take_flush_lease(bridge)? {
@@ -205,6 +206,11 @@ fn run_bounded(bridge: &Bridge, force: bool, max_files: usize) -> Result<FlushRe
                     if let Err(e) = inbox::compact_inbox(bridge, layout, inbox, &mut held, &mut report) {
                         report.note = Some(format!("compacting the inbox failed, its records stay there: {e}"));
                         report.failed = Some(format!("compacting the inbox: {e}"));
+                    }
+                    if retried_failures {
+                        if let Err(e) = failures::release_retried(bridge) {
+                            eprintln!("gong-crm-bridge: the second look at re-queued failures: {e}");
+                        }
                     }
                     if let Some(until) = blocked {
                         report.throttled_until = Some(until);

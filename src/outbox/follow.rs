@@ -109,6 +109,7 @@ fn outcome(bridge: &Bridge, record: &RequestRecord, marker: &InFlight) -> Result
         client_request_id: id.clone(),
         failed_at: now.clone(),
         line: String::from_utf8_lossy(line).into_owned(),
+        retried_at: None,
     };
     let mut requeue = Vec::new();
     let mut failures = Vec::new();
@@ -203,7 +204,7 @@ fn settle_file(bridge: &Bridge, record: &RequestRecord, marker: &InFlight, repor
 
 /// Whether the pending shard holds a re-queued version (or a newer one): a tombstone of the
 /// failed file itself is no evidence, any later state is.
-fn requeue_held(bridge: &Bridge, layout: Layout, object_type: ObjectType, file: &str, object_id: &str, modified: i64) -> Result<bool, Fault> {
+pub(super) fn requeue_held(bridge: &Bridge, layout: Layout, object_type: ObjectType, file: &str, object_id: &str, modified: i64) -> Result<bool, Fault> {
     let shard: Shard = read_map(bridge.kv, &pending_shard_key(object_type, shard_of(object_id, layout.pending_shards)))?;
     Ok(shard.get(object_id).is_some_and(|slot| {
         slot.modified > modified || (slot.modified == modified && (slot.is_pending() || slot.sent.as_ref().is_some_and(|s| s.c != file)))

@@ -72,6 +72,10 @@ pub struct Failure {
     pub failed_at: String,
     /// The record as sent (one LDJSON line), so a retry resends exactly it.
     pub line: String,
+    /// Re-queued by `POST /failures/retry` at this time (Unix seconds): hidden, and removed once
+    /// a second look after `inbox_release_seconds` finds the record in the pending shards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retried_at: Option<i64>,
 }
 
 /// What accepting one delivery did.

@@ -408,3 +408,50 @@ fn a_failure_discarded_while_its_file_settles_stays_discarded() {
     assert_eq!(total(&bridge), 0, "the second look wrote a discarded failure back");
     assert!(!kv.map.borrow().keys().any(|k| k.starts_with("inflight/")), "the settled file is released");
 }
+
+/// The same for `POST /failures/retry`: replica A stalls between reading a shard and writing
+/// it back; meanwhile replica B re-queues a failure into that shard. A's write overwrites the
+/// re-queue: the failure must not be gone with it (it stays, hidden, until a second look).
+#[test]
+fn a_retry_overwritten_by_a_stalled_lease_holder_is_not_lost() {
+    use crate::ports::Kv;
+    let clock = VirtualClock::at(1_700_000_000);
+    let gong = ScriptedGong::new(&clock);
+    let config = configured(&[("kv_max_keys", "128"), ("gong_calls_per_second", "0")]);
+    let pending_shards = crate::settings::layout(&config).pending_shards;
+    let failing = "acc-0".to_owned();
+    let other = (1..).map(|i| format!("acc-{i}")).find(|id| super::shards::shard_of(id, pending_shards) == super::shards::shard_of(&failing, pending_shards)).unwrap();
+    let (clock, gong, config) = (&clock, &gong, &config);
+    let kv = InterleavedKv::default();
+    let replica = bridge(&kv, config, gong, clock);
+    let auth = [("authorization", "Bearer token")];
+    assert_eq!(handle(&replica, webhook("msg-fail", &upsert(&failing))).response.status(), 202);
+    flush(&replica, true);
+    gong.queue.borrow_mut().push_back(scripted(200, r#"{"requestId":"r","status":"FAILED","errors":[{"line":1,"description":"bad value"}],"totalErrorCount":1}"#));
+    flush(&replica, false);
+    clock.advance(std::time::Duration::from_secs(61));
+    flush(&replica, false);
+    let failures = |b: &Bridge| serde_json::from_slice::<serde_json::Value>(handle(b, request("GET", "/failures", &auth, b"")).response.body()).unwrap()["total"].clone();
+    assert_eq!(failures(&replica), 1);
+    // A compacts a delivery into the shard; while it stalls, B re-queues the failure there.
+    assert_eq!(handle(&replica, webhook("msg-other", &upsert(&other))).response.status(), 202);
+    *kv.meanwhile.borrow_mut() = Some((
+        "pbuf/ACCOUNT/".to_owned(),
+        Box::new(move |kv: &dyn Kv| {
+            clock.advance(std::time::Duration::from_secs(31));
+            let b = Bridge { kv, config, outbound: gong, clock, deadline: None };
+            let retried = handle(&b, request("POST", "/failures/retry", &[("authorization", "Bearer token")], b"")).response;
+            assert_eq!(retried.status(), 200, "{}", String::from_utf8_lossy(retried.body()));
+        }),
+    ));
+    follow_up(&replica.with_budget(clock.now()), true);
+    assert!(kv.meanwhile.borrow().is_none(), "the interleaving ran");
+    for _ in 0..10 {
+        clock.advance(std::time::Duration::from_secs(61));
+        flush(&replica, true);
+    }
+    let uploads = gong.calls().iter().filter(|c| c.method == "POST").count();
+    let resent = (1..uploads).flat_map(|n| uploaded_ids(gong, n)).filter(|id| *id == failing).count();
+    assert!(resent >= 1, "the retried record never went to Gong again; keys: {:?}", kv.inner.keys().unwrap());
+    assert_eq!(failures(&replica), 0);
+}
