@@ -136,19 +136,23 @@ pub(super) fn release_retried(bridge: &Bridge) -> Result<(), Fault> {
                 earliest = Some(earliest.map_or(retried_at, |e: i64| e.min(retried_at)));
                 continue;
             }
-            if super::follow::requeue_held(bridge, layout, object_type, &f.client_request_id, id, f.modified)? {
+            if super::follow::requeue_held(bridge, layout, object_type, id, f.modified, f.line.as_bytes(), retried_at)? {
                 released.push(id.clone());
             } else {
+                // Written again once, and released: a third look would need a second stall.
                 eprintln!("gong-crm-bridge: the re-queue of {object_type} {id} was overwritten by a concurrent writer; re-queuing it again");
                 again.push(Incoming { object_id: id.clone(), slot: Slot::pending(f.modified, now, 0, "", shards::raw_line(f.line.as_bytes())?), requeue: true, tag: 0 });
-                f.retried_at = Some(now);
-                earliest = Some(earliest.map_or(now, |e: i64| e.min(now)));
+                released.push(id.clone());
             }
+        }
+        let merged = merge_into_pending(bridge, layout, object_type, again)?;
+        if merged.iter().any(|m| !m.confirmed) {
+            // Not written yet (a full shard): the failures stay for the next look.
+            continue;
         }
         for id in released {
             shard.remove(&id);
         }
-        merge_into_pending(bridge, layout, object_type, again)?;
         write_map(bridge.kv, key, &shard)?;
         match earliest {
             Some(at) => settling.insert(key.clone(), at),

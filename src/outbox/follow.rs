@@ -94,8 +94,11 @@ pub(super) fn poll_inflight(bridge: &Bridge, inflight: &[String], held: &mut Lea
 }
 
 /// What a failed file's final status means for its records: those that go out again, and
-/// those that go to the failure store. `None` when the file's payload is gone.
-fn outcome(bridge: &Bridge, record: &RequestRecord, marker: &InFlight) -> Result<Option<(Vec<Requeue>, Vec<Failure>)>, Fault> {
+/// those that go to the failure store.
+type Outcome = (Vec<Requeue>, Vec<Failure>);
+
+/// The [`Outcome`] of a failed file; `None` when its payload is gone.
+fn outcome(bridge: &Bridge, record: &RequestRecord, marker: &InFlight) -> Result<Option<Outcome>, Fault> {
     let id = &record.client_request_id;
     let Some(payload) = bridge.store().get_blob(PAYLOAD, id, record.payload_chunks)? else { return Ok(None) };
     let lines: Vec<&[u8]> = payload.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
@@ -181,8 +184,9 @@ fn settle_file(bridge: &Bridge, record: &RequestRecord, marker: &InFlight, repor
         let layout = settings::layout(bridge.config);
         if marker.settled_at.is_some() {
             // The second look: keep only what a concurrent writer took away.
-            requeue.retain(|r| !requeue_held(bridge, layout, marker.object_type, id, r.object_id.as_str(), r.modified).unwrap_or(false));
-            failures.retain(|f| !failure_held(bridge, layout, id, f).unwrap_or(false));
+            let since = marker.settled_at.unwrap_or(0);
+            requeue.retain(|r| !requeue_held(bridge, layout, marker.object_type, r.object_id.as_str(), r.modified, &r.line, since).unwrap_or(false));
+            failures.retain(|f| !failure_held(bridge, layout, f, since).unwrap_or(false));
             if !requeue.is_empty() || !failures.is_empty() {
                 eprintln!("gong-crm-bridge: {} re-queues and {} failures of {id} were overwritten by a concurrent writer; writing them again", requeue.len(), failures.len());
             }
@@ -190,10 +194,11 @@ fn settle_file(bridge: &Bridge, record: &RequestRecord, marker: &InFlight, repor
             report.requeued += requeue.len();
             report.failures_added += failures.len();
         }
-        let wrote = !requeue.is_empty() || !failures.is_empty();
         requeue_records(bridge, layout, marker.object_type, requeue)?;
         add_failures(bridge, layout, failures)?;
-        if release_after > 0 && (marker.settled_at.is_none() || wrote) {
+        // One second look only: what it writes again is not looked at a third time (that would
+        // need a second stall in the same window), so a file is never followed forever.
+        if release_after > 0 && marker.settled_at.is_none() {
             return store.put_json(&inflight_key(id), &InFlight { settled_at: Some(now), ..marker.clone() });
         }
     }
@@ -202,23 +207,28 @@ fn settle_file(bridge: &Bridge, record: &RequestRecord, marker: &InFlight, repor
     Ok(())
 }
 
-/// Whether the pending shard holds a re-queued version (or a newer one): a tombstone of the
-/// failed file itself is no evidence, any later state is.
-pub(super) fn requeue_held(bridge: &Bridge, layout: Layout, object_type: ObjectType, file: &str, object_id: &str, modified: i64) -> Result<bool, Fault> {
+/// Whether the pending shard holds the edit `line` re-queued at `since` (Unix seconds), or has
+/// moved past it: pending, sent since (a second look re-checks records sent in the same second
+/// as the look before), a later edit, or a newer version. A tombstone of this edit's send before it (the failed file, or a duplicate another replica sent) is no
+/// evidence.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn requeue_held(bridge: &Bridge, layout: Layout, object_type: ObjectType, object_id: &str, modified: i64, line: &[u8], since: i64) -> Result<bool, Fault> {
     let shard: Shard = read_map(bridge.kv, &pending_shard_key(object_type, shard_of(object_id, layout.pending_shards)))?;
+    let digest = shards::line_digest(line);
     Ok(shard.get(object_id).is_some_and(|slot| {
-        slot.modified > modified || (slot.modified == modified && (slot.is_pending() || slot.sent.as_ref().is_some_and(|s| s.c != file)))
+        let other_edit = slot.sent.as_ref().is_some_and(|s| !s.h.is_empty() && s.h != digest);
+        slot.modified > modified || (slot.modified == modified && (slot.is_pending() || other_edit || slot.sent.as_ref().is_some_and(|s| s.at >= since)))
     }))
 }
 
-/// Whether a failure is in the failure store, or its record went on (re-queued by
-/// `POST /failures/retry`, or a newer version).
-fn failure_held(bridge: &Bridge, layout: Layout, file: &str, failure: &Failure) -> Result<bool, Fault> {
+/// Whether a failure written at `since` is in the failure store, or its record went on
+/// (re-queued by `POST /failures/retry`, or a newer version).
+fn failure_held(bridge: &Bridge, layout: Layout, failure: &Failure, since: i64) -> Result<bool, Fault> {
     let stored: BTreeMap<String, Failure> = read_map(bridge.kv, &failure_shard_key(failure.object_type, shard_of(&failure.object_id, layout.failure_shards)))?;
     if stored.get(&failure.object_id).is_some_and(|f| f.modified >= failure.modified) {
         return Ok(true);
     }
-    requeue_held(bridge, layout, failure.object_type, file, &failure.object_id, failure.modified)
+    requeue_held(bridge, layout, failure.object_type, &failure.object_id, failure.modified, failure.line.as_bytes(), since)
 }
 
 /// A record going back to pending (a file-level failure, or `POST /failures/retry`).
@@ -270,8 +280,31 @@ fn add_failures(bridge: &Bridge, layout: Layout, failures: Vec<Failure>) -> Resu
     if failures.is_empty() {
         return Ok(());
     }
-    let mut by_key: BTreeMap<String, Vec<Failure>> = BTreeMap::new();
+    // A failure of an edit the record has moved past (a newer modifiedDate, or a later edit of
+    // the same one, waiting or sent) says nothing about it any more: it is not stored, so it can
+    // neither replace the later edit's own failure nor be re-queued over it.
+    let mut pending_read: BTreeMap<String, Shard> = BTreeMap::new();
+    let mut current = Vec::with_capacity(failures.len());
     for f in failures {
+        let key = pending_shard_key(f.object_type, shard_of(&f.object_id, layout.pending_shards));
+        if !pending_read.contains_key(&key) {
+            pending_read.insert(key.clone(), read_map(bridge.kv, &key)?);
+        }
+        let digest = shards::line_digest(f.line.as_bytes());
+        let moved_on = pending_read[&key].get(&f.object_id).is_some_and(|slot| {
+            let other_edit = match (&slot.line, &slot.sent) {
+                (Some(line), _) => shards::line_digest(line.get().as_bytes()) != digest,
+                (None, Some(sent)) => !sent.h.is_empty() && sent.h != digest,
+                (None, None) => false,
+            };
+            slot.modified > f.modified || (slot.modified == f.modified && other_edit)
+        });
+        if !moved_on {
+            current.push(f);
+        }
+    }
+    let mut by_key: BTreeMap<String, Vec<Failure>> = BTreeMap::new();
+    for f in current {
         by_key.entry(failure_shard_key(f.object_type, shard_of(&f.object_id, layout.failure_shards))).or_default().push(f);
     }
     let mut expected = Vec::new();

@@ -41,6 +41,9 @@ struct GongFile {
     applied: bool,
 }
 
+/// Work another engine does inside a Gong call.
+type Meanwhile<'c> = Box<dyn FnOnce(&ModelGong<'c>) + 'c>;
+
 /// Gong as a model: files are kept by clientRequestId and applied to `held` on their final
 /// status; records named `bad…` fail with a reason (at most 20 listed per file, like Gong).
 struct ModelGong<'c> {
@@ -52,7 +55,7 @@ struct ModelGong<'c> {
     regressions: RefCell<Vec<String>>,
     calls: Cell<usize>,
     /// Runs inside the next call: another engine working while this one waits for Gong.
-    meanwhile: RefCell<Option<Box<dyn FnOnce(&ModelGong<'c>) + 'c>>>,
+    meanwhile: RefCell<Option<Meanwhile<'c>>>,
 }
 
 fn answer(status: u16, body: &str, retry_after: Option<u8>) -> Response {
@@ -167,6 +170,8 @@ enum Step {
     Redeliver { engine: usize, back: usize },
     FollowUp { engine: usize },
     Flush { engine: usize, force: bool },
+    /// `POST /failures/retry`: every failure back to pending.
+    Retry { engine: usize },
     Advance { seconds: u16 },
     Gong(GongFault),
     /// The store refuses writes while one engine does its follow-up.
@@ -175,7 +180,7 @@ enum Step {
     Race,
     /// Engine 0 stalls between reading a shard and writing it back, its lease expires, and a
     /// delivery to engine 1 is compacted meanwhile (a write engine 0 then overwrites).
-    Stall { ids: Vec<u8>, version: u8 },
+    Stall { ids: Vec<u8>, version: u8, retry: bool },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -186,6 +191,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (engine.clone(), 1usize..5).prop_map(|(engine, back)| Step::Redeliver { engine, back }),
         3 => engine.clone().prop_map(|engine| Step::FollowUp { engine }),
         1 => (engine.clone(), any::<bool>()).prop_map(|(engine, force)| Step::Flush { engine, force }),
+        1 => engine.clone().prop_map(|engine| Step::Retry { engine }),
         2 => (1u16..900).prop_map(|seconds| Step::Advance { seconds }),
         2 => prop_oneof![
             Just(GongFault::ServerError),
@@ -196,7 +202,7 @@ fn step() -> impl Strategy<Value = Step> {
         .prop_map(Step::Gong),
         1 => engine.prop_map(|engine| Step::StoreOutage { engine }),
         1 => Just(Step::Race),
-        1 => (prop::collection::vec(0u8..IDS, 1..4), 0u8..4).prop_map(|(ids, version)| Step::Stall { ids, version }),
+        1 => (prop::collection::vec(0u8..IDS, 1..4), 0u8..4, any::<bool>()).prop_map(|(ids, version, retry)| Step::Stall { ids, version, retry }),
     ]
 }
 
@@ -282,6 +288,9 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 let path = if force { "/flush?force=true" } else { "/flush" };
                 handle(&bridges[engine].with_budget(clock.now()), request("POST", path, &[("authorization", "Bearer token")], b""));
             }
+            Step::Retry { engine } => {
+                handle(&bridges[engine], request("POST", "/failures/retry", &[("authorization", "Bearer token")], b""));
+            }
             Step::Advance { seconds } => clock.advance(Duration::from_secs(seconds.into())),
             Step::Gong(fault) => gong.faults.borrow_mut().push_back(fault),
             Step::StoreOutage { engine } => {
@@ -299,7 +308,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 follow_up(&bridges[0].with_budget(clock.now()), true);
                 gong.meanwhile.borrow_mut().take();
             }
-            Step::Stall { ids, version } => {
+            Step::Stall { ids, version, retry } => {
                 let name = format!("v{version}-stall-s{n}");
                 let body = delivery(&ids, version, &name);
                 let answered: &'static Cell<u16> = Box::leak(Box::new(Cell::new(0)));
@@ -311,6 +320,9 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                         let other = engine(kv, config, gong, clock);
                         let handled = handle(&other, webhook(&format!("stall-{n}"), &sent));
                         answered.set(handled.response.status().as_u16());
+                        if retry {
+                            handle(&other, request("POST", "/failures/retry", &[("authorization", "Bearer token")], b""));
+                        }
                         follow_up(&other.with_budget(clock.now()), true);
                     }),
                 ));
@@ -412,3 +424,4 @@ fn a_busy_day_with_every_fault_keeps_every_promise() {
     }
     run(steps).unwrap();
 }
+
