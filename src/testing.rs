@@ -163,12 +163,15 @@ pub fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) 
     builder.body(body.to_vec()).unwrap_or_default()
 }
 
+/// What another replica does between this one's read and write: it gets the store.
+pub type KvMeanwhile<'h> = Box<dyn FnOnce(&dyn Kv) + 'h>;
+
 /// A store whose next read of a key under `prefix` runs `meanwhile` right after reading:
 /// another replica working between this one's read and write of a shard.
 #[derive(Default)]
 pub struct InterleavedKv<'h> {
     pub inner: MemoryKv,
-    pub meanwhile: std::cell::RefCell<Option<(String, Box<dyn FnOnce(&dyn Kv) + 'h>)>>,
+    pub meanwhile: RefCell<Option<(String, KvMeanwhile<'h>)>>,
 }
 
 impl Kv for InterleavedKv<'_> {

@@ -380,7 +380,7 @@ fn a_stalled_lease_holder_overwriting_a_shard_loses_no_record() {
         clock.advance(std::time::Duration::from_secs(61));
         flush(&replica, true);
     }
-    let mut sent: Vec<String> = (0..gong.calls().iter().filter(|c| c.method == "POST").count()).flat_map(|n| uploaded_ids(&gong, n)).collect();
+    let mut sent: Vec<String> = (0..gong.calls().iter().filter(|c| c.method == "POST").count()).flat_map(|n| uploaded_ids(gong, n)).collect();
     sent.sort();
     sent.dedup();
     assert_eq!(sent, {
