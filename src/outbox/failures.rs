@@ -139,10 +139,11 @@ pub(super) fn release_retried(bridge: &Bridge) -> Result<(), Fault> {
             if super::follow::requeue_held(bridge, layout, object_type, id, f.modified, f.line.as_bytes(), retried_at)? {
                 released.push(id.clone());
             } else {
-                // Written again once, and released: a third look would need a second stall.
+                // Written again, and looked at again later (against this new time).
                 eprintln!("gong-crm-bridge: the re-queue of {object_type} {id} was overwritten by a concurrent writer; re-queuing it again");
                 again.push(Incoming { object_id: id.clone(), slot: Slot::pending(f.modified, now, 0, "", shards::raw_line(f.line.as_bytes())?), requeue: true, tag: 0 });
-                released.push(id.clone());
+                f.retried_at = Some(now);
+                earliest = Some(earliest.map_or(now, |e: i64| e.min(now)));
             }
         }
         let merged = merge_into_pending(bridge, layout, object_type, again)?;

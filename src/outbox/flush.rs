@@ -110,7 +110,7 @@ fn send_file(
         return Ok(None);
     }
     let client_request_id = format!("fl-{}-{}", object_type.as_str().to_ascii_lowercase(), uuid::Uuid::new_v4().simple());
-    let marker = InFlight { object_type, attempts, sent_at: bridge.clock.now().unix_timestamp(), settled_at: None, discarded: Vec::new() };
+    let marker = InFlight { object_type, attempts, sent_at: bridge.clock.now().unix_timestamp(), settled_at: None, settled_first: None, rewritten: BTreeMap::new(), discarded: Vec::new() };
     // The marker goes first: whatever happens next, a poll finds this file.
     bridge.store().put_json(&inflight_key(&client_request_id), &marker)?;
     let count = line_ids.len();
@@ -235,7 +235,7 @@ fn run_bounded(bridge: &Bridge, force: bool, max_files: usize) -> Result<FlushRe
     if let Err(e) = bridge.idempotency().sweep() {
         eprintln!("gong-crm-bridge: idempotency sweep: {e}");
     }
-    if requests_kept > layout.request_retention {
+    if retention::due(bridge, layout, requests_kept).unwrap_or(false) {
         if let Err(e) = retention::retain_requests(bridge, layout) {
             eprintln!("gong-crm-bridge: request retention: {e}");
         }

@@ -184,9 +184,11 @@ fn settle_file(bridge: &Bridge, record: &RequestRecord, marker: &InFlight, repor
         let layout = settings::layout(bridge.config);
         if marker.settled_at.is_some() {
             // The second look: keep only what a concurrent writer took away.
-            let since = marker.settled_at.unwrap_or(0);
-            requeue.retain(|r| !requeue_held(bridge, layout, marker.object_type, r.object_id.as_str(), r.modified, &r.line, since).unwrap_or(false));
-            failures.retain(|f| !failure_held(bridge, layout, f, since).unwrap_or(false));
+            // Each record is checked against the time it was last written.
+            let first = marker.settled_first.or(marker.settled_at).unwrap_or(0);
+            let since = |id: &str| marker.rewritten.get(id).copied().unwrap_or(first);
+            requeue.retain(|r| !requeue_held(bridge, layout, marker.object_type, r.object_id.as_str(), r.modified, &r.line, since(&r.object_id)).unwrap_or(false));
+            failures.retain(|f| !failure_held(bridge, layout, f, since(&f.object_id)).unwrap_or(false));
             if !requeue.is_empty() || !failures.is_empty() {
                 eprintln!("gong-crm-bridge: {} re-queues and {} failures of {id} were overwritten by a concurrent writer; writing them again", requeue.len(), failures.len());
             }
@@ -194,12 +196,17 @@ fn settle_file(bridge: &Bridge, record: &RequestRecord, marker: &InFlight, repor
             report.requeued += requeue.len();
             report.failures_added += failures.len();
         }
+        let written: Vec<String> = requeue.iter().map(|r| r.object_id.clone()).chain(failures.iter().map(|f| f.object_id.clone())).collect();
         requeue_records(bridge, layout, marker.object_type, requeue)?;
         add_failures(bridge, layout, failures)?;
-        // One second look only: what it writes again is not looked at a third time (that would
-        // need a second stall in the same window), so a file is never followed forever.
-        if release_after > 0 && marker.settled_at.is_none() {
-            return store.put_json(&inflight_key(id), &InFlight { settled_at: Some(now), ..marker.clone() });
+        // Looked at again until a look finds everything held; a record written again is
+        // checked against its own write time, so records held once stay held.
+        if release_after > 0 && (marker.settled_at.is_none() || !written.is_empty()) {
+            let mut next = InFlight { settled_at: Some(now), settled_first: marker.settled_first.or(Some(now)), ..marker.clone() };
+            if marker.settled_at.is_some() {
+                next.rewritten.extend(written.into_iter().map(|id| (id, now)));
+            }
+            return store.put_json(&inflight_key(id), &next);
         }
     }
     store.delete_blob(PAYLOAD, id, record.payload_chunks)?;
@@ -208,8 +215,8 @@ fn settle_file(bridge: &Bridge, record: &RequestRecord, marker: &InFlight, repor
 }
 
 /// Whether the pending shard holds the edit `line` re-queued at `since` (Unix seconds), or has
-/// moved past it: pending, sent since (a second look re-checks records sent in the same second
-/// as the look before), a later edit, or a newer version. A tombstone of this edit's send before it (the failed file, or a duplicate another replica sent) is no
+/// moved past it: pending, sent after `since` (a send in the same second counts as missing: at
+/// worst a duplicate), a later edit, or a newer version. A tombstone of this edit's send before it (the failed file, or a duplicate another replica sent) is no
 /// evidence.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn requeue_held(bridge: &Bridge, layout: Layout, object_type: ObjectType, object_id: &str, modified: i64, line: &[u8], since: i64) -> Result<bool, Fault> {
@@ -217,7 +224,7 @@ pub(super) fn requeue_held(bridge: &Bridge, layout: Layout, object_type: ObjectT
     let digest = shards::line_digest(line);
     Ok(shard.get(object_id).is_some_and(|slot| {
         let other_edit = slot.sent.as_ref().is_some_and(|s| !s.h.is_empty() && s.h != digest);
-        slot.modified > modified || (slot.modified == modified && (slot.is_pending() || other_edit || slot.sent.as_ref().is_some_and(|s| s.at >= since)))
+        slot.modified > modified || (slot.modified == modified && (slot.is_pending() || other_edit || slot.sent.as_ref().is_some_and(|s| s.at > since)))
     }))
 }
 

@@ -55,6 +55,12 @@ struct InFlight {
     /// after `inbox_release_seconds`, then removed with its payload (see `follow::settle_file`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     settled_at: Option<i64>,
+    /// When the outcome was first written (Unix seconds), and when each record written again by
+    /// a later look was (objectId → time): what a look checks a record's state against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    settled_first: Option<i64>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    rewritten: BTreeMap<String, i64>,
     /// Failures of this file discarded by `DELETE /failures/…` while it settles: not written again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     discarded: Vec<String>,

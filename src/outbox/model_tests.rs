@@ -425,3 +425,4 @@ fn a_busy_day_with_every_fault_keeps_every_promise() {
     run(steps).unwrap();
 }
 
+

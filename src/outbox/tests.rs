@@ -455,3 +455,22 @@ fn a_retry_overwritten_by_a_stalled_lease_holder_is_not_lost() {
     assert!(resent >= 1, "the retried record never went to Gong again; keys: {:?}", kv.inner.keys().unwrap());
     assert_eq!(failures(&replica), 0);
 }
+
+/// Issue 10 item 8: retention is bounded by age as well as count. A finished request record
+/// older than `idempotency_ttl_seconds` goes, with its line map and index key, even when the
+/// store holds few of them; the record's status still answers from its tombstone.
+#[test]
+fn finished_request_records_expire_by_age() {
+    doubles!(kv, clock, gong, config, bridge, &[("gong_calls_per_second", "0")]);
+    assert_eq!(handle(&bridge, webhook("msg-1", &upsert("acc-1"))).response.status(), 202);
+    flush(&bridge, true);
+    flush(&bridge, true);
+    let kept = |kv: &MemoryKv| kv.map.borrow().keys().filter(|k| k.starts_with("request/") || k.starts_with("reqidx/") || k.starts_with("blob/lines/")).count();
+    assert_eq!(kept(&kv), 3, "one request record, its index key and its line map");
+    clock.advance(std::time::Duration::from_secs(8 * 24 * 3600));
+    flush(&bridge, false);
+    assert_eq!(kept(&kv), 0, "{:?}", kv.map.borrow().keys().collect::<Vec<_>>());
+    let status = handle(&bridge, request("GET", "/records/ACCOUNT/acc-1/status", &[("authorization", "Bearer token")], b"")).response;
+    assert_eq!(status.status(), 200);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(status.body()).unwrap()["state"], "done");
+}
