@@ -161,9 +161,9 @@ fn outcome(bridge: &Bridge, record: &RequestRecord, marker: &InFlight) -> Result
 /// file's records back to pending once, then into the failure store. Everything is written
 /// before the marker is removed, so a crash in between repeats this step (idempotently).
 ///
-/// A failed file's marker and payload then stay for `inbox_release_seconds`, and the step is
-/// checked once more before they go: a replica stalled mid-write may have overwritten a
-/// re-queue or a failure (no compare-and-swap), and what is missing is written again.
+/// A failed file's marker and payload then stay, and every `inbox_release_seconds` the step is
+/// checked again until a look finds it whole: a replica stalled mid-write may have overwritten
+/// a re-queue or a failure (no compare-and-swap), and what is missing is written again.
 fn settle_file(bridge: &Bridge, record: &RequestRecord, marker: &InFlight, report: &mut FlushReport) -> Result<(), Fault> {
     let store = bridge.store();
     let id = &record.client_request_id;
@@ -183,8 +183,8 @@ fn settle_file(bridge: &Bridge, record: &RequestRecord, marker: &InFlight, repor
         };
         let layout = settings::layout(bridge.config);
         if marker.settled_at.is_some() {
-            // The second look: keep only what a concurrent writer took away.
-            // Each record is checked against the time it was last written.
+            // A later look: keep only what a concurrent writer took away, each record checked
+            // against the time it was itself last written.
             let first = marker.settled_first.or(marker.settled_at).unwrap_or(0);
             let since = |id: &str| marker.rewritten.get(id).copied().unwrap_or(first);
             requeue.retain(|r| !requeue_held(bridge, layout, marker.object_type, r.object_id.as_str(), r.modified, &r.line, since(&r.object_id)).unwrap_or(false));
