@@ -190,7 +190,7 @@ fn run_bounded(bridge: &Bridge, force: bool, max_files: usize) -> Result<FlushRe
     // Inbox keys merged already need the lease only once they may be released.
     let settling = inbox::settling(bridge)?;
     let release_after = settings::inbox_release_seconds(bridge.config);
-    let inbox_work = inbox.iter().any(|key| settling.get(key).is_none_or(|at| now - at >= release_after));
+    let inbox_work = inbox.iter().any(|key| inbox::has_work(&settling, key, now, release_after, false));
     let needs_lease = inbox_work || retried_failures || !unknown.is_empty() || stale || (blocked.is_none() && (!due.is_empty() || !inflight.is_empty()));
 
     if needs_lease {

@@ -91,6 +91,12 @@ pub(super) fn settling(bridge: &Bridge) -> Result<BTreeMap<String, i64>, Fault> 
     read_map(bridge.kv, SETTLING_KEY)
 }
 
+/// Whether compaction has work for this inbox key now: not merged yet, or merged long enough
+/// ago to be looked at again (`inbox_release_seconds`), or any merged key under key pressure.
+pub(super) fn has_work(settling: &BTreeMap<String, i64>, key: &str, now: i64, release_after: i64, pressure: bool) -> bool {
+    settling.get(key).is_none_or(|at| pressure || now - at >= release_after)
+}
+
 /// Moves inbox records into the pending shards (caller holds the lease), and releases inbox
 /// keys merged earlier.
 ///
@@ -110,7 +116,7 @@ pub(super) fn compact_inbox(bridge: &Bridge, layout: Layout, mut inbox: Vec<Stri
     let unmerged = inbox.iter().filter(|k| !settling.contains_key(*k)).count();
     let pressure = release_after == 0 || unmerged >= layout.inbox_compact_at || inbox.len() >= 2 * layout.inbox_compact_at;
     // Keys merged before are loaded again only once they may be released.
-    inbox.retain(|key| settling.get(key).is_none_or(|at| pressure || now - at >= release_after));
+    inbox.retain(|key| has_work(&settling, key, now, release_after, pressure));
     inbox.sort_by(|a, b| inbox_received(a).cmp(inbox_received(b)).then(a.cmp(b)));
     let mut loaded: Vec<(String, InboxEntry)> = Vec::new();
     let mut bytes = 0;
