@@ -27,9 +27,8 @@ pub enum FollowUp {
 /// Handles one request; never panics on bad input, and every error becomes problem+json.
 /// No flush, compaction or poll runs here: that is [`follow_up`], after the answer is sent.
 pub fn handle(bridge: &Bridge, request: Request) -> Handled {
-    let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let checks_buffer = !matches!(path.as_str(), "/healthz" | "/flush");
+    let checks_buffer = !matches!(path.as_str(), "/healthz" | "/flush" | "/" | "/openapi.json");
     match route(bridge, request) {
         // Only after a served (2xx) request: an unauthenticated caller cannot make the bridge
         // scan its store.
@@ -37,16 +36,19 @@ pub fn handle(bridge: &Bridge, request: Request) -> Handled {
             let compact_inbox = response.extensions_mut().remove::<FollowUp>() == Some(FollowUp::CompactInbox);
             Handled { follow_up: checks_buffer && response.status().is_success(), compact_inbox, response }
         }
-        Err(error) => Handled { response: refuse(&method, &path, error), follow_up: false, compact_inbox: false },
+        Err(error) => {
+            if path == "/webhooks" {
+                // Refusals do no engine work; they are counted by sampling (see `tally`).
+                bridge.tally.webhook_refused(error.slug(), uuid::Uuid::new_v4().as_bytes()[0]);
+            }
+            Handled { response: refuse(error), follow_up: false, compact_inbox: false }
+        }
     }
 }
 
-/// The problem+json answer to `error`, logged once when it is the bridge's or Gong's fault
-/// (without secrets: errors never carry credentials, see gong::client::Auth).
-pub fn refuse(method: &http::Method, path: &str, error: ApiError) -> Response {
-    if error.status() >= 500 {
-        eprintln!("gong-crm-bridge: {method} {path} -> {}: {error}", error.status());
-    }
+/// The problem+json answer to `error` (the request's log line, written by the edge once the
+/// answer is sent, carries its status and detail).
+pub fn refuse(error: ApiError) -> Response {
     error.into_response()
 }
 
@@ -55,11 +57,11 @@ pub fn refuse(method: &http::Method, path: &str, error: ApiError) -> Response {
 pub fn follow_up(bridge: &Bridge, compact_inbox: bool) {
     if compact_inbox {
         if let Err(e) = crate::outbox::compact_inbox_now(bridge) {
-            eprintln!("gong-crm-bridge: inbox compaction after the answer: {e}");
+            crate::log::error("inbox compaction after the answer failed").field("error", e.to_string()).emit();
         }
     }
     if let Err(e) = crate::outbox::check(bridge) {
-        eprintln!("gong-crm-bridge: buffer check after the answer: {e}");
+        crate::log::error("the buffer check after the answer failed").field("error", e.to_string()).emit();
     }
 }
 
@@ -69,10 +71,17 @@ fn route(bridge: &Bridge, mut request: Request) -> Result<Response, ApiError> {
     let segments: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
     let method = request.method().clone();
 
-    if segments.as_slice() == ["healthz"] {
+    // Unauthenticated, and served even when misconfigured: they hold no data.
+    let open = match segments.as_slice() {
+        ["healthz"] => Some(routes::health::get as fn(&Bridge) -> Response),
+        [] => Some((|_| routes::status::page()) as fn(&Bridge) -> Response),
+        ["openapi.json"] => Some((|_| routes::status::openapi()) as fn(&Bridge) -> Response),
+        _ => None,
+    };
+    if let Some(answer) = open {
         return match method {
-            Method::GET | Method::HEAD => Ok(routes::health::get(bridge)),
-            _ => Err(not_allowed(&method, "GET")),
+            Method::GET | Method::HEAD => Ok(answer(bridge)),
+            _ => Err(not_allowed(&method, "GET, HEAD")),
         };
     }
     // A malformed number (say `kv_max_keys=1,024`) would otherwise be read as its default.
@@ -99,14 +108,14 @@ fn route(bridge: &Bridge, mut request: Request) -> Result<Response, ApiError> {
 
     let changes_state = !matches!(method, Method::GET | Method::HEAD);
     if changes_state && request.headers().contains_key("idempotency-key") {
-        return with_idempotency(bridge, &mut request, |request| dispatch(bridge, request, &method, &segments, allowed));
+        return with_idempotency(bridge, &mut request, |request| dispatch(bridge, request, &method, &segments, &allowed));
     }
-    dispatch(bridge, &mut request, &method, &segments, allowed)
+    dispatch(bridge, &mut request, &method, &segments, &allowed)
 }
 
 /// Handlers get the request mutably only so that `POST /records` can take its body and free
 /// it once validated (a body-sized copy less at the peak).
-fn dispatch(bridge: &Bridge, request: &mut Request, method: &http::Method, segments: &[&str], allowed: &'static str) -> Result<Response, ApiError> {
+fn dispatch(bridge: &Bridge, request: &mut Request, method: &http::Method, segments: &[&str], allowed: &str) -> Result<Response, ApiError> {
     use http::Method;
     match (method, segments) {
         (&Method::PUT, ["integration"]) => routes::integration::register(bridge, request),
@@ -124,6 +133,8 @@ fn dispatch(bridge: &Bridge, request: &mut Request, method: &http::Method, segme
         (&Method::GET, ["requests", id]) => routes::requests::get(bridge, id),
         (&Method::POST, ["requests", id, "retry"]) => routes::requests::retry(bridge, id),
         (&Method::POST, ["sweep"]) => sweep(bridge),
+        (&Method::GET, ["status"]) => routes::status::status(bridge),
+        (&Method::GET, ["metrics"]) => routes::status::metrics(bridge),
         (&Method::POST, ["flush"]) => routes::failures::flush_now(&bridge.with_budget(bridge.clock.now()), request),
         (&Method::GET, ["failures"]) => routes::failures::list(bridge, request),
         (&Method::POST, ["failures", "retry"]) => routes::failures::retry(bridge, request),
@@ -133,7 +144,7 @@ fn dispatch(bridge: &Bridge, request: &mut Request, method: &http::Method, segme
 }
 
 /// Runs a state-changing management request under its `Idempotency-Key`, scoped to the
-/// method and path: a replay answers the stored response, a reuse with another body is 422.
+/// method and path: a replay answers the stored response, a reuse with another body or query is 422.
 fn with_idempotency(
     bridge: &Bridge,
     request: &mut Request,
@@ -147,13 +158,13 @@ fn with_idempotency(
     }
     let idem = bridge.idempotency();
     let scope = format!("{} {}", request.method(), request.uri().path());
-    let claim = match idem.begin_checked(&scope, &key, &crate::idempotency::fingerprint(request.body()))? {
+    let claim = match idem.begin_checked(&scope, &key, &crate::idempotency::request_fingerprint(request.uri().query().unwrap_or(""), request.body()))? {
         crate::idempotency::Begin::Replay(response) => return Ok(response),
         crate::idempotency::Begin::Proceed(claim) => claim,
     };
     let response = run(request).unwrap_or_else(ApiError::into_response);
     if let Err(e) = idem.complete(claim, &response) {
-        eprintln!("gong-crm-bridge: could not store the idempotency record for {scope}: {e}");
+        crate::log::error("could not store the idempotency record").field("route", scope.as_str()).field("error", e.to_string()).emit();
     }
     Ok(response)
 }
@@ -165,27 +176,53 @@ fn sweep(bridge: &Bridge) -> Result<Response, ApiError> {
     Ok(crate::problem::json_response(200, &serde_json::json!({ "expiredKeysRemoved": removed })))
 }
 
-fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
-    match segments {
-        ["integration"] => Some("GET, PUT, DELETE"),
-        ["schema"] => Some("GET"),
-        ["schema", _] => Some("GET, POST"),
-        ["records", _] => Some("GET, POST"),
-        ["requests"] => Some("GET"),
-        ["requests", _] => Some("GET"),
-        ["records", _, _, "status"] => Some("GET"),
-        ["sweep"] => Some("POST"),
-        ["flush"] => Some("POST"),
-        ["failures"] => Some("GET"),
-        ["failures", "retry"] => Some("POST"),
-        ["failures", _, _] => Some("DELETE"),
-        ["requests", _, "retry"] => Some("POST"),
-        _ => None,
-    }
+/// Every route the router serves, as `(method, path template)`: the one list the 404/405
+/// answers (and their `Allow`) come from, and the one `docs/openapi.json` is checked against
+/// (`routes::openapi_tests`). A `{name}` segment matches any one segment.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/"),
+    ("HEAD", "/"),
+    ("GET", "/healthz"),
+    ("HEAD", "/healthz"),
+    ("GET", "/openapi.json"),
+    ("HEAD", "/openapi.json"),
+    ("POST", "/webhooks"),
+    ("GET", "/status"),
+    ("GET", "/metrics"),
+    ("GET", "/integration"),
+    ("PUT", "/integration"),
+    ("DELETE", "/integration"),
+    ("GET", "/schema"),
+    ("GET", "/schema/{objectType}"),
+    ("POST", "/schema/{objectType}"),
+    ("GET", "/records/{objectType}"),
+    ("POST", "/records/{objectType}"),
+    ("GET", "/records/{objectType}/{objectId}/status"),
+    ("GET", "/requests"),
+    ("GET", "/requests/{clientRequestId}"),
+    ("POST", "/requests/{clientRequestId}/retry"),
+    ("POST", "/sweep"),
+    ("POST", "/flush"),
+    ("GET", "/failures"),
+    ("POST", "/failures/retry"),
+    ("DELETE", "/failures/{objectType}/{objectId}"),
+];
+
+/// Whether `segments` (a path split at `/`) fit `template`. A literal segment wins over a
+/// `{name}` one of another template (`/failures/retry` is not `/failures/{objectType}`).
+fn fits(template: &str, segments: &[&str]) -> bool {
+    let parts: Vec<&str> = template.split('/').filter(|s| !s.is_empty()).collect();
+    parts.len() == segments.len() && parts.iter().zip(segments).all(|(p, s)| p.starts_with('{') || p == s)
 }
 
-fn not_allowed(method: &http::Method, allowed: &'static str) -> ApiError {
-    ApiError::MethodNotAllowed { method: method.to_string(), allowed }
+/// The methods served on this path (`None`: no such route), for 405's `Allow`.
+fn allowed_methods(segments: &[&str]) -> Option<String> {
+    let methods: Vec<&str> = ROUTES.iter().filter(|(_, t)| fits(t, segments)).map(|(m, _)| *m).collect();
+    (!methods.is_empty()).then(|| methods.join(", "))
+}
+
+fn not_allowed(method: &http::Method, allowed: &str) -> ApiError {
+    ApiError::MethodNotAllowed { method: method.to_string(), allowed: allowed.to_owned() }
 }
 
 /// `Authorization: Bearer <api_token>`, compared in constant time (over SHA-256 digests, so
@@ -226,8 +263,12 @@ pub fn query_flag(request: &Request, name: &str) -> Result<bool, ApiError> {
     }
 }
 
-/// Parses a JSON body into `T`, answering 400 with serde's precise message.
+/// Parses a JSON object body into `T`, answering 400 with serde's precise message. Only an
+/// object: serde would also read a struct from an array (`[null, null]`), by position.
 pub fn json_body<T: DeserializeOwned>(request: &Request) -> Result<T, ApiError> {
+    if request.body().iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    }
     serde_json::from_slice(request.body()).map_err(|e| ApiError::bad_request(format!("the body is not the expected JSON: {e}")))
 }
 
@@ -258,16 +299,5 @@ pub fn is_valid_client_request_id(s: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn client_request_id_rule() {
-        assert!(is_valid_client_request_id("abc-DEF_123"));
-        assert!(!is_valid_client_request_id(""));
-        assert!(!is_valid_client_request_id("a b"));
-        assert!(!is_valid_client_request_id("a.b"));
-        assert!(!is_valid_client_request_id(&"x".repeat(65)));
-        assert!(is_valid_client_request_id(&new_client_request_id()));
-    }
-}
+#[path = "app_tests.rs"]
+mod tests;

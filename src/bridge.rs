@@ -17,6 +17,8 @@ pub struct Bridge<'a> {
     /// When set, no Gong call starts after this instant and none waits past it: the bound on
     /// work after the answer and on `POST /flush` (`work_budget_ms`).
     pub deadline: Option<time::OffsetDateTime>,
+    /// This invocation's counters, saved once at its end (`tally::Tally::save`).
+    pub tally: &'a crate::tally::Tally,
 }
 
 impl<'a> Bridge<'a> {

@@ -33,12 +33,36 @@ impl Bridge<'_> {
     pub fn send(&self, op: Operation, request: Request) -> Result<Response, Fault> {
         self.call_timeout()?;
         self.spend_quota()?;
-        let response = self.outbound.send(request, self.call_timeout()?).map_err(|error| Fault::GongUnreachable { op, error })?;
+        let timeout = self.call_timeout()?;
+        let started = self.clock.now();
+        let sent = self.outbound.send(request, timeout);
+        let ms = (self.clock.now() - started).whole_milliseconds().max(0) as u64;
+        let response = match sent {
+            Ok(response) => response,
+            Err(error) => {
+                self.tally.gong_call(op, 0);
+                crate::log::error("Gong call failed").field("operation", crate::tally::operation_label(op)).field("ms", ms).field("error", error.to_string()).emit();
+                return Err(Fault::GongUnreachable { op, error });
+            }
+        };
+        let status = response.status().as_u16();
+        self.tally.gong_call(op, status);
+        if !response.status().is_success() {
+            // Logged once here, where every Gong call passes; what the bridge answered for it is
+            // the request's own line.
+            let level = if status >= 500 { crate::log::Level::Error } else { crate::log::Level::Warn };
+            crate::log::Line::new(level, "Gong answered with an error")
+                .field("operation", crate::tally::operation_label(op))
+                .field("gongStatus", status)
+                .field("ms", ms)
+                .field("error", crate::gong::client::classify_error(&response).to_string())
+                .emit();
+        }
         if response.status().as_u16() == 429 {
             let retry_after = crate::gong::client::retry_after_seconds(&response);
             let now_ms = (self.clock.now().unix_timestamp_nanos() / 1_000_000) as i64;
             if let Err(e) = self.update_quota(|state| quota::block_ms(state, now_ms, retry_after)) {
-                eprintln!("gong-crm-bridge: could not record Gong's 429 for other replicas: {e}");
+                crate::log::warn("could not record Gong's 429 for other replicas").field("error", e.to_string()).emit();
             }
         }
         Ok(response)

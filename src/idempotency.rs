@@ -88,6 +88,16 @@ pub fn fingerprint(body: &[u8]) -> String {
     hex(&Sha256::digest(body))
 }
 
+/// What one management request under an `Idempotency-Key` is: its query and its body (the
+/// method and path are the key's scope). Another query is another request, not a replay.
+pub fn request_fingerprint(query: &str, body: &[u8]) -> String {
+    let mut digest = Sha256::new();
+    digest.update((query.len() as u64).to_be_bytes());
+    digest.update(query.as_bytes());
+    digest.update(body);
+    hex(&digest.finalize())
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -184,7 +194,7 @@ impl<'a> Idempotency<'a> {
             if existing.expires_at > self.now() && existing.fingerprint != fingerprint {
                 return Err(ApiError::unprocessable(
                     "Idempotency key reused",
-                    "this idempotency key was already used with a different body",
+                    "this idempotency key was already used with a different request (body or query)",
                     vec![serde_json::json!({"field": "idempotencyKey", "rule": "idempotency.fingerprint_mismatch",
                         "message": "same key, different payload: use a new key for a new payload"})],
                 ));

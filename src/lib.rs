@@ -10,6 +10,7 @@ pub mod calls;
 pub mod fault;
 pub mod gong;
 pub mod idempotency;
+pub mod log;
 pub mod outbox;
 pub mod ports;
 pub mod problem;
@@ -17,6 +18,7 @@ pub mod quota;
 pub mod routes;
 pub mod settings;
 pub mod store;
+pub mod tally;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod tracking;

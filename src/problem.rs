@@ -16,7 +16,7 @@ pub enum ApiError {
     #[error("{0}")]
     NotFoundResource(String),
     #[error("{method} is not allowed here; allowed: {allowed}")]
-    MethodNotAllowed { method: String, allowed: &'static str },
+    MethodNotAllowed { method: String, allowed: String },
     #[error("{detail}")]
     BadRequest { detail: String, errors: Vec<Value> },
     #[error("{detail}")]
@@ -113,6 +113,11 @@ impl ApiError {
         }
     }
 
+    /// The stable slug of the problem `type` (e.g. `unauthorized`).
+    pub fn slug(&self) -> &'static str {
+        self.classify().1
+    }
+
     pub fn status(&self) -> u16 {
         self.classify().0
     }
@@ -155,7 +160,7 @@ impl ApiError {
                 retry_after = Some(secs)
             }
             ApiError::Unauthorized(_) => www_authenticate = true,
-            ApiError::MethodNotAllowed { allowed, .. } => allow = Some(allowed),
+            ApiError::MethodNotAllowed { allowed, .. } => allow = Some(allowed.clone()),
             ApiError::Gong { op, error } => {
                 body.insert("gongOperation".into(), json!(op.describe()));
                 let said = match &error {
@@ -305,7 +310,7 @@ mod tests {
     /// Issue 10 item 11: RFC 9110 requires `Allow` on a 405.
     #[test]
     fn method_not_allowed_carries_allow() {
-        let r = ApiError::MethodNotAllowed { method: "PATCH".into(), allowed: "GET, PUT, DELETE" }.into_response();
+        let r = ApiError::MethodNotAllowed { method: "PATCH".into(), allowed: "GET, PUT, DELETE".into() }.into_response();
         assert_eq!(r.status(), 405);
         assert_eq!(r.headers().get("allow").map(|v| v.as_bytes()), Some(&b"GET, PUT, DELETE"[..]));
     }

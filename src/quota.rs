@@ -96,6 +96,40 @@ pub fn decide(state: &mut QuotaState, limits: QuotaLimits, now_ms: i64) -> Decis
     Decision::Go
 }
 
+/// The budget as seen at `now_ms`: calls spent in this second, hour and day (a window that
+/// has passed counts 0, as [`decide`] would start it afresh), and any pause.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    pub this_second: u32,
+    pub this_hour: u32,
+    pub today: u32,
+    /// 0 = no limit.
+    pub per_second: u32,
+    pub per_hour: u32,
+    pub per_day: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused_until_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pause_reason: Option<String>,
+}
+
+pub fn usage(state: &QuotaState, limits: QuotaLimits, now_ms: i64) -> Usage {
+    let now = now_ms.div_euclid(1000);
+    let counted = |window: i64, current: i64, count: u32| if window == current { count } else { 0 };
+    let paused = state.blocked_until_ms > now_ms;
+    Usage {
+        this_second: counted(state.second, now, state.second_count),
+        this_hour: counted(state.hour, now.div_euclid(3600), state.hour_count),
+        today: counted(state.day, now.div_euclid(86_400), state.day_count),
+        per_second: limits.per_second,
+        per_hour: limits.per_hour,
+        per_day: limits.per_day,
+        paused_until_ms: paused.then_some(state.blocked_until_ms),
+        pause_reason: if paused { state.blocked_reason.clone() } else { None },
+    }
+}
+
 /// Records Gong's 429 answered at `now_ms` (Unix milliseconds): every replica waits
 /// `retry_after` seconds from that instant (60 when Gong gave none).
 pub fn block_ms(state: &mut QuotaState, now_ms: i64, retry_after: Option<u64>) {

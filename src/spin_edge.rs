@@ -10,6 +10,7 @@ use wasi::http::types::{ErrorCode, Fields, IncomingBody, Method, OutgoingBody, O
 use wasi::io::streams::StreamError;
 
 use crate::app::{follow_up, handle, refuse};
+use crate::log::Access;
 use crate::bridge::Bridge;
 use crate::ports::{Config, Kv, KvError, Outbound, OutboundError, Request, Response, SystemClock};
 use crate::problem::ApiError;
@@ -21,7 +22,8 @@ use crate::settings::{self, BodyLimit};
 fn handle_request(incoming: IncomingRequest, response_out: ResponseOutparam) {
     let started = crate::ports::Clock::now(&SystemClock);
     let store = SpinKv::open();
-    let bridge = Bridge { kv: &store, config: &SpinConfig, outbound: &SpinOutbound, clock: &SystemClock, deadline: None };
+    let tally = crate::tally::Tally::new();
+    let bridge = Bridge { kv: &store, config: &SpinConfig, outbound: &SpinOutbound, clock: &SystemClock, deadline: None, tally: &tally };
     let method = http_method(&incoming.method());
     let path = incoming.path_with_query().unwrap_or_default();
     let limit = settings::body_limit(&SpinConfig, &path);
@@ -34,22 +36,25 @@ fn handle_request(incoming: IncomingRequest, response_out: ResponseOutparam) {
         builder = builder.header(name, value);
     }
     let Ok(incoming_body) = incoming.consume() else {
-        let _ = respond(response_out, refuse(&method, &path, ApiError::Internal("the request body was already taken".into())));
+        answer(response_out, &Access::bare(&method, &path), refuse(ApiError::Internal("the request body was already taken".into())), started);
         return;
     };
     let Ok(stream) = incoming_body.stream() else {
-        let _ = respond(response_out, refuse(&method, &path, ApiError::Internal("the request body stream is unavailable".into())));
+        answer(response_out, &Access::bare(&method, &path), refuse(ApiError::Internal("the request body stream is unavailable".into())), started);
         return;
     };
     let read = read_body(&stream, limit, declared).and_then(|body| builder.body(body).map_err(|e| ApiError::bad_request(format!("unreadable request: {e}"))));
     let oversized = matches!(read, Err(ApiError::PayloadTooLarge { .. }));
-    let handled = match read {
-        Ok(request) => handle(&bridge, request),
-        Err(error) => crate::app::Handled { response: refuse(&method, &path, error), follow_up: false, compact_inbox: false },
+    let (access, handled) = match read {
+        Ok(request) => (Access::of(&request), handle(&bridge, request)),
+        Err(error) => {
+            if path.starts_with("/webhooks") {
+                bridge.tally.webhook_refused(error.slug(), uuid::Uuid::new_v4().as_bytes()[0]);
+            }
+            (Access::bare(&method, &path), crate::app::Handled { response: refuse(error), follow_up: false, compact_inbox: false })
+        }
     };
-    if let Err(e) = respond(response_out, handled.response) {
-        eprintln!("gong-crm-bridge: sending the response failed: {e}");
-    }
+    answer(response_out, &access, handled.response, started);
     if oversized {
         // The 413 is sent; reading the rest (and dropping it) lets the sender read the answer
         // instead of meeting a reset connection.
@@ -59,6 +64,21 @@ fn handle_request(incoming: IncomingRequest, response_out: ResponseOutparam) {
     drop(incoming_body);
     if handled.follow_up {
         follow_up(&bridge.with_budget(started), handled.compact_inbox);
+    }
+    if let Err(e) = tally.save(&store) {
+        crate::log::warn("could not save the counters").field("error", e.to_string()).emit();
+    }
+}
+
+/// Sends the answer, then writes the request's log line with the time it took.
+fn answer(response_out: ResponseOutparam, access: &Access, response: Response, started: time::OffsetDateTime) {
+    let line = access.line(&response);
+    let sent = respond(response_out, response);
+    let ms = (crate::ports::Clock::now(&SystemClock) - started).whole_milliseconds().max(0) as u64;
+    let line = line.field("ms", ms);
+    match sent {
+        Ok(()) => line.emit(),
+        Err(e) => line.field("level", "error").field("sendError", e).emit(),
     }
 }
 

@@ -134,7 +134,7 @@ fn ldjson_part(body: &[u8]) -> Vec<u8> {
 
 /// A bridge over the doubles.
 pub fn bridge<'a, 'c: 'a>(kv: &'a dyn Kv, config: &'a MapConfig, gong: &'a ScriptedGong<'c>, clock: &'a VirtualClock) -> Bridge<'a> {
-    Bridge { kv, config, outbound: gong, clock, deadline: None }
+    Bridge { kv, config, outbound: gong, clock, deadline: None, tally: Box::leak(Box::default()) }
 }
 
 /// The variables of a configured bridge with an integration and no claim settle wait.

@@ -15,6 +15,8 @@ pub(crate) use shared::{client, harness, support};
 
 #[path = "real_spin/management.rs"]
 mod management;
+#[path = "real_spin/operator.rs"]
+mod operator;
 #[path = "real_spin/replicas.rs"]
 mod replicas;
 #[path = "real_spin/webhooks.rs"]
@@ -59,6 +61,10 @@ enum Needs {
     Nothing,
     Redis,
     Spin3,
+    /// python3 with schemathesis, openapi-spec-validator and prometheus_client.
+    Python,
+    /// chromium and chromedriver on PATH.
+    Chromium,
 }
 
 struct Case {
@@ -120,6 +126,10 @@ fn cases() -> Vec<Case> {
         case!(webhooks::a_90000_record_delivery_is_accepted_within_10s_and_delivered),
         case!(webhooks::a_slow_file_is_polled_with_backoff),
         case!(webhooks::the_same_wasm_runs_on_spin_3_6, needs: Spin3, expected: None),
+        case!(operator::openapi_validates_and_schemathesis_finds_no_failure, needs: Python, expected: None),
+        case!(operator::the_status_page_works_in_chromium, needs: Chromium, expected: None),
+        case!(operator::metrics_parse_with_the_prometheus_parser, needs: Python, expected: None),
+        case!(operator::logs_are_json_lines_without_a_secret),
         case!(replicas::same_webhook_id_at_both_replicas_is_buffered_and_uploaded_once, needs: Redis, expected: None),
         case!(replicas::thousand_webhooks_over_two_replicas_keep_every_latest_version, needs: Redis, expected: None),
         case!(replicas::thousand_webhooks_over_two_replicas_within_1024_keys, needs: Redis, expected: None),
@@ -181,6 +191,15 @@ fn walk(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         }
     }
     Ok(found)
+}
+
+/// The Python tools of the operator cases (installed by `.ci/run` with pip).
+fn python_tools() -> Result<(), String> {
+    let imports = std::process::Command::new("python3").args(["-c", "import schemathesis, openapi_spec_validator, prometheus_client"]).output();
+    match imports {
+        Ok(out) if out.status.success() && harness::find_on_path("schemathesis").is_some() => Ok(()),
+        _ => Err("python3 lacks schemathesis, openapi-spec-validator or prometheus-client (pip install schemathesis openapi-spec-validator prometheus-client)".into()),
+    }
 }
 
 fn main() {
@@ -247,6 +266,8 @@ fn main() {
         let missing = match case.needs {
             Needs::Redis => redis.clone().err(),
             Needs::Spin3 if spin3.is_none() => Some("no Spin 3.6: set SPIN3_BIN or put spin-3.6.3 on PATH".to_owned()),
+            Needs::Python => python_tools().err(),
+            Needs::Chromium => ["chromium", "chromedriver"].iter().find(|p| harness::find_on_path(p).is_none()).map(|p| format!("no {p} on PATH (apt-get install chromium chromium-driver)")),
             _ => None,
         };
         let outcome = match missing {

@@ -140,7 +140,7 @@ pub(super) fn release_retried(bridge: &Bridge) -> Result<(), Fault> {
                 released.push(id.clone());
             } else {
                 // Written again, and looked at again later (against this new time).
-                eprintln!("gong-crm-bridge: the re-queue of {object_type} {id} was overwritten by a concurrent writer; re-queuing it again");
+                crate::log::warn(format!("the re-queue of {object_type} {id} was overwritten by a concurrent writer; re-queuing it again")).emit();
                 again.push(Incoming { object_id: id.clone(), slot: Slot::pending(f.modified, now, 0, "", shards::raw_line(f.line.as_bytes())?), requeue: true, tag: 0 });
                 f.retried_at = Some(now);
                 earliest = Some(earliest.map_or(now, |e: i64| e.min(now)));

@@ -138,7 +138,7 @@ fn send_file(
                 let mut record = tracked.record;
                 record.deliveries = deliveries;
                 if let Err(e) = bridge.store().put_json(&crate::store::request_key(&client_request_id), &record) {
-                    eprintln!("gong-crm-bridge: could not list the deliveries of {client_request_id}: {e}");
+                    crate::log::warn(format!("could not list the deliveries of {client_request_id}: {e}")).emit();
                 }
             }
             Ok(Some(SentFile { client_request_id, line_ids, merged }))
@@ -209,7 +209,7 @@ fn run_bounded(bridge: &Bridge, force: bool, max_files: usize) -> Result<FlushRe
                     }
                     if retried_failures {
                         if let Err(e) = failures::release_retried(bridge) {
-                            eprintln!("gong-crm-bridge: the second look at re-queued failures: {e}");
+                            crate::log::warn(format!("the second look at re-queued failures: {e}")).emit();
                         }
                     }
                     if let Some(until) = blocked {
@@ -233,11 +233,11 @@ fn run_bounded(bridge: &Bridge, force: bool, max_files: usize) -> Result<FlushRe
     }
     // Housekeeping that keeps the key count bounded: expired idempotency keys, old requests.
     if let Err(e) = bridge.idempotency().sweep() {
-        eprintln!("gong-crm-bridge: idempotency sweep: {e}");
+        crate::log::warn(format!("idempotency sweep: {e}")).emit();
     }
     if retention::due(bridge, layout, requests_kept).unwrap_or(false) {
         if let Err(e) = retention::retain_requests(bridge, layout) {
-            eprintln!("gong-crm-bridge: request retention: {e}");
+            crate::log::warn(format!("request retention: {e}")).emit();
         }
     }
     report.pending = pending_report(&read_summary(bridge)?);
@@ -384,7 +384,7 @@ fn flush_chosen(bridge: &Bridge, gong: &GongClient, integration_id: i64, object_
         match marked {
             Ok(shard) => set_stat(&mut summary, object_type, n, &shard),
             // The versions stay pending and are sent again later: a duplicate, never a loss.
-            Err(e) => eprintln!("gong-crm-bridge: sent records left pending in {key} ({e}); they will be sent again"),
+            Err(e) => crate::log::warn(format!("sent records left pending in {key} ({e}); they will be sent again")).emit(),
         }
     }
     write_summary(bridge, &summary)?;

@@ -81,7 +81,7 @@ pub(super) fn poll_inflight(bridge: &Bridge, inflight: &[String], held: &mut Lea
                     return Ok(());
                 }
                 Err(e) => {
-                    eprintln!("gong-crm-bridge: polling {}: {e}", record.client_request_id);
+                    crate::log::warn("polling a file failed").field("clientRequestId", record.client_request_id.as_str()).field("error", e.to_string()).emit();
                     continue;
                 }
             }
@@ -177,7 +177,7 @@ fn settle_file(bridge: &Bridge, record: &RequestRecord, marker: &InFlight, repor
             // Cannot happen unless a chunk was removed by hand; failing here on every poll would
             // stop all later polling, so the file is let go. Its failed lines stay visible by
             // objectId in GET /requests/{id}.
-            eprintln!("gong-crm-bridge: file {id} failed but its payload is gone; see GET /requests/{id}");
+            crate::log::warn(format!("file {id} failed but its payload is gone; see GET /requests/{id}")).emit();
             store.delete(&inflight_key(id))?;
             return Ok(());
         };
@@ -190,11 +190,13 @@ fn settle_file(bridge: &Bridge, record: &RequestRecord, marker: &InFlight, repor
             requeue.retain(|r| !requeue_held(bridge, layout, marker.object_type, r.object_id.as_str(), r.modified, &r.line, since(&r.object_id)).unwrap_or(false));
             failures.retain(|f| !failure_held(bridge, layout, f, since(&f.object_id)).unwrap_or(false));
             if !requeue.is_empty() || !failures.is_empty() {
-                eprintln!("gong-crm-bridge: {} re-queues and {} failures of {id} were overwritten by a concurrent writer; writing them again", requeue.len(), failures.len());
+                crate::log::warn(format!("{} re-queues and {} failures were overwritten by a concurrent writer; writing them again", requeue.len(), failures.len())).field("clientRequestId", id.as_str()).emit();
             }
         } else {
             report.requeued += requeue.len();
             report.failures_added += failures.len();
+            let applied = record.record_count.unwrap_or(0).saturating_sub(requeue.len() + failures.len());
+            bridge.tally.records_settled(applied as u64, failures.len() as u64);
         }
         let written: Vec<String> = requeue.iter().map(|r| r.object_id.clone()).chain(failures.iter().map(|f| f.object_id.clone())).collect();
         requeue_records(bridge, layout, marker.object_type, requeue)?;
@@ -208,6 +210,9 @@ fn settle_file(bridge: &Bridge, record: &RequestRecord, marker: &InFlight, repor
             }
             return store.put_json(&inflight_key(id), &next);
         }
+    }
+    if record.status != TrackedStatus::Failed {
+        bridge.tally.records_settled(record.record_count.unwrap_or(0) as u64, 0);
     }
     store.delete_blob(PAYLOAD, id, record.payload_chunks)?;
     store.delete(&inflight_key(id))?;

@@ -35,7 +35,7 @@ pub fn buffer_records(bridge: &Bridge, object_type: ObjectType, records: Vec<Val
     if in_store + entries.len() >= layout.admit_below {
         // Make room first: compacting the inbox frees a key per delivery.
         if let Err(e) = compact_now(bridge, layout) {
-            eprintln!("gong-crm-bridge: compaction to make room: {e}");
+            crate::log::warn(format!("compaction to make room: {e}")).emit();
         }
         in_store = bridge.kv.keys()?.len();
         if in_store + entries.len() >= layout.admit_below {
@@ -129,14 +129,17 @@ pub(super) fn compact_inbox(bridge: &Bridge, layout: Layout, mut inbox: Vec<Stri
         match serde_json::from_slice::<InboxEntry>(&value) {
             Ok(entry) => loaded.push((key, entry)),
             // Left in place (and logged): it is the bridge's own write, so this means damage.
-            Err(e) => eprintln!("gong-crm-bridge: inbox value {key} is unreadable ({e}); left in place"),
+            Err(e) => crate::log::warn(format!("inbox value {key} is unreadable ({e}); left in place")).emit(),
         }
     }
     // Release the keys merged before whose records the shards still hold; merge the others again.
     let mut shards_read: BTreeMap<String, Shard> = BTreeMap::new();
     let mut to_merge = Vec::with_capacity(loaded.len());
+    // Inbox keys merged for the first time (not a second look): what the counters count.
+    let mut first_merges: BTreeMap<String, (String, usize)> = BTreeMap::new();
     for (key, entry) in loaded {
         if settling.remove(&key).is_none() {
+            first_merges.insert(key.clone(), (entry.d.clone(), entry.records.len()));
             to_merge.push((key, entry));
             continue;
         }
@@ -154,10 +157,10 @@ pub(super) fn compact_inbox(bridge: &Bridge, layout: Layout, mut inbox: Vec<Stri
         if held_by_shards {
             // A failed delete leaves records that merge again as duplicates: nothing lost.
             if let Err(e) = bridge.kv.delete(&key) {
-                eprintln!("gong-crm-bridge: released inbox key {key} left in place: {e}");
+                crate::log::warn(format!("released inbox key {key} left in place: {e}")).emit();
             }
         } else {
-            eprintln!("gong-crm-bridge: records of {key} were overwritten in their shard by a concurrent writer; merging them again");
+            crate::log::warn(format!("records of {key} were overwritten in their shard by a concurrent writer; merging them again")).emit();
             to_merge.push((key, entry));
         }
     }
@@ -197,7 +200,7 @@ pub(super) fn compact_inbox(bridge: &Bridge, layout: Layout, mut inbox: Vec<Stri
                 // This type's inbox keys go before the next type's shards are created, so the
                 // store needs room for at most one type's new shards (`Layout::admit_below`).
                 if let Err(e) = bridge.kv.delete(key) {
-                    eprintln!("gong-crm-bridge: compacted inbox key {key} left in place: {e}");
+                    crate::log::warn(format!("compacted inbox key {key} left in place: {e}")).emit();
                 }
             } else {
                 settling.insert(key.clone(), now);
@@ -207,6 +210,9 @@ pub(super) fn compact_inbox(bridge: &Bridge, layout: Layout, mut inbox: Vec<Stri
     if settling != settling_before {
         write_map(bridge.kv, SETTLING_KEY, &settling)?;
     }
+    let counted: Vec<&(String, usize)> = loaded.iter().zip(&complete).filter(|(_, done)| **done).filter_map(|((key, _), _)| first_merges.get(key)).collect();
+    let deliveries: BTreeSet<&str> = counted.iter().map(|(delivery, _)| delivery.as_str()).collect();
+    bridge.tally.records_accepted(deliveries.len() as u64, counted.iter().map(|(_, n)| *n as u64).sum());
     report.compacted = Some(report.compacted.unwrap_or(0) + compacted);
     report.superseded = Some(report.superseded.unwrap_or(0) + superseded);
     Ok(())

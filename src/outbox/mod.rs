@@ -17,6 +17,7 @@ mod follow;
 mod inbox;
 pub mod lease;
 pub mod locate;
+pub mod overview;
 mod pending;
 pub mod requests;
 mod retention;

@@ -231,7 +231,7 @@ fn get(bridge: &Bridge, path: &str) -> serde_json::Value {
 }
 
 fn engine<'a>(kv: &'a dyn Kv, config: &'a dyn Config, gong: &'a dyn Outbound, clock: &'a dyn Clock) -> Bridge<'a> {
-    Bridge { kv, config, outbound: gong, clock, deadline: None }
+    Bridge { kv, config, outbound: gong, clock, deadline: None, tally: Box::leak(Box::default()) }
 }
 
 /// Runs the steps, lets the bridge settle with Gong healthy, and checks every promise.

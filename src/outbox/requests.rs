@@ -214,14 +214,14 @@ fn send(bridge: &Bridge, gong: &GongClient, record: &mut RequestRecord, payload:
             // Gong has the file now; if this write fails the record stays SUBMITTING, which a
             // status poll resolves, so the 202 still holds.
             if let Err(e) = store.put_json(&request_key(&record.client_request_id), record) {
-                eprintln!("gong-crm-bridge: request {} accepted by Gong but its record was not updated: {e}", record.client_request_id);
+                crate::log::error("request accepted by Gong but its record was not updated").field("clientRequestId", record.client_request_id.as_str()).field("error", e.to_string()).emit();
                 if !record.from_buffer {
                     record.payload_chunks = chunks;
                 }
                 return Ok(());
             }
             if let Err(e) = store.delete_blob(PAYLOAD, &record.client_request_id, chunks) {
-                eprintln!("gong-crm-bridge: leftover payload chunks of {}: {e}", record.client_request_id);
+                crate::log::warn("leftover payload chunks").field("clientRequestId", record.client_request_id.as_str()).field("error", e.to_string()).emit();
             }
             Ok(())
         }

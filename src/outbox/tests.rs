@@ -367,7 +367,7 @@ fn a_stalled_lease_holder_overwriting_a_shard_loses_no_record() {
         "pbuf/ACCOUNT/".to_owned(),
         Box::new(move |kv: &dyn Kv| {
             clock.advance(std::time::Duration::from_secs(31));
-            let other = Bridge { kv, config, outbound: gong, clock, deadline: None };
+            let other = Bridge { kv, config, outbound: gong, clock, deadline: None, tally: Box::leak(Box::default()) };
             let second = second_id;
             assert_eq!(handle(&other, webhook("msg-second", &upsert(&second))).response.status(), 202);
             follow_up(&other.with_budget(clock.now()), true);
@@ -439,7 +439,7 @@ fn a_retry_overwritten_by_a_stalled_lease_holder_is_not_lost() {
         "pbuf/ACCOUNT/".to_owned(),
         Box::new(move |kv: &dyn Kv| {
             clock.advance(std::time::Duration::from_secs(31));
-            let b = Bridge { kv, config, outbound: gong, clock, deadline: None };
+            let b = Bridge { kv, config, outbound: gong, clock, deadline: None, tally: Box::leak(Box::default()) };
             let retried = handle(&b, request("POST", "/failures/retry", &[("authorization", "Bearer token")], b"")).response;
             assert_eq!(retried.status(), 200, "{}", String::from_utf8_lossy(retried.body()));
         }),

@@ -5,6 +5,7 @@ pub mod integration;
 pub mod records;
 pub mod requests;
 pub mod schema;
+pub mod status;
 pub mod webhooks;
 
 use crate::problem::ApiError;
@@ -27,3 +28,6 @@ pub fn violations_to_problem(title: &'static str, detail: &str, violations: Vec<
     };
     ApiError::Unprocessable { title, detail, errors: listed, extra }
 }
+
+#[cfg(test)]
+mod openapi_tests;

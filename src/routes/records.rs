@@ -127,10 +127,13 @@ pub fn get(bridge: &Bridge, request: &Request, object_type_raw: &str) -> Result<
         .into_iter()
         .filter(|(k, _)| k == "ids")
         .flat_map(|(_, v)| v.split(',').map(|s| s.trim().to_owned()).collect::<Vec<_>>())
-        .filter(|s| !s.is_empty())
         .collect();
     if ids.is_empty() {
         return Err(ApiError::bad_request("give the objectIds to look up: ?ids=a,b,c"));
+    }
+    // Dropping empty ones silently would let a malformed list pass (and past the bound below).
+    if let Some(position) = ids.iter().position(String::is_empty) {
+        return Err(ApiError::bad_request(format!("ids has an empty objectId at position {} (ids=a,b,c, none empty)", position + 1)));
     }
     if ids.len() > MAX_GET_IDS {
         return Err(ApiError::bad_request(format!(

@@ -77,7 +77,7 @@ pub fn receive(bridge: &Bridge, request: &Request) -> Result<Response, ApiError>
     if let Err(e) = idem.complete(claim, &response) {
         // The work is done; only its replay record is missing, and a re-delivery maps to the
         // same clientRequestId, which Gong (409) and the request record both recognise.
-        eprintln!("gong-crm-bridge: could not store the webhook's idempotency record: {e}");
+        crate::log::warn(format!("could not store the webhook's idempotency record: {e}")).emit();
     }
     Ok(response)
 }

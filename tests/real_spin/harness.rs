@@ -167,7 +167,7 @@ impl SpinProcess {
         }
         if let Store::Redis(url) = &options.store {
             let config = state_dir.join("runtime-config.toml");
-            std::fs::write(&config, format!("[key_value_store.default]\ntype = \"redis\"\nurl = \"{url}\"\n"))?;
+            std::fs::write(&config, redis_runtime_config(url)?)?;
             command.arg("--runtime-config-file").arg(config);
         }
         // `spin up` serves from a `spin trigger http` child: a group of their own lets one
@@ -215,6 +215,21 @@ impl Drop for SpinProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The runtime-config the deploy guides give SpinKube (`docs/deploy/runtime-config.redis.toml`),
+/// with only its `url` pointed at this suite's Redis: the Redis cases run the documented file.
+pub fn redis_runtime_config(url: &str) -> anyhow::Result<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/deploy/runtime-config.redis.toml");
+    let documented = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let url_lines = documented.lines().filter(|l| l.trim_start().starts_with("url = ")).count();
+    anyhow::ensure!(url_lines == 1, "{} must have exactly one `url = ...` line, has {url_lines}", path.display());
+    Ok(documented
+        .lines()
+        .map(|l| if l.trim_start().starts_with("url = ") { format!("url = \"{url}\"") } else { l.to_owned() })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n")
 }
 
 /// SIGKILL to the process group `child` leads (it was spawned with `process_group(0)`), then
