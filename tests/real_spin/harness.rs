@@ -93,6 +93,8 @@ pub struct SpinOptions {
     pub spin: PathBuf,
     pub vars: BTreeMap<String, String>,
     pub store: Store,
+    /// More arguments of `spin up` (say `--cache FILE`).
+    pub args: Vec<String>,
 }
 
 impl SpinOptions {
@@ -109,7 +111,7 @@ impl SpinOptions {
         ] {
             vars.insert(name.to_owned(), value);
         }
-        SpinOptions { spin: spin.to_owned(), vars, store: Store::Sqlite }
+        SpinOptions { spin: spin.to_owned(), vars, store: Store::Sqlite, args: Vec::new() }
     }
 
     pub fn var(mut self, name: &str, value: &str) -> Self {
@@ -119,6 +121,11 @@ impl SpinOptions {
 
     pub fn without(mut self, name: &str) -> Self {
         self.vars.remove(name);
+        self
+    }
+
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_owned());
         self
     }
 
@@ -134,6 +141,8 @@ pub struct SpinProcess {
     pub bridge: Bridge,
     pub state_dir: PathBuf,
     pub log: PathBuf,
+    /// From spawning `spin up` to its first answered `/healthz` (polled every 20 ms).
+    pub ready_after: Duration,
 }
 
 impl SpinProcess {
@@ -153,6 +162,7 @@ impl SpinProcess {
             .arg(addr.to_string())
             .arg("--state-dir")
             .arg(state_dir)
+            .args(&options.args)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
@@ -174,7 +184,7 @@ impl SpinProcess {
         // signal stop both (killing only `spin up` would leave the server running).
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let child = command.spawn().with_context(|| format!("spawning {}", options.spin.display()))?;
-        let mut process = SpinProcess { child: Some(child), bridge: Bridge { addr }, state_dir: state_dir.to_owned(), log };
+        let mut process = SpinProcess { child: Some(child), bridge: Bridge { addr }, state_dir: state_dir.to_owned(), log, ready_after: Duration::ZERO };
         process.wait_ready().await?;
         Ok(process)
     }
@@ -189,10 +199,11 @@ impl SpinProcess {
             }
             if let Ok(reply) = send(self.bridge.addr, "GET", "/healthz", &[], Vec::new(), Duration::from_secs(2)).await {
                 if reply.status == 200 {
+                    self.ready_after = started.elapsed();
                     return Ok(());
                 }
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         bail!("spin up did not answer /healthz within {STARTUP_TIMEOUT:?}; its log:\n{}", self.log_tail(40))
     }

@@ -91,7 +91,7 @@ pub async fn openapi_validates_and_schemathesis_finds_no_failure(ctx: &Ctx) -> a
     std::fs::write(ctx.dir.join("schemathesis.txt"), &output)?;
     // Its closing line ("N failures, M warnings in T s", or "N passed …") and the count of cases.
     let closing = output.lines().filter(|l| l.starts_with("====") && l.contains(" in ")).last().map_or("(no summary line)", |l| l.trim_matches(|c: char| c == '=' || c == ' '));
-    let cases = output.lines().find(|l| l.contains("generated")).map_or("", str::trim);
+    let cases = output.lines().map(str::trim).find(|l| l.split_whitespace().nth(1) == Some("generated,")).unwrap_or("");
     println!("real-spin: schemathesis: {closing}; {cases}");
     ensure!(passed, "schemathesis found failures (full output in {}):\n{}", ctx.dir.join("schemathesis.txt").display(), tail(&output, 80));
     Ok(())

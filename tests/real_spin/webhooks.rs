@@ -475,11 +475,13 @@ pub async fn three_deliveries_of_300_records_leave_a_bounded_key_count(ctx: &Ctx
         // Steady state: the shards exist; 300 more records add their files' request records
         // (and the odd shard they are the first record of), not a key per record.
         let limit = if kv_max_keys == "1024" { 16 } else { 64 };
-        ensure!(second - first <= limit, "300 more records added {} keys (from {first} to {second}), over {limit}", second - first);
+        // Signed: the second round may end with fewer keys (inbox keys of the first released,
+        // old request records retired), which an unsigned subtraction would overflow on.
+        let added = second as i64 - first as i64;
+        ensure!(added <= limit, "300 more records added {added} keys (from {first} to {second}), over {limit}");
         println!(
-            "real-spin: keys (kv_max_keys={kv_max_keys}): {empty} empty, {first} after 300 records in 3 deliveries (+{}), {second} after 300 more (+{}), {released} once their inbox keys were released",
-            first - empty,
-            second - first
+            "real-spin: keys (kv_max_keys={kv_max_keys}): {empty} empty, {first} after 300 records in 3 deliveries ({:+}), {second} after 300 more ({added:+}), {released} once their inbox keys were released",
+            first as i64 - empty as i64
         );
     }
     Ok(())
