@@ -56,8 +56,13 @@ impl Line {
         Value::Object(self.fields.clone()).to_string()
     }
 
+    /// One write of the whole line, newline included: `eprintln!` writes the text and its
+    /// newline separately, so concurrent instances sharing one stderr could glue two lines
+    /// together (seen in the in-process host's output).
     pub fn emit(self) {
-        eprintln!("{}", self.render());
+        let mut line = self.render();
+        line.push('\n');
+        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
     }
 }
 
