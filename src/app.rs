@@ -36,19 +36,17 @@ pub fn handle(bridge: &Bridge, request: Request) -> Handled {
             let compact_inbox = response.extensions_mut().remove::<FollowUp>() == Some(FollowUp::CompactInbox);
             Handled { follow_up: checks_buffer && response.status().is_success(), compact_inbox, response }
         }
-        Err(error) => {
-            if path == "/webhooks" {
-                // Refusals do no engine work; they are counted by sampling (see `tally`).
-                bridge.tally.webhook_refused(error.slug(), uuid::Uuid::new_v4().as_bytes()[0]);
-            }
-            Handled { response: refuse(error), follow_up: false, compact_inbox: false }
-        }
+        Err(error) => Handled { response: refuse(bridge, &path, error), follow_up: false, compact_inbox: false },
     }
 }
 
-/// The problem+json answer to `error` (the request's log line, written by the edge once the
-/// answer is sent, carries its status and detail).
-pub fn refuse(error: ApiError) -> Response {
+/// The problem+json answer to `error`, from the router or from the edge (a body it could not
+/// read). A refused webhook is counted here, by sampling: it does no engine work (see `tally`).
+/// The request's log line, written by the edge once the answer is sent, carries status and detail.
+pub fn refuse(bridge: &Bridge, path: &str, error: ApiError) -> Response {
+    if path.split('?').next() == Some("/webhooks") {
+        bridge.tally.webhook_refused(error.slug(), uuid::Uuid::new_v4().as_bytes()[0]);
+    }
     error.into_response()
 }
 

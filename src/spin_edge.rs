@@ -36,23 +36,18 @@ fn handle_request(incoming: IncomingRequest, response_out: ResponseOutparam) {
         builder = builder.header(name, value);
     }
     let Ok(incoming_body) = incoming.consume() else {
-        answer(response_out, &Access::bare(&method, &path), refuse(ApiError::Internal("the request body was already taken".into())), started);
+        answer(response_out, &Access::bare(&method, &path), refuse(&bridge, &path, ApiError::Internal("the request body was already taken".into())), started);
         return;
     };
     let Ok(stream) = incoming_body.stream() else {
-        answer(response_out, &Access::bare(&method, &path), refuse(ApiError::Internal("the request body stream is unavailable".into())), started);
+        answer(response_out, &Access::bare(&method, &path), refuse(&bridge, &path, ApiError::Internal("the request body stream is unavailable".into())), started);
         return;
     };
     let read = read_body(&stream, limit, declared).and_then(|body| builder.body(body).map_err(|e| ApiError::bad_request(format!("unreadable request: {e}"))));
     let oversized = matches!(read, Err(ApiError::PayloadTooLarge { .. }));
     let (access, handled) = match read {
         Ok(request) => (Access::of(&request), handle(&bridge, request)),
-        Err(error) => {
-            if path.starts_with("/webhooks") {
-                bridge.tally.webhook_refused(error.slug(), uuid::Uuid::new_v4().as_bytes()[0]);
-            }
-            (Access::bare(&method, &path), crate::app::Handled { response: refuse(error), follow_up: false, compact_inbox: false })
-        }
+        Err(error) => (Access::bare(&method, &path), crate::app::Handled { response: refuse(&bridge, &path, error), follow_up: false, compact_inbox: false }),
     };
     answer(response_out, &access, handled.response, started);
     if oversized {
