@@ -71,14 +71,14 @@ fn route(bridge: &Bridge, mut request: Request) -> Result<Response, ApiError> {
 
     // Unauthenticated, and served even when misconfigured: they hold no data.
     let open = match segments.as_slice() {
-        ["healthz"] => Some(routes::health::get as fn(&Bridge) -> Response),
-        [] => Some((|_| routes::status::page()) as fn(&Bridge) -> Response),
-        ["openapi.json"] => Some((|_| routes::status::openapi()) as fn(&Bridge) -> Response),
+        ["healthz"] => Some((|bridge, _| routes::health::get(bridge)) as fn(&Bridge, &Request) -> Response),
+        [] => Some((|_, request| routes::status::page(request)) as fn(&Bridge, &Request) -> Response),
+        ["openapi.json"] => Some((|_, request| routes::embedded::OPENAPI.response(request)) as fn(&Bridge, &Request) -> Response),
         _ => None,
     };
     if let Some(answer) = open {
         return match method {
-            Method::GET | Method::HEAD => Ok(answer(bridge)),
+            Method::GET | Method::HEAD => Ok(answer(bridge, &request)),
             _ => Err(not_allowed(&method, "GET, HEAD")),
         };
     }
@@ -246,7 +246,7 @@ fn authorize(bridge: &Bridge, request: &Request) -> Result<(), ApiError> {
 
 /// Query parameters, decoded.
 pub fn query_pairs(request: &Request) -> Vec<(String, String)> {
-    url::form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes()).into_owned().collect()
+    form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes()).into_owned().collect()
 }
 
 /// A boolean query flag: absent → false; `true`/`1` → true; `false`/`0` → false; else 400.

@@ -17,6 +17,7 @@ pub mod problem;
 pub mod quota;
 pub mod routes;
 pub mod settings;
+pub mod sorting;
 pub mod store;
 pub mod tally;
 #[cfg(test)]

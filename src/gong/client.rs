@@ -8,7 +8,6 @@
 
 use base64::Engine as _;
 use serde::de::DeserializeOwned;
-use url::Url;
 
 use super::models::{ErrorResponse, ObjectType, RegistrationRequest, SchemaField};
 use crate::ports::{Request, Response};
@@ -48,7 +47,9 @@ impl Auth {
 
 #[derive(Debug, Clone)]
 pub struct GongClient {
-    base_url: Url,
+    /// `scheme://authority` plus the tenant's path prefix without a trailing `/` (a proxy may
+    /// put Gong under a path); every operation's path is appended to it.
+    base_url: String,
     auth: Auth,
 }
 
@@ -111,32 +112,34 @@ pub enum BuildError {
 
 impl GongClient {
     pub fn new(base_url: &str, auth: Auth) -> Result<GongClient, BuildError> {
-        let trimmed = base_url.trim().trim_end_matches('/');
-        let base_url = Url::parse(trimmed).map_err(|_| BuildError::BadBaseUrl(base_url.to_owned()))?;
-        if !matches!(base_url.scheme(), "http" | "https") || base_url.host_str().is_none() {
-            return Err(BuildError::BadBaseUrl(base_url.to_string()));
+        let bad = || BuildError::BadBaseUrl(base_url.to_owned());
+        let parsed: http::Uri = base_url.trim().parse().map_err(|_| bad())?;
+        let scheme = parsed.scheme_str().map(str::to_ascii_lowercase);
+        let (Some(scheme @ ("http" | "https")), Some(authority)) = (scheme.as_deref(), parsed.authority()) else {
+            return Err(bad());
+        };
+        if authority.host().is_empty() || authority.as_str().contains('@') {
+            return Err(bad());
         }
-        Ok(GongClient { base_url, auth })
+        let prefix = parsed.path().trim_end_matches('/');
+        Ok(GongClient { base_url: format!("{scheme}://{authority}{prefix}"), auth })
     }
 
-    pub fn base_url(&self) -> &Url {
+    /// `scheme://authority[/prefix]`, as requests are built from it.
+    pub fn base_url(&self) -> &str {
         &self.base_url
     }
 
-    fn url(&self, path: &str, query: &[(&str, &str)]) -> Url {
-        let mut url = self.base_url.clone();
-        // Keep a base path prefix if the tenant URL has one (a proxy, say).
-        let prefix = url.path().trim_end_matches('/').to_owned();
-        url.set_path(&format!("{prefix}{path}"));
-        if query.is_empty() {
-            url.set_query(None);
-        } else {
-            url.query_pairs_mut().clear().extend_pairs(query.iter().copied());
+    fn url(&self, path: &str, query: &[(&str, &str)]) -> String {
+        let mut url = format!("{}{path}", self.base_url);
+        if !query.is_empty() {
+            url.push('?');
+            url.push_str(&form_urlencoded::Serializer::new(String::new()).extend_pairs(query.iter().copied()).finish());
         }
         url
     }
 
-    fn request(&self, method: http::Method, url: Url, content_type: Option<&str>, body: Vec<u8>) -> Request {
+    fn request(&self, method: http::Method, url: String, content_type: Option<&str>, body: Vec<u8>) -> Request {
         let mut builder = http::Request::builder()
             .method(method)
             .uri(url.as_str())
@@ -149,8 +152,9 @@ impl GongClient {
         if !body.is_empty() || content_type.is_some() {
             builder = builder.header(http::header::CONTENT_LENGTH, body.len());
         }
-        // Every part above is a valid header value/URI by construction (Url serialises to a
-        // valid URI; base64 and our constants are ASCII), so the builder cannot fail; an empty
+        // Every part above is a valid header value/URI by construction (the base was parsed as a
+        // URI, paths are constants and the query is form-encoded; base64 and our constants are
+        // ASCII), so the builder cannot fail; an empty
         // request with the same URL is still returned rather than panicking.
         match builder.body(body) {
             Ok(request) => request,
@@ -321,8 +325,7 @@ mod tests {
     }
 
     fn query(req: &Request) -> Vec<(String, String)> {
-        let url = Url::parse(&req.uri().to_string()).unwrap();
-        url.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect()
+        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect()
     }
 
     #[test]

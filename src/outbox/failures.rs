@@ -26,7 +26,7 @@ pub fn list_failures(bridge: &Bridge, object_type: Option<ObjectType>, limit: us
         let shard: BTreeMap<String, Failure> = read_map(bridge.kv, &key)?;
         all.extend(shard.into_values().filter(|f| f.retried_at.is_none()));
     }
-    all.sort_by(|a, b| (a.object_type.as_str(), &a.object_id).cmp(&(b.object_type.as_str(), &b.object_id)));
+    crate::sorting::sort_by(&mut all, |a, b| (a.object_type.as_str(), &a.object_id).cmp(&(b.object_type.as_str(), &b.object_id)));
     let total = all.len();
     all.truncate(limit);
     Ok((all, total))

@@ -303,7 +303,7 @@ fn flush_due(bridge: &Bridge, limits: due::FlushLimits, force: bool, now: i64, m
             }
             // Oldest shards first; within a shard, oldest records first.
             let mut order: Vec<(i64, u32)> = stats.iter().map(|(n, st)| (st.oldest.unwrap_or(i64::MAX), *n)).collect();
-            order.sort();
+            crate::sorting::sort(&mut order);
             let chosen = choose(bridge, object_type, &order, limits)?;
             if chosen.is_empty() {
                 // The summary promised records the shards do not hold: rebuild it.
@@ -333,7 +333,7 @@ fn choose(bridge: &Bridge, object_type: ObjectType, order: &[(i64, u32)], limits
     for (_, n) in order {
         let shard: Shard = read_map(bridge.kv, &pending_shard_key(object_type, *n))?;
         let mut waiting: Vec<(String, Slot)> = shard.into_iter().filter(|(_, s)| s.is_pending()).collect();
-        waiting.sort_by_key(|(_, s)| s.received);
+        crate::sorting::sort_by_key(&mut waiting, |(_, s)| s.received);
         for (object_id, slot) in waiting {
             let len = slot.line.as_ref().map_or(0, |l| l.get().len()) + 1;
             if chosen.len() >= limits.max_records || (!chosen.is_empty() && bytes + len > limits.max_bytes) {
@@ -367,7 +367,8 @@ fn flush_chosen(bridge: &Bridge, gong: &GongClient, integration_id: i64, object_
     let Some(sent) = send_file(bridge, gong, integration_id, object_type, records, deliveries, attempts)? else {
         return Ok(json!({"objectType": object_type, "records": 0}));
     };
-    let line_of: BTreeMap<&str, usize> = sent.line_ids.iter().enumerate().map(|(i, id)| (id.as_str(), i + 1)).collect();
+    let mut line_of: BTreeMap<&str, usize> = BTreeMap::new();
+    line_of.extend(sent.line_ids.iter().enumerate().map(|(i, id)| (id.as_str(), i + 1)));
     let at = bridge.clock.now().unix_timestamp();
     let mut summary = read_summary(bridge)?;
     for (n, versions) in sent_versions {

@@ -54,7 +54,7 @@ pub(super) fn poll_inflight(bridge: &Bridge, inflight: &[String], held: &mut Lea
         }
         files.push((marker, record));
     }
-    files.sort_by_key(|(marker, record)| (record.next_poll_at.unwrap_or(0), marker.sent_at));
+    crate::sorting::sort_by_key(&mut files, |(marker, record)| (record.next_poll_at.unwrap_or(0), marker.sent_at));
     let mut polls = 0;
     for (marker, mut record) in files {
         if !record.status.is_final() && now - marker.sent_at > GONG_STATUS_TTL_SECONDS {

@@ -109,7 +109,8 @@ pub(super) fn has_work(settling: &BTreeMap<String, i64>, key: &str, now: i64, re
 pub(super) fn compact_inbox(bridge: &Bridge, layout: Layout, mut inbox: Vec<String>, held: &mut Lease, report: &mut FlushReport) -> Result<(), Fault> {
     let now = bridge.clock.now().unix_timestamp();
     let release_after = settings::inbox_release_seconds(bridge.config);
-    let present: BTreeSet<&str> = inbox.iter().map(String::as_str).collect();
+    let mut present: BTreeSet<&str> = BTreeSet::new();
+    present.extend(inbox.iter().map(String::as_str));
     let mut settling = settling(bridge)?;
     let settling_before = settling.clone();
     settling.retain(|key, _| present.contains(key.as_str()));
@@ -117,7 +118,7 @@ pub(super) fn compact_inbox(bridge: &Bridge, layout: Layout, mut inbox: Vec<Stri
     let pressure = release_after == 0 || unmerged >= layout.inbox_compact_at || inbox.len() >= 2 * layout.inbox_compact_at;
     // Keys merged before are loaded again only once they may be released.
     inbox.retain(|key| has_work(&settling, key, now, release_after, pressure));
-    inbox.sort_by(|a, b| inbox_received(a).cmp(inbox_received(b)).then(a.cmp(b)));
+    crate::sorting::sort_by(&mut inbox, |a, b| inbox_received(a).cmp(inbox_received(b)).then(a.cmp(b)));
     let mut loaded: Vec<(String, InboxEntry)> = Vec::new();
     let mut bytes = 0;
     for key in inbox.into_iter().take(COMPACT_MAX_KEYS) {
@@ -211,7 +212,8 @@ pub(super) fn compact_inbox(bridge: &Bridge, layout: Layout, mut inbox: Vec<Stri
         write_map(bridge.kv, SETTLING_KEY, &settling)?;
     }
     let counted: Vec<&(String, usize)> = loaded.iter().zip(&complete).filter(|(_, done)| **done).filter_map(|((key, _), _)| first_merges.get(key)).collect();
-    let deliveries: BTreeSet<&str> = counted.iter().map(|(delivery, _)| delivery.as_str()).collect();
+    let mut deliveries: BTreeSet<&str> = BTreeSet::new();
+    deliveries.extend(counted.iter().map(|(delivery, _)| delivery.as_str()));
     bridge.tally.records_accepted(deliveries.len() as u64, counted.iter().map(|(_, n)| *n as u64).sum());
     report.compacted = Some(report.compacted.unwrap_or(0) + compacted);
     report.superseded = Some(report.superseded.unwrap_or(0) + superseded);

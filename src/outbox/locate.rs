@@ -178,7 +178,7 @@ pub fn pending_versions(bridge: &Bridge, layout: Layout, object_type: ObjectType
         }
     }
     // A version delivered several times is one version (compaction merges the copies).
-    out.sort_by_key(|k| (k.modified, k.received));
+    crate::sorting::sort_by_key(&mut out, |k| (k.modified, k.received));
     out.dedup_by_key(|k| k.modified);
     Ok(out)
 }

@@ -84,7 +84,8 @@ pub fn overview(bridge: &Bridge) -> Result<Overview, Fault> {
     }
     // Inbox keys are `inbox/{TYPE}/{received}/{unique}`; those merged already wait only to be
     // released, and their records are counted in the shards.
-    let merged: BTreeSet<String> = super::inbox::settling(bridge)?.into_keys().collect();
+    let mut merged: BTreeSet<String> = BTreeSet::new();
+    merged.extend(super::inbox::settling(bridge)?.into_keys());
     for key in keys.iter().filter(|k| k.starts_with(INBOX_PREFIX) && !merged.contains(*k)) {
         let mut parts = key[INBOX_PREFIX.len()..].split('/');
         let (Some(object_type), Some(received)) = (parts.next(), parts.next().and_then(|r| r.parse::<i64>().ok())) else { continue };
@@ -114,7 +115,7 @@ pub fn overview(bridge: &Bridge) -> Result<Overview, Fault> {
             polls: record.polls,
         });
     }
-    files.sort_by_key(|f| (f.sent_at, f.client_request_id.clone()));
+    crate::sorting::sort_by_key(&mut files, |f| (f.sent_at, f.client_request_id.clone()));
 
     for key in keys.iter().filter(|k| k.starts_with(FAILURE_SHARD_PREFIX)) {
         let shard: BTreeMap<String, Failure> = read_map(bridge.kv, key)?;

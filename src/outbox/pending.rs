@@ -37,13 +37,13 @@ pub(super) fn set_stat(summary: &mut Summary, object_type: ObjectType, n: u32, s
 }
 
 pub(super) fn pending_report(summary: &Summary) -> serde_json::Value {
-    json!(summary
-        .iter()
-        .map(|(t, stats)| {
-            let s = shards::type_summary(stats);
-            (t.clone(), json!({"records": s.records, "versions": s.versions, "bytes": s.bytes, "oldestReceived": s.oldest_received}))
-        })
-        .collect::<serde_json::Map<_, _>>())
+    // Inserted one by one: collecting would instantiate a sort for the map (crate::sorting).
+    let mut report = serde_json::Map::new();
+    for (t, stats) in summary {
+        let s = shards::type_summary(stats);
+        report.insert(t.clone(), json!({"records": s.records, "versions": s.versions, "bytes": s.bytes, "oldestReceived": s.oldest_received}));
+    }
+    serde_json::Value::Object(report)
 }
 
 // ----- merging into the pending shards ---------------------------------------------------------

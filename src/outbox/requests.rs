@@ -331,7 +331,7 @@ pub fn refresh(bridge: &Bridge, mut record: RequestRecord) -> (RequestRecord, Op
 pub fn page(bridge: &Bridge, status: Option<TrackedStatus>, limit: usize, after: Option<&str>) -> Result<(Vec<RequestRecord>, Option<String>), Fault> {
     let store = bridge.store();
     let mut index: Vec<String> = bridge.kv.keys()?.into_iter().filter(|k| k.starts_with(REQUEST_INDEX_PREFIX)).collect();
-    index.sort();
+    crate::sorting::sort(&mut index);
     let mut page: Vec<(String, RequestRecord)> = Vec::new();
     let mut next = None;
     for key in index.iter().filter(|k| after.is_none_or(|a| k.as_str() > a)) {

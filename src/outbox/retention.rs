@@ -40,7 +40,7 @@ pub(super) fn retain_requests(bridge: &Bridge, layout: Layout) -> Result<usize, 
             finished.push(record);
         }
     }
-    finished.sort_by(|a, b| a.submitted_at.cmp(&b.submitted_at));
+    crate::sorting::sort_by(&mut finished, |a, b| a.submitted_at.cmp(&b.submitted_at));
     let finished_at = |r: &RequestRecord| crate::validation::parse_gong_datetime(&r.updated_at).map(|t| t.unix_timestamp()).unwrap_or(now);
     let target = layout.request_retention * 3 / 4;
     let over = if request_keys.len() > layout.request_retention { request_keys.len().saturating_sub(target) } else { 0 };

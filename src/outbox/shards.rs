@@ -222,7 +222,7 @@ pub fn prune(shard: &mut Shard, now: i64, keep_seconds: i64, budget: usize) -> u
             .iter()
             .filter_map(|(id, slot)| slot.sent.as_ref().filter(|_| !slot.is_pending()).map(|s| (s.at, id.clone())))
             .collect();
-        tombstones.sort();
+        crate::sorting::sort(&mut tombstones);
         for (_, id) in tombstones {
             if size <= budget {
                 break;

@@ -5,39 +5,19 @@ use serde_json::{json, Value};
 
 use crate::bridge::Bridge;
 use crate::outbox::overview::{overview, Overview};
-use crate::ports::Response;
+use crate::ports::{Request, Response};
 use crate::problem::{json_response, ApiError};
 use crate::settings;
 use crate::tally::{self, Counters};
 
-/// The page: one self-contained HTML file (inline CSS and JS, nothing fetched from outside).
-const STATUS_PAGE: &str = include_str!("status_page.html");
-/// The bridge's API, checked in, and checked against the router and the real bodies by
-/// `routes::openapi_tests`.
-/// Minified by `build.rs`.
-const OPENAPI: &str = include_str!(concat!(env!("OUT_DIR"), "/openapi.min.json"));
-
-fn with_type(status: u16, content_type: &'static str, body: &str) -> Response {
-    http::Response::builder()
-        .status(status)
-        .header(http::header::CONTENT_TYPE, content_type)
-        .header(http::header::CACHE_CONTROL, "no-store")
-        .body(body.as_bytes().to_vec())
-        .unwrap_or_else(|_| http::Response::new(Vec::new()))
-}
-
 /// `GET /`: the page asks for the api token in the browser; it holds no data itself.
-pub fn page() -> Response {
-    let mut response = with_type(200, "text/html; charset=utf-8", STATUS_PAGE);
+pub fn page(request: &Request) -> Response {
+    let mut response = super::embedded::STATUS_PAGE.response(request);
     // Nothing on the page may come from elsewhere, and no other site may frame it.
     if let Ok(v) = http::HeaderValue::from_str("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; connect-src 'self'; frame-ancestors 'none'") {
         response.headers_mut().insert(http::header::CONTENT_SECURITY_POLICY, v);
     }
     response
-}
-
-pub fn openapi() -> Response {
-    with_type(200, "application/json", OPENAPI)
 }
 
 /// The integrationId in use and where it comes from (`variable` or what `PUT /integration` kept).
@@ -66,7 +46,12 @@ pub fn status(bridge: &Bridge) -> Result<Response, ApiError> {
 /// `GET /metrics`: the same numbers in Prometheus' text format (version 0.0.4).
 pub fn metrics(bridge: &Bridge) -> Result<Response, ApiError> {
     let text = render_metrics(&overview(bridge)?, &tally::load(bridge.kv)?);
-    Ok(with_type(200, "text/plain; version=0.0.4; charset=utf-8", &text))
+    Ok(http::Response::builder()
+        .status(200)
+        .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
+        .header(http::header::CACHE_CONTROL, "no-store")
+        .body(text.into_bytes())
+        .unwrap_or_else(|_| http::Response::new(Vec::new())))
 }
 
 /// Prometheus text exposition: `# HELP`, `# TYPE`, then one sample per line.
@@ -121,7 +106,9 @@ pub fn render_metrics(o: &Overview, counters: &Counters) -> String {
         }
     }
     out.family("gcb_gong_paused_seconds", "Seconds left of a pause of all Gong calls (a 429's Retry-After or a cap); 0 when none", "gauge");
-    out.sample("gcb_gong_paused_seconds", &[], q.paused_until_ms.map_or(0.0, |until| ((until - o.now * 1000).max(0) as f64) / 1000.0));
+    let paused_ms = q.paused_until_ms.map_or(0, |until| (until - o.now * 1000).max(0));
+    // Seconds with millisecond digits, from integers: no float formatting in the component.
+    out.sample("gcb_gong_paused_seconds", &[], format_args!("{}.{:03}", paused_ms / 1000, paused_ms % 1000));
     out.family("gcb_kv_keys", "Keys in the key-value store", "gauge");
     out.sample("gcb_kv_keys", &[], o.keys.total);
     out.family("gcb_kv_key_budget", "Keys the layout plans for (kv_max_keys, or 4096)", "gauge");

@@ -377,7 +377,7 @@ fn dedup_and_order<'a, T>(
     let merged = items.len().saturating_sub(latest.len());
     // Sorting (modified, input index) pairs is a stable sort by modified.
     let mut kept: Vec<(i128, usize)> = latest.into_values().collect();
-    kept.sort_unstable();
+    crate::sorting::sort(&mut kept);
     (kept.into_iter().map(|(_, i)| i).collect(), merged)
 }
 

@@ -541,10 +541,12 @@ impl<'s> RecordValidator<'s> {
             }
             Check::Percent => match value.as_f64() {
                 Some(n) if (0.0..=100.0).contains(&n) => {}
-                Some(n) => p.push(
+                // `value` shows the number as it was sent (and keeps float formatting out of the
+                // component, issue 12).
+                Some(_) => p.push(
                     field,
                     format!("{scope}.range"),
-                    format!("{field} is a percentage and must be between 0 and 100, got {n}"),
+                    format!("{field} is a percentage and must be between 0 and 100, got {value}"),
                 ),
                 None => type_error(p, "a number between 0 and 100", value),
             },
@@ -575,7 +577,7 @@ impl<'s> RecordValidator<'s> {
                 Some(s) if allowed.contains(s) => {}
                 Some(s) => {
                     let mut listed: Vec<&str> = allowed.iter().copied().collect();
-                    listed.sort_unstable();
+                    crate::sorting::sort(&mut listed);
                     let shown = listed
                         .iter()
                         .take(20)
@@ -737,11 +739,14 @@ pub fn looks_like_email(s: &str) -> bool {
     labels >= 2 && last.chars().count() >= 2 && !last.chars().all(|c| c.is_ascii_digit())
 }
 
-/// An absolute `http`/`https` URL with a host, as a link back into the CRM must be.
+/// An absolute `http`/`https` URL with a host, as a link back into the CRM must be: Gong's
+/// "qualified URI", read as an IRI (RFC 3987) so a host or path in any script is accepted.
 fn is_absolute_http_url(s: &str) -> bool {
-    match url::Url::parse(s) {
-        Ok(u) => {
-            matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty())
+    match fluent_uri::Iri::parse(s) {
+        Ok(iri) => {
+            let scheme = iri.scheme().as_str();
+            (scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https"))
+                && iri.authority().is_some_and(|a| !a.host().is_empty())
         }
         Err(_) => false,
     }
@@ -1054,11 +1059,23 @@ mod tests {
             json!({"url": "https://crm.example.com/account/6d4r578f"}),
         );
         assert_ok(ObjectType::Account, json!({"url": null}));
+        // A qualified URI or IRI: any script in host and path, percent-escapes, ports, queries.
+        for good in [
+            "HTTP://CRM.example.com:8443/a?b=c#d",
+            "https://bücher.example/konto/ä%20b",
+            "https://例え.jp/取引先/1",
+            "https://[2001:db8::1]/a",
+        ] {
+            assert_ok(ObjectType::Account, json!({ "url": good }));
+        }
         for bad in [
             "/account/1",
             "crm.example.com/a",
             "ftp://crm.example.com/a",
             "javascript:alert(1)",
+            "https:///no-host",
+            "https://crm.example.com/a b",
+            "https://crm.example.com/%zz",
         ] {
             assert_rule(ObjectType::Account, json!({ "url": bad }), "url.invalid");
         }
