@@ -367,8 +367,7 @@ fn flush_chosen(bridge: &Bridge, gong: &GongClient, integration_id: i64, object_
     let Some(sent) = send_file(bridge, gong, integration_id, object_type, records, deliveries, attempts)? else {
         return Ok(json!({"objectType": object_type, "records": 0}));
     };
-    let mut line_of: BTreeMap<&str, usize> = BTreeMap::new();
-    line_of.extend(sent.line_ids.iter().enumerate().map(|(i, id)| (id.as_str(), i + 1)));
+    let line_of: std::collections::HashMap<&str, usize> = sent.line_ids.iter().enumerate().map(|(i, id)| (id.as_str(), i + 1)).collect();
     let at = bridge.clock.now().unix_timestamp();
     let mut summary = read_summary(bridge)?;
     for (n, versions) in sent_versions {

@@ -1,7 +1,7 @@
 //! Accepting a delivery (one inbox key per delivery, nothing read-modify-written) and
 //! compacting the inbox into the pending shards after the answer.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashSet};
 
 use super::lease::{self, Lease};
 use super::pending::{merge_into_pending, Incoming};
@@ -109,8 +109,8 @@ pub(super) fn has_work(settling: &BTreeMap<String, i64>, key: &str, now: i64, re
 pub(super) fn compact_inbox(bridge: &Bridge, layout: Layout, mut inbox: Vec<String>, held: &mut Lease, report: &mut FlushReport) -> Result<(), Fault> {
     let now = bridge.clock.now().unix_timestamp();
     let release_after = settings::inbox_release_seconds(bridge.config);
-    let mut present: BTreeSet<&str> = BTreeSet::new();
-    present.extend(inbox.iter().map(String::as_str));
+    // Lookups only: a hash set shares the component's one `HashSet<&str>` (issue 12).
+    let present: HashSet<&str> = inbox.iter().map(String::as_str).collect();
     let mut settling = settling(bridge)?;
     let settling_before = settling.clone();
     settling.retain(|key, _| present.contains(key.as_str()));
@@ -212,8 +212,7 @@ pub(super) fn compact_inbox(bridge: &Bridge, layout: Layout, mut inbox: Vec<Stri
         write_map(bridge.kv, SETTLING_KEY, &settling)?;
     }
     let counted: Vec<&(String, usize)> = loaded.iter().zip(&complete).filter(|(_, done)| **done).filter_map(|((key, _), _)| first_merges.get(key)).collect();
-    let mut deliveries: BTreeSet<&str> = BTreeSet::new();
-    deliveries.extend(counted.iter().map(|(delivery, _)| delivery.as_str()));
+    let deliveries: HashSet<&str> = counted.iter().map(|(delivery, _)| delivery.as_str()).collect();
     bridge.tally.records_accepted(deliveries.len() as u64, counted.iter().map(|(_, n)| *n as u64).sum());
     report.compacted = Some(report.compacted.unwrap_or(0) + compacted);
     report.superseded = Some(report.superseded.unwrap_or(0) + superseded);

@@ -2,7 +2,7 @@
 //! `GET /metrics`: read-only, from one key listing plus the summary, the in-flight markers with
 //! their request records, and the failure shards.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
@@ -84,8 +84,7 @@ pub fn overview(bridge: &Bridge) -> Result<Overview, Fault> {
     }
     // Inbox keys are `inbox/{TYPE}/{received}/{unique}`; those merged already wait only to be
     // released, and their records are counted in the shards.
-    let mut merged: BTreeSet<String> = BTreeSet::new();
-    merged.extend(super::inbox::settling(bridge)?.into_keys());
+    let merged: std::collections::HashSet<String> = super::inbox::settling(bridge)?.into_keys().collect();
     for key in keys.iter().filter(|k| k.starts_with(INBOX_PREFIX) && !merged.contains(*k)) {
         let mut parts = key[INBOX_PREFIX.len()..].split('/');
         let (Some(object_type), Some(received)) = (parts.next(), parts.next().and_then(|r| r.parse::<i64>().ok())) else { continue };
