@@ -104,7 +104,8 @@ pub enum GongError {
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum BuildError {
-    #[error("gong_base_url {0:?} is not an absolute http(s) URL")]
+    // Credentials belong in the secret variables, never in the URL (which is not secret).
+    #[error("gong_base_url {0:?} is not an absolute http(s) URL (scheme://host[:port][/prefix], without user:password@)")]
     BadBaseUrl(String),
     #[error("{0}")]
     Serialize(String),
@@ -340,8 +341,22 @@ mod tests {
 
     #[test]
     fn rejects_non_http_base_urls() {
-        assert!(GongClient::new("ftp://x", Auth::Bearer("t".into())).is_err());
-        assert!(GongClient::new("not a url", Auth::Bearer("t".into())).is_err());
+        for bad in ["ftp://x", "not a url", "https://", "/v2", "https://user:pass@api.gong.io", ""] {
+            assert!(GongClient::new(bad, Auth::Bearer("t".into())).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_base_url_keeps_its_port_and_path_prefix() {
+        let uri = |base: &str| GongClient::new(base, Auth::Bearer("t".into())).unwrap().list_integrations().uri().to_string();
+        assert_eq!(uri("https://us-55616.api.gong.io"), "https://us-55616.api.gong.io/v2/crm/integrations");
+        assert_eq!(uri(" HTTPS://us-55616.api.gong.io/ "), "https://us-55616.api.gong.io/v2/crm/integrations");
+        assert_eq!(uri("http://127.0.0.1:8080/gong/"), "http://127.0.0.1:8080/gong/v2/crm/integrations");
+        // A query or fragment on the base is not Gong's: each operation sets its own query.
+        assert_eq!(uri("https://proxy.example/gong?x=1"), "https://proxy.example/gong/v2/crm/integrations");
+        let delete = GongClient::new("https://api.gong.io/p", Auth::Bearer("t".into())).unwrap().delete_integration(5, "a b&c");
+        assert_eq!(query(&delete), vec![("integrationId".to_owned(), "5".to_owned()), ("clientRequestId".to_owned(), "a b&c".to_owned())]);
+        assert!(delete.uri().to_string().starts_with("https://api.gong.io/p/v2/crm/integrations?"));
     }
 
     #[test]
