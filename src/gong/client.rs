@@ -53,6 +53,17 @@ pub struct GongClient {
     auth: Auth,
 }
 
+/// `base` for an error message, with anything before an `@` in its authority replaced: a
+/// refused base URL may hold a password, and the message reaches `/healthz` and the logs.
+fn without_userinfo(base: &str) -> String {
+    let (scheme, rest) = base.split_once("://").unwrap_or(("", base));
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}{}<redacted>{}", if scheme.is_empty() { "" } else { "://" }, &rest[at..]),
+        None => base.to_owned(),
+    }
+}
+
 /// The eight operations, for messages and for per-operation meaning of status codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
@@ -113,7 +124,7 @@ pub enum BuildError {
 
 impl GongClient {
     pub fn new(base_url: &str, auth: Auth) -> Result<GongClient, BuildError> {
-        let bad = || BuildError::BadBaseUrl(base_url.to_owned());
+        let bad = || BuildError::BadBaseUrl(without_userinfo(base_url.trim()));
         let parsed: http::Uri = base_url.trim().parse().map_err(|_| bad())?;
         let scheme = parsed.scheme_str().map(str::to_ascii_lowercase);
         let (Some(scheme @ ("http" | "https")), Some(authority)) = (scheme.as_deref(), parsed.authority()) else {
@@ -124,11 +135,6 @@ impl GongClient {
         }
         let prefix = parsed.path().trim_end_matches('/');
         Ok(GongClient { base_url: format!("{scheme}://{authority}{prefix}"), auth })
-    }
-
-    /// `scheme://authority[/prefix]`, as requests are built from it.
-    pub fn base_url(&self) -> &str {
-        &self.base_url
     }
 
     fn url(&self, path: &str, query: &[(&str, &str)]) -> String {
@@ -344,6 +350,14 @@ mod tests {
         for bad in ["ftp://x", "not a url", "https://", "/v2", "https://user:pass@api.gong.io", ""] {
             assert!(GongClient::new(bad, Auth::Bearer("t".into())).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_refused_base_url_is_shown_without_its_password() {
+        let error = GongClient::new("https://bob:s3cret@api.gong.io/x", Auth::Bearer("t".into())).unwrap_err().to_string();
+        assert!(error.contains("https://<redacted>@api.gong.io/x") && !error.contains("s3cret") && !error.contains("bob"), "{error}");
+        let error = GongClient::new("ftp://api.gong.io/a@b", Auth::Bearer("t".into())).unwrap_err().to_string();
+        assert!(error.contains("ftp://api.gong.io/a@b"), "{error}");
     }
 
     #[test]
