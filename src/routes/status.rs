@@ -1,5 +1,6 @@
-//! The operator's read-only surface: `GET /` (the status page), `GET /status` (its data, for
-//! monitoring scripts too), `GET /metrics` (Prometheus text) and `GET /openapi.json`.
+//! The operator's read-only surface: `GET /` (the status page, whose bytes `routes::embedded`
+//! carries), `GET /status` (its data, for monitoring scripts too) and `GET /metrics` (Prometheus
+//! text). `GET /openapi.json` is `routes::embedded` alone.
 
 use serde_json::{json, Value};
 
