@@ -4,6 +4,7 @@
 //! `--compressed`, say).
 
 use crate::ports::{Request, Response};
+use crate::problem::ApiError;
 
 /// A gzipped document and the media type it is served as.
 pub struct Embedded {
@@ -29,7 +30,12 @@ impl Embedded {
     /// The 200 answer to `request`: gzip when its `Accept-Encoding` allows it, else identity.
     pub fn response(&self, request: &Request) -> Response {
         let gzip = accepts_gzip(request);
-        let body = if gzip { self.gzip.to_vec() } else { self.inflated() };
+        let body = if gzip { Some(self.gzip.to_vec()) } else { self.inflated() };
+        // The build checked the stream and a test inflates both documents: a failure here is a
+        // broken build, answered as one rather than as an empty 200.
+        let Some(body) = body else {
+            return ApiError::Internal(format!("the embedded {} could not be inflated", self.content_type)).into_response();
+        };
         let mut builder = http::Response::builder()
             .status(200)
             .header(http::header::CONTENT_TYPE, self.content_type)
@@ -41,12 +47,11 @@ impl Embedded {
         builder.body(body).unwrap_or_else(|_| http::Response::new(Vec::new()))
     }
 
-    /// The document itself (the build checked the stream, and a test inflates both).
-    pub fn inflated(&self) -> Vec<u8> {
+    /// The document itself.
+    pub fn inflated(&self) -> Option<Vec<u8>> {
         self.gzip
             .get(GZIP_HEADER..self.gzip.len().saturating_sub(GZIP_TRAILER))
             .and_then(|deflate| miniz_oxide::inflate::decompress_to_vec(deflate).ok())
-            .unwrap_or_default()
     }
 }
 
@@ -78,12 +83,23 @@ mod tests {
 
     #[test]
     fn both_documents_inflate_to_their_sources() {
-        let page = STATUS_PAGE.inflated();
+        let page = STATUS_PAGE.inflated().unwrap();
         assert_eq!(page, include_bytes!("status_page.html"));
-        let document: serde_json::Value = serde_json::from_slice(&OPENAPI.inflated()).unwrap();
+        let document: serde_json::Value = serde_json::from_slice(&OPENAPI.inflated().unwrap()).unwrap();
         let source: serde_json::Value = serde_json::from_str(include_str!("../../docs/openapi.json")).unwrap();
         assert_eq!(document, source);
-        assert!(OPENAPI.gzip.len() * 4 < OPENAPI.inflated().len(), "compression is what they are embedded for");
+        assert!(OPENAPI.gzip.len() * 4 < document.to_string().len(), "compression is what they are embedded for");
+    }
+
+    #[test]
+    fn a_document_that_does_not_inflate_is_a_500_not_an_empty_200() {
+        let broken = Embedded { gzip: b"\x1f\x8b\x08\0\0\0\0\0\0\xffnot deflate at all", content_type: "application/json" };
+        assert!(broken.inflated().is_none());
+        let response = broken.response(&request(None));
+        assert_eq!(response.status(), 500);
+        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        // A client that takes gzip gets the bytes as stored: its own decoder reports them.
+        assert_eq!(broken.response(&request(Some("gzip"))).status(), 200);
     }
 
     #[test]
@@ -103,7 +119,7 @@ mod tests {
             let encoding = response.headers().get("content-encoding").map(|v| v.to_str().unwrap().to_owned());
             assert_eq!(encoding.as_deref(), gzip.then_some("gzip"), "{header:?}");
             assert_eq!(response.headers()["vary"], "accept-encoding");
-            let body = if gzip { OPENAPI.inflated() } else { response.body().clone() };
+            let body = if gzip { OPENAPI.inflated().unwrap() } else { response.body().clone() };
             assert!(serde_json::from_slice::<serde_json::Value>(&body).is_ok(), "{header:?}");
             assert_eq!(response.body().len() < 20_000, gzip, "{header:?}");
         }
