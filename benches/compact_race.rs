@@ -30,13 +30,35 @@ fn event(id: &str, version: i64) -> Vec<u8> {
 
 async fn deliver(app: &TestApp, id: &str, body: &[u8]) -> u16 {
     let (ts, sig) = support::signed_now(id, body);
-    app.request("POST", "/webhooks", &[("webhook-id", id), ("webhook-timestamp", &ts), ("webhook-signature", &sig)], body.to_vec()).await.status
+    app.request(
+        "POST",
+        "/webhooks",
+        &[
+            ("webhook-id", id),
+            ("webhook-timestamp", &ts),
+            ("webhook-signature", &sig),
+        ],
+        body.to_vec(),
+    )
+    .await
+    .status
 }
 
 async fn flush(app: &TestApp, force: bool) -> (u16, serde_json::Value) {
     let token = format!("Bearer {}", support::API_TOKEN);
-    let r = app.request("POST", if force { "/flush?force=true" } else { "/flush" }, &[("authorization", &token)], Vec::new()).await;
-    let body = if r.body.is_empty() { serde_json::Value::Null } else { r.json() };
+    let r = app
+        .request(
+            "POST",
+            if force { "/flush?force=true" } else { "/flush" },
+            &[("authorization", &token)],
+            Vec::new(),
+        )
+        .await;
+    let body = if r.body.is_empty() {
+        serde_json::Value::Null
+    } else {
+        r.json()
+    };
     (r.status, body)
 }
 
@@ -101,7 +123,9 @@ async fn run(latency_ms: u64, settle_ms: u64) -> Outcome {
         let (app, queue, refused) = (replicas[s % 2].clone(), queue.clone(), refused.clone());
         senders.push(tokio::spawn(async move {
             loop {
-                let Some((id, body)) = queue.lock().await.pop() else { break };
+                let Some((id, body)) = queue.lock().await.pop() else {
+                    break;
+                };
                 // A CRM re-delivers until it gets a 2xx.
                 for _ in 0..100 {
                     let status = deliver(&app, &id, &body).await;
@@ -125,7 +149,11 @@ async fn run(latency_ms: u64, settle_ms: u64) -> Outcome {
     for _ in 0..200 {
         let (status, report) = flush(&a, true).await;
         let pending = report["pending"].as_object().map_or(1, |m| m.len());
-        if status == 200 && pending == 0 && report["inboxKeys"] == 0 && kv.keys_with_prefix("inflight/").is_empty() {
+        if status == 200
+            && pending == 0
+            && report["inboxKeys"] == 0
+            && kv.keys_with_prefix("inflight/").is_empty()
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -134,18 +162,39 @@ async fn run(latency_ms: u64, settle_ms: u64) -> Outcome {
     let mut in_gong: HashMap<String, Vec<String>> = HashMap::new();
     let uploads = a.mock().received_on("POST", "/v2/crm/entities");
     for upload in &uploads {
-        let Some(part) = upload.part("dataFile") else { continue };
+        let Some(part) = upload.part("dataFile") else {
+            continue;
+        };
         for line in part.lines() {
             let v: serde_json::Value = serde_json::from_str(&line).expect("LDJSON");
-            in_gong.entry(v["objectId"].as_str().unwrap_or_default().to_owned()).or_default().push(v["modifiedDate"].as_str().unwrap_or_default().to_owned());
+            in_gong
+                .entry(v["objectId"].as_str().unwrap_or_default().to_owned())
+                .or_default()
+                .push(v["modifiedDate"].as_str().unwrap_or_default().to_owned());
         }
     }
-    let missing = (0..RECORDS).filter(|i| !in_gong.get(&format!("r{i}")).is_some_and(|v| v.contains(&modified(2)))).count();
-    Outcome { missing, uploads: uploads.len(), refused: refused.load(Ordering::Relaxed), peak_keys: kv.peaks().0, seconds }
+    let missing = (0..RECORDS)
+        .filter(|i| {
+            !in_gong
+                .get(&format!("r{i}"))
+                .is_some_and(|v| v.contains(&modified(2)))
+        })
+        .count();
+    Outcome {
+        missing,
+        uploads: uploads.len(),
+        refused: refused.load(Ordering::Relaxed),
+        peak_keys: kv.peaks().0,
+        seconds,
+    }
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     rt.block_on(async {
         println!("| store latency per op (ms, uniform 0..max) | settle (ms) | deliveries | latest versions missing | Gong uploads | refused, re-delivered | keys at most | run time |");
         println!("|---|---|---|---|---|---|---|---|");

@@ -175,7 +175,9 @@ fn cpus() -> String {
 /// A `HostState` like the one `TestApp::send` gives each request (empty vars, nothing allowed).
 fn fresh_state() -> HostState {
     HostState {
-        memory: support::spin::MemoryWatch { peak: Default::default() },
+        memory: support::spin::MemoryWatch {
+            peak: Default::default(),
+        },
         wasi: WasiCtx::builder().build(),
         http: WasiHttpCtx::new(),
         table: ResourceTable::new(),

@@ -16,7 +16,6 @@ use support::{MemKv, TestApp};
 const TRIALS: usize = 20;
 const DELIVERIES: usize = 50;
 
-
 async fn round(apps: &[TestApp], id: &str) -> usize {
     let body = br#"{"type":"schema.updated","data":{"objectType":"ACCOUNT","fields":[{"uniqueName":"Tier","label":"Tier","type":"STRING"}]}}"#.to_vec();
     let (ts, sig) = support::signed_now(id, &body);
@@ -26,7 +25,16 @@ async fn round(apps: &[TestApp], id: &str) -> usize {
         let (id, ts, sig, body) = (id.to_owned(), ts.clone(), sig.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
             let r = app
-                .request("POST", "/webhooks", &[("webhook-id", &id), ("webhook-timestamp", &ts), ("webhook-signature", &sig)], body)
+                .request(
+                    "POST",
+                    "/webhooks",
+                    &[
+                        ("webhook-id", &id),
+                        ("webhook-timestamp", &ts),
+                        ("webhook-signature", &sig),
+                    ],
+                    body,
+                )
                 .await;
             r.status == 200 && r.header("idempotency-replayed").is_none()
         }));
@@ -41,7 +49,11 @@ async fn round(apps: &[TestApp], id: &str) -> usize {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     rt.block_on(async {
         println!("| settle (ms) | store latency per op (ms, uniform 0..max) | rounds with >1 past the claim | max past the claim | mean round time |");
         println!("|---|---|---|---|---|");

@@ -45,10 +45,16 @@ fn delivery(i: u32) -> serde_json::Value {
 /// Delivers until accepted, as a sender does: a 503 with Retry-After (the compact layout's
 /// store-full line) is re-delivered after 100 ms. Returns the accepted answer's latency and the
 /// number of refusals before it.
-async fn deliver(bridge: client::Bridge, i: u32, prefix: &str) -> anyhow::Result<(Duration, usize)> {
+async fn deliver(
+    bridge: client::Bridge,
+    i: u32,
+    prefix: &str,
+) -> anyhow::Result<(Duration, usize)> {
     let mut refused = 0;
     loop {
-        let reply = bridge.webhook(&format!("{prefix}-{i}"), &delivery(i)).await?;
+        let reply = bridge
+            .webhook(&format!("{prefix}-{i}"), &delivery(i))
+            .await?;
         match reply.status {
             202 => return Ok((reply.elapsed, refused)),
             503 if reply.header("retry-after").is_some() && refused < 600 => {
@@ -69,7 +75,12 @@ async fn measure(label: &str, spin: &SpinProcess) -> anyhow::Result<()> {
         sequential.push(latency);
         refused += refusals;
     }
-    summary(&format!("{label}, sequential"), sequential, refused, started.elapsed());
+    summary(
+        &format!("{label}, sequential"),
+        sequential,
+        refused,
+        started.elapsed(),
+    );
 
     let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
     let started = Instant::now();
@@ -87,13 +98,19 @@ async fn measure(label: &str, spin: &SpinProcess) -> anyhow::Result<()> {
         concurrent.push(latency);
         refused += refusals;
     }
-    summary(&format!("{label}, {CONCURRENCY} concurrent"), concurrent, refused, started.elapsed());
+    summary(
+        &format!("{label}, {CONCURRENCY} concurrent"),
+        concurrent,
+        refused,
+        started.elapsed(),
+    );
     Ok(())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let (spin, version) = harness::find_spin("SPIN_BIN", "spin").map_err(|why| anyhow::anyhow!(why))?;
+    let (spin, version) =
+        harness::find_spin("SPIN_BIN", "spin").map_err(|why| anyhow::anyhow!(why))?;
     println!("{} ({version})", spin.display());
     let root = support::component::target_dir().join("real-spin-bench");
     let _ = std::fs::remove_dir_all(&root);
@@ -112,13 +129,21 @@ async fn main() -> anyhow::Result<()> {
     };
     println!("| store, layout, load | accepted | 503 re-deliveries | p50 | p99 | max | accepted/s |\n|---|---|---|---|---|---|---|");
     for (layout, max_keys) in [("default budget", "0"), ("kv_max_keys 1024", "1024")] {
-        let options = SpinOptions::new(&spin, &mock).var("kv_max_keys", max_keys).var("flush_interval_seconds", "3600");
-        let sqlite = SpinProcess::start(&app, &options, &root.join(format!("sqlite-{layout}"))).await?;
+        let options = SpinOptions::new(&spin, &mock)
+            .var("kv_max_keys", max_keys)
+            .var("flush_interval_seconds", "3600");
+        let sqlite =
+            SpinProcess::start(&app, &options, &root.join(format!("sqlite-{layout}"))).await?;
         measure(&format!("SQLite, {layout}"), &sqlite).await?;
         drop(sqlite);
         if let Some(redis) = &redis {
             redis.cli(&["FLUSHDB"])?;
-            let on_redis = SpinProcess::start(&app, &options.clone().redis(&redis.url), &root.join(format!("redis-{layout}"))).await?;
+            let on_redis = SpinProcess::start(
+                &app,
+                &options.clone().redis(&redis.url),
+                &root.join(format!("redis-{layout}")),
+            )
+            .await?;
             measure(&format!("Redis, {layout}"), &on_redis).await?;
         }
     }

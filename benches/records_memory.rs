@@ -26,7 +26,11 @@ fn mb(bytes: usize) -> f64 {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     rt.block_on(async {
         println!("| body | body size | linear memory high-water | × body | GET /healthz high-water (baseline) |");
         println!("|---|---|---|---|---|");

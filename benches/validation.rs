@@ -49,7 +49,10 @@ const BODY_BYTES: usize = 50_000_000;
 const MEMORY_CASES: [&str; 3] = ["ldjson", "ldjson-sorted", "json"];
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 use support::{manifest_dir, target_dir};
@@ -118,7 +121,10 @@ strip = true
     if !status.success() {
         bail!("building the wasm probe failed ({status})");
     }
-    Ok(target_dir().join("wasm32-wasip2").join(PROBE_PROFILE).join("validation_probe.wasm"))
+    Ok(target_dir()
+        .join("wasm32-wasip2")
+        .join(PROBE_PROFILE)
+        .join("validation_probe.wasm"))
 }
 
 struct WasmProbe {
@@ -135,7 +141,11 @@ impl WasmProbe {
             .with_context(|| format!("compiling {}", path.display()))?;
         let mut linker = Linker::new(&engine);
         support::spin::add_to_linker(&mut linker)?;
-        Ok(WasmProbe { engine, component, linker })
+        Ok(WasmProbe {
+            engine,
+            component,
+            linker,
+        })
     }
 
     /// Runs the probe once (a fresh instance) with `args`; its stdout is one JSON object.
@@ -144,11 +154,20 @@ impl WasmProbe {
         let mut argv = vec!["validation_probe"];
         argv.extend_from_slice(args);
         let state = HostState {
-            memory: support::spin::MemoryWatch { peak: Default::default() },
-            wasi: WasiCtx::builder().args(&argv).stdout(stdout.clone()).inherit_stderr().build(),
+            memory: support::spin::MemoryWatch {
+                peak: Default::default(),
+            },
+            wasi: WasiCtx::builder()
+                .args(&argv)
+                .stdout(stdout.clone())
+                .inherit_stderr()
+                .build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            hooks: OutboundHooks { allowed: Vec::new(), log: Arc::new(OutboundLog::default()) },
+            hooks: OutboundHooks {
+                allowed: Vec::new(),
+                log: Arc::new(OutboundLog::default()),
+            },
             kv: MemKv::new(),
             vars: HashMap::new(),
         };
@@ -158,14 +177,17 @@ impl WasmProbe {
             bail!("the probe exited with an error ({args:?})");
         }
         let out = stdout.contents();
-        serde_json::from_slice(&out).with_context(|| format!("probe output: {}", String::from_utf8_lossy(&out)))
+        serde_json::from_slice(&out)
+            .with_context(|| format!("probe output: {}", String::from_utf8_lossy(&out)))
     }
 }
 
 // ----- report --------------------------------------------------------------------------------
 
 fn median_s(report: &Value, variant: &str) -> f64 {
-    report["variants"][variant]["median_s"].as_f64().unwrap_or(f64::NAN)
+    report["variants"][variant]["median_s"]
+        .as_f64()
+        .unwrap_or(f64::NAN)
 }
 
 fn mb(bytes: f64) -> String {
@@ -187,9 +209,18 @@ fn memory_cell(report: Option<&Value>) -> String {
     let Some(r) = report else { return "—".into() };
     let body = r["body_bytes"].as_f64().unwrap_or(f64::NAN);
     let extra = r["peak_extra_bytes"].as_f64().unwrap_or(f64::NAN);
-    let mut cell = format!("+{} = {:.2}× body; {:.2}× with the body", mb(extra), extra / body, (extra + body) / body);
+    let mut cell = format!(
+        "+{} = {:.2}× body; {:.2}× with the body",
+        mb(extra),
+        extra / body,
+        (extra + body) / body
+    );
     if let Some(lin) = r["linear_memory_bytes"].as_f64() {
-        cell.push_str(&format!("; linear memory {} = {:.2}× body", mb(lin), lin / body));
+        cell.push_str(&format!(
+            "; linear memory {} = {:.2}× body",
+            mb(lin),
+            lin / body
+        ));
     }
     cell
 }
@@ -205,7 +236,11 @@ fn main() -> anyhow::Result<()> {
     let native_mem: Vec<Value> = MEMORY_CASES
         .iter()
         .map(|case| {
-            let format = if *case == "json" { BodyFormat::Json } else { BodyFormat::Ldjson };
+            let format = if *case == "json" {
+                BodyFormat::Json
+            } else {
+                BodyFormat::Ldjson
+            };
             probe::memory_report(format, *case == "ldjson-sorted", BODY_BYTES)
         })
         .collect();
@@ -219,7 +254,9 @@ fn main() -> anyhow::Result<()> {
         let result = (|| -> anyhow::Result<()> {
             let path = build_probe()?;
             let probe = WasmProbe::load(&path)?;
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(async {
                 eprintln!("[validation bench] wasm: 100,000 records, {wasm_iterations} iterations");
                 wasm = Some(probe.run(&["time", &wasm_iterations.to_string()]).await?);
@@ -240,9 +277,17 @@ fn main() -> anyhow::Result<()> {
         for variant in probe::VARIANTS {
             let samples: Vec<String> = report["variants"][variant]["samples_s"]
                 .as_array()
-                .map(|a| a.iter().filter_map(Value::as_f64).map(|s| format!("{s:.3}")).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_f64)
+                        .map(|s| format!("{s:.3}"))
+                        .collect()
+                })
                 .unwrap_or_default();
-            eprintln!("[validation bench] {side} {variant}: samples (s) {}", samples.join(" "));
+            eprintln!(
+                "[validation bench] {side} {variant}: samples (s) {}",
+                samples.join(" ")
+            );
         }
     }
     let n = native["records"].as_u64().unwrap_or(0);
@@ -259,14 +304,38 @@ fn main() -> anyhow::Result<()> {
     println!("| measurement | native | wasm (wasmtime) |");
     println!("|---|---|---|");
     let rows = [
-        ("LDJSON: serde_json parse + serialise per line", "serde_ldjson", "serde_ldjson"),
-        ("LDJSON: `validate_records` (validate, sort, dedup, build file)", "ours_ldjson", "serde_ldjson"),
-        ("LDJSON: `validate_records` with `normalize`", "ours_ldjson_normalize", "serde_ldjson"),
-        ("JSON array: serde_json `Vec<Value>` + serialise each", "serde_json_array", "serde_json_array"),
-        ("JSON array: `validate_records`", "ours_json_array", "serde_json_array"),
+        (
+            "LDJSON: serde_json parse + serialise per line",
+            "serde_ldjson",
+            "serde_ldjson",
+        ),
+        (
+            "LDJSON: `validate_records` (validate, sort, dedup, build file)",
+            "ours_ldjson",
+            "serde_ldjson",
+        ),
+        (
+            "LDJSON: `validate_records` with `normalize`",
+            "ours_ldjson_normalize",
+            "serde_ldjson",
+        ),
+        (
+            "JSON array: serde_json `Vec<Value>` + serialise each",
+            "serde_json_array",
+            "serde_json_array",
+        ),
+        (
+            "JSON array: `validate_records`",
+            "ours_json_array",
+            "serde_json_array",
+        ),
     ];
     for (label, variant, baseline) in rows {
-        println!("| {label} | {} | {} |", time_cell(Some(&native), variant, baseline), time_cell(wasm.as_ref(), variant, baseline));
+        println!(
+            "| {label} | {} | {} |",
+            time_cell(Some(&native), variant, baseline),
+            time_cell(wasm.as_ref(), variant, baseline)
+        );
     }
     for (i, case) in MEMORY_CASES.iter().enumerate() {
         let body = native_mem[i]["body_bytes"].as_f64().unwrap_or(f64::NAN);

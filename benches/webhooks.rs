@@ -15,7 +15,6 @@ use support::{MemKv, TestApp};
 const WARMUP: usize = 100;
 const SAMPLES: usize = 1_000;
 
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     // Nearest-rank.
     let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
@@ -25,7 +24,10 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn measure(app: &TestApp, label: &str) {
     let mut samples = Vec::with_capacity(SAMPLES);
     for i in 0..(WARMUP + SAMPLES) {
-        let id = format!("{}-{i}", label.replace(|c: char| !c.is_ascii_alphanumeric(), ""));
+        let id = format!(
+            "{}-{i}",
+            label.replace(|c: char| !c.is_ascii_alphanumeric(), "")
+        );
         let body = format!(
             r#"{{"type":"record.upserted","data":{{"objectType":"CONTACT","record":{{"objectId":"{id}","modifiedDate":"2024-01-01T00:00:00Z","accountId":"a1","emailAddress":"x@acme.com"}}}}}}"#
         )
@@ -33,7 +35,16 @@ async fn measure(app: &TestApp, label: &str) {
         let (ts, sig) = support::signed_now(&id, &body);
         let started = Instant::now();
         let r = app
-            .request("POST", "/webhooks", &[("webhook-id", &id), ("webhook-timestamp", &ts), ("webhook-signature", &sig)], body)
+            .request(
+                "POST",
+                "/webhooks",
+                &[
+                    ("webhook-id", &id),
+                    ("webhook-timestamp", &ts),
+                    ("webhook-signature", &sig),
+                ],
+                body,
+            )
             .await;
         let took = started.elapsed();
         assert_eq!(r.status, 202, "{}", r.text());
@@ -53,7 +64,11 @@ async fn measure(app: &TestApp, label: &str) {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     rt.block_on(async {
         println!("| buffer | idempotency_settle_ms | deliveries | p50 | p99 | max | mean |");
         println!("|---|---|---|---|---|---|---|");

@@ -26,7 +26,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use gong_crm_bridge::gong::models::{ObjectType, SchemaField};
-use gong_crm_bridge::validation::{validate_records, validate_records_owned, BodyFormat, RecordOptions};
+use gong_crm_bridge::validation::{
+    validate_records, validate_records_owned, BodyFormat, RecordOptions,
+};
 use serde_json::{json, Map, Value};
 
 // ----- counting allocator --------------------------------------------------------------------
@@ -114,8 +116,26 @@ pub fn linear_memory_bytes() -> Option<usize> {
 
 /// The 14 field types, then six repeated: 20 custom fields per schema type.
 pub const CUSTOM_TYPES: [&str; 20] = [
-    "DATE", "DATETIME", "NUMBER", "PERCENT", "CURRENCY", "ID", "URL", "STRING", "BOOLEAN", "PHONENUMBER", "EMAILADDRESS", "PICKLIST",
-    "REFERENCE", "STRINGARRAY", "STRING", "STRING", "NUMBER", "DATETIME", "PICKLIST", "BOOLEAN",
+    "DATE",
+    "DATETIME",
+    "NUMBER",
+    "PERCENT",
+    "CURRENCY",
+    "ID",
+    "URL",
+    "STRING",
+    "BOOLEAN",
+    "PHONENUMBER",
+    "EMAILADDRESS",
+    "PICKLIST",
+    "REFERENCE",
+    "STRINGARRAY",
+    "STRING",
+    "STRING",
+    "NUMBER",
+    "DATETIME",
+    "PICKLIST",
+    "BOOLEAN",
 ];
 
 /// Records per type in the 100,000-record workload (sums to 100,000).
@@ -142,7 +162,8 @@ pub fn schema() -> Vec<SchemaField> {
             label: Some(format!("Custom {i}")),
             field_type: Some((*t).to_owned()),
             reference_to: (*t == "REFERENCE").then(|| "ACCOUNT".to_owned()),
-            ordered_value_list: (*t == "PICKLIST").then(|| (0..10).map(|v| format!("Value {v}")).collect()),
+            ordered_value_list: (*t == "PICKLIST")
+                .then(|| (0..10).map(|v| format!("Value {v}")).collect()),
             ..Default::default()
         })
         .collect()
@@ -157,7 +178,13 @@ fn mix(n: usize) -> u64 {
 }
 
 fn datetime(r: u64, zulu: bool) -> String {
-    let (mo, d, h, mi, s) = (1 + r % 12, 1 + (r / 12) % 28, (r / 336) % 24, (r / 8064) % 60, (r / 483_840) % 60);
+    let (mo, d, h, mi, s) = (
+        1 + r % 12,
+        1 + (r / 12) % 28,
+        (r / 336) % 24,
+        (r / 8064) % 60,
+        (r / 483_840) % 60,
+    );
     if zulu {
         format!("2024-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
     } else {
@@ -212,13 +239,22 @@ pub fn record_dated(object_type: ObjectType, n: usize, sorted: bool) -> Value {
         datetime(r, true)
     };
     m.insert("modifiedDate".into(), json!(modified));
-    m.insert("url".into(), json!(format!("https://crm.example.com/{prefix}/{n}")));
+    m.insert(
+        "url".into(),
+        json!(format!("https://crm.example.com/{prefix}/{n}")),
+    );
     let person = |m: &mut Map<String, Value>| {
-        m.insert("emailAddress".into(), json!(format!("person{n}@example.com")));
+        m.insert(
+            "emailAddress".into(),
+            json!(format!("person{n}@example.com")),
+        );
         m.insert("firstName".into(), json!(format!("First{n}")));
         m.insert("lastName".into(), json!(format!("Last{n}")));
         m.insert("title".into(), json!("Head of Things"));
-        m.insert("phoneNumber".into(), json!(format!("+1405576{:04}", r % 10_000)));
+        m.insert(
+            "phoneNumber".into(),
+            json!(format!("+1405576{:04}", r % 10_000)),
+        );
     };
     match object_type {
         ObjectType::Account => {
@@ -234,14 +270,23 @@ pub fn record_dated(object_type: ObjectType, n: usize, sorted: bool) -> Value {
             m.insert("ownerId".into(), json!(format!("user-{}", r % 5_000)));
             m.insert("name".into(), json!(format!("Deal {n}")));
             m.insert("createdDate".into(), json!(datetime(r / 7, false)));
-            m.insert("closeDate".into(), json!(format!("2024-{:02}-{:02}", 1 + r % 12, 1 + r % 28)));
-            m.insert("status".into(), json!(["OPEN", "WON", "LOST"][(r % 3) as usize]));
+            m.insert(
+                "closeDate".into(),
+                json!(format!("2024-{:02}-{:02}", 1 + r % 12, 1 + r % 28)),
+            );
+            m.insert(
+                "status".into(),
+                json!(["OPEN", "WON", "LOST"][(r % 3) as usize]),
+            );
             m.insert("stage".into(), json!(format!("stage-{}", r % 5_000)));
             m.insert("amount".into(), json!((r % 10_000_000) as f64 / 100.0));
         }
         ObjectType::Lead => {
             person(&mut m);
-            m.insert("convertedToAccountId".into(), json!(format!("acc-{}", r % 20_000)));
+            m.insert(
+                "convertedToAccountId".into(),
+                json!(format!("acc-{}", r % 20_000)),
+            );
         }
         ObjectType::BusinessUser => {
             m.insert("emailAddress".into(), json!(format!("user{n}@example.com")));
@@ -272,7 +317,13 @@ pub struct TypeBody {
 /// Writes records of `object_type` as LDJSON or as a JSON array, without keeping them (so that
 /// generating a large body costs about the body): `count` records, or with `until_bytes` as
 /// many as it takes to reach that size. Returns the body and the number of records.
-pub fn body_of(object_type: ObjectType, count: usize, until_bytes: Option<usize>, format: BodyFormat, sorted: bool) -> (Vec<u8>, usize) {
+pub fn body_of(
+    object_type: ObjectType,
+    count: usize,
+    until_bytes: Option<usize>,
+    format: BodyFormat,
+    sorted: bool,
+) -> (Vec<u8>, usize) {
     let mut out = Vec::with_capacity(until_bytes.map_or(0, |b| b + b / 16));
     if format == BodyFormat::Json {
         out.push(b'[');
@@ -282,7 +333,8 @@ pub fn body_of(object_type: ObjectType, count: usize, until_bytes: Option<usize>
         if format == BodyFormat::Json && n > 0 {
             out.push(b',');
         }
-        serde_json::to_writer(&mut out, &record_dated(object_type, n, sorted)).expect("serialising a record");
+        serde_json::to_writer(&mut out, &record_dated(object_type, n, sorted))
+            .expect("serialising a record");
         if format == BodyFormat::Ldjson {
             out.push(b'\n');
         }
@@ -345,17 +397,37 @@ pub fn ours(t: &TypeBody, format: BodyFormat, opts: RecordOptions) -> usize {
         BodyFormat::Json => &t.json,
     };
     let batch = validate_records(t.object_type, body, format, t.schema.as_deref(), opts)
-        .unwrap_or_else(|r| panic!("{} records rejected: {:?}", t.object_type, r.violations.first()));
+        .unwrap_or_else(|r| {
+            panic!(
+                "{} records rejected: {:?}",
+                t.object_type,
+                r.violations.first()
+            )
+        });
     assert_eq!(batch.line_object_ids.len(), t.records, "{}", t.object_type);
-    assert!(batch.warnings.is_empty(), "{}: {:?}", t.object_type, batch.warnings.first());
+    assert!(
+        batch.warnings.is_empty(),
+        "{}: {:?}",
+        t.object_type,
+        batch.warnings.first()
+    );
     batch.ldjson.len()
 }
 
 /// The measured variants, in report order.
-pub const VARIANTS: [&str; 5] = ["serde_ldjson", "ours_ldjson", "ours_ldjson_normalize", "serde_json_array", "ours_json_array"];
+pub const VARIANTS: [&str; 5] = [
+    "serde_ldjson",
+    "ours_ldjson",
+    "ours_ldjson_normalize",
+    "serde_json_array",
+    "ours_json_array",
+];
 
 fn run_variant(name: &str, w: &[TypeBody]) -> usize {
-    let normalize = RecordOptions { normalize: true, ..RecordOptions::default() };
+    let normalize = RecordOptions {
+        normalize: true,
+        ..RecordOptions::default()
+    };
     w.iter()
         .map(|t| match name {
             "serde_ldjson" => serde_ldjson(&t.ldjson),
@@ -381,7 +453,8 @@ pub fn median(samples: &[f64]) -> f64 {
 /// Times every variant `iterations` times, interleaved (one round = each variant once, so that
 /// drift of the machine affects all alike) after one warm-up round. Seconds per variant.
 pub fn time_all(w: &[TypeBody], iterations: usize) -> Vec<(&'static str, Vec<f64>)> {
-    let mut samples: Vec<(&'static str, Vec<f64>)> = VARIANTS.iter().map(|v| (*v, Vec::new())).collect();
+    let mut samples: Vec<(&'static str, Vec<f64>)> =
+        VARIANTS.iter().map(|v| (*v, Vec::new())).collect();
     for round in 0..=iterations {
         for (name, list) in samples.iter_mut() {
             let started = Instant::now();
@@ -403,7 +476,10 @@ pub fn time_report(iterations: usize) -> Value {
     let samples = time_all(&w, iterations);
     let mut medians = Map::new();
     for (name, list) in &samples {
-        medians.insert((*name).to_owned(), json!({"median_s": median(list), "samples_s": list}));
+        medians.insert(
+            (*name).to_owned(),
+            json!({"median_s": median(list), "samples_s": list}),
+        );
     }
     json!({
         "records": records,
@@ -427,7 +503,14 @@ pub fn memory_report(format: BodyFormat, sorted: bool, target: usize) -> Value {
     reset_peak();
     let started = Instant::now();
     // As `POST /records` does: the body is handed over and freed once every record is read.
-    let batch = validate_records_owned(ObjectType::Account, body, format, Some(&schema), RecordOptions::default()).expect("valid body");
+    let batch = validate_records_owned(
+        ObjectType::Account,
+        body,
+        format,
+        Some(&schema),
+        RecordOptions::default(),
+    )
+    .expect("valid body");
     let took = started.elapsed().as_secs_f64();
     let peak_extra = heap_peak() - before;
     let output = batch.ldjson.len();
@@ -452,8 +535,16 @@ pub fn main() {
     let report = match (arg(1), arg(2), arg(3)) {
         (Some("time"), n, _) => time_report(n.and_then(|n| n.parse().ok()).unwrap_or(5)),
         (Some("mem"), Some(f @ ("ldjson" | "json" | "ldjson-sorted")), bytes) => {
-            let format = if f == "json" { BodyFormat::Json } else { BodyFormat::Ldjson };
-            memory_report(format, f == "ldjson-sorted", bytes.and_then(|b| b.parse().ok()).unwrap_or(50_000_000))
+            let format = if f == "json" {
+                BodyFormat::Json
+            } else {
+                BodyFormat::Ldjson
+            };
+            memory_report(
+                format,
+                f == "ldjson-sorted",
+                bytes.and_then(|b| b.parse().ok()).unwrap_or(50_000_000),
+            )
         }
         _ => {
             eprintln!("usage: validation_probe time [iterations] | mem <ldjson|json|ldjson-sorted> [bytes]");

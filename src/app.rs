@@ -14,14 +14,18 @@ use crate::settings;
 pub struct Handled {
     pub response: Response,
     pub follow_up: bool,
-    /// The inbox should be compacted first (a delivery filled it).
-    pub compact_inbox: bool,
+    /// Work the route asked for first (a delivery filled the inbox, an operator gave a command).
+    pub first: Option<FollowUp>,
 }
 
 /// Work a route asks for after its answer, carried in the response's extensions (never sent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FollowUp {
     CompactInbox,
+    /// Apply the operator command just recorded (`outbox::commands`).
+    ApplyCommands,
+    /// Index the bulk file just uploaded, record by record (`outbox::sent`).
+    IndexBulk,
 }
 
 /// Handles one request; never panics on bad input, and every error becomes problem+json.
@@ -33,10 +37,18 @@ pub fn handle(bridge: &Bridge, request: Request) -> Handled {
         // Only after a served (2xx) request: an unauthenticated caller cannot make the bridge
         // scan its store.
         Ok(mut response) => {
-            let compact_inbox = response.extensions_mut().remove::<FollowUp>() == Some(FollowUp::CompactInbox);
-            Handled { follow_up: checks_buffer && response.status().is_success(), compact_inbox, response }
+            let first = response.extensions_mut().remove::<FollowUp>();
+            Handled {
+                follow_up: checks_buffer && response.status().is_success(),
+                first,
+                response,
+            }
         }
-        Err(error) => Handled { response: refuse(bridge, &path, error), follow_up: false, compact_inbox: false },
+        Err(error) => Handled {
+            response: refuse(bridge, &path, error),
+            follow_up: false,
+            first: None,
+        },
     }
 }
 
@@ -45,35 +57,69 @@ pub fn handle(bridge: &Bridge, request: Request) -> Handled {
 /// The request's log line, written by the edge once the answer is sent, carries status and detail.
 pub fn refuse(bridge: &Bridge, path: &str, error: ApiError) -> Response {
     if path.split('?').next() == Some("/webhooks") {
-        bridge.tally.webhook_refused(error.slug(), uuid::Uuid::new_v4().as_bytes()[0]);
+        bridge
+            .tally
+            .webhook_refused(error.slug(), uuid::Uuid::new_v4().as_bytes()[0]);
     }
     error.into_response()
 }
 
 /// The work after an answer: whether buffered records are due (cheap unless a scan is due),
 /// flushed and followed within the work budget. A problem here is logged; the answer was sent.
-pub fn follow_up(bridge: &Bridge, compact_inbox: bool) {
-    if compact_inbox {
-        if let Err(e) = crate::outbox::compact_inbox_now(bridge) {
-            crate::log::error("inbox compaction after the answer failed").field("error", e.to_string()).emit();
+pub fn follow_up(bridge: &Bridge, first: Option<FollowUp>) {
+    match first {
+        Some(FollowUp::CompactInbox) => {
+            if let Err(e) = crate::outbox::compact_inbox_now(bridge) {
+                crate::log::error("inbox compaction after the answer failed")
+                    .field("error", e.to_string())
+                    .emit();
+            }
         }
+        Some(FollowUp::ApplyCommands) => {
+            if let Err(e) = crate::outbox::commands::apply_now(bridge) {
+                crate::log::error("applying operator commands after the answer failed")
+                    .field("error", e.to_string())
+                    .emit();
+            }
+        }
+        Some(FollowUp::IndexBulk) => {
+            if let Err(e) = crate::outbox::sent::fold_now(bridge) {
+                crate::log::error("indexing the bulk file after the answer failed")
+                    .field("error", e.to_string())
+                    .emit();
+            }
+        }
+        None => {}
     }
     if let Err(e) = crate::outbox::check(bridge) {
-        crate::log::error("the buffer check after the answer failed").field("error", e.to_string()).emit();
+        crate::log::error("the buffer check after the answer failed")
+            .field("error", e.to_string())
+            .emit();
     }
 }
 
 fn route(bridge: &Bridge, mut request: Request) -> Result<Response, ApiError> {
     use http::Method;
     let path = request.uri().path().to_owned();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let segments: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     let method = request.method().clone();
 
     // Unauthenticated, and served even when misconfigured: they hold no data.
     let open = match segments.as_slice() {
-        ["healthz"] => Some((|bridge, _| routes::health::get(bridge)) as fn(&Bridge, &Request) -> Response),
-        [] => Some((|_, request| routes::status::page(request)) as fn(&Bridge, &Request) -> Response),
-        ["openapi.json"] => Some((|_, request| routes::embedded::OPENAPI.response(request)) as fn(&Bridge, &Request) -> Response),
+        ["healthz"] => {
+            Some((|bridge, _| routes::health::get(bridge)) as fn(&Bridge, &Request) -> Response)
+        }
+        [] => {
+            Some((|_, request| routes::status::page(request)) as fn(&Bridge, &Request) -> Response)
+        }
+        ["openapi.json"] => Some(
+            (|_, request| routes::embedded::OPENAPI.response(request))
+                as fn(&Bridge, &Request) -> Response,
+        ),
         _ => None,
     };
     if let Some(answer) = open {
@@ -106,24 +152,38 @@ fn route(bridge: &Bridge, mut request: Request) -> Result<Response, ApiError> {
 
     let changes_state = !matches!(method, Method::GET | Method::HEAD);
     if changes_state && request.headers().contains_key("idempotency-key") {
-        return with_idempotency(bridge, &mut request, |request| dispatch(bridge, request, &method, &segments, &allowed));
+        return with_idempotency(bridge, &mut request, |request| {
+            dispatch(bridge, request, &method, &segments, &allowed)
+        });
     }
     dispatch(bridge, &mut request, &method, &segments, &allowed)
 }
 
 /// Handlers get the request mutably only so that `POST /records` can take its body and free
 /// it once validated (a body-sized copy less at the peak).
-fn dispatch(bridge: &Bridge, request: &mut Request, method: &http::Method, segments: &[&str], allowed: &str) -> Result<Response, ApiError> {
+fn dispatch(
+    bridge: &Bridge,
+    request: &mut Request,
+    method: &http::Method,
+    segments: &[&str],
+    allowed: &str,
+) -> Result<Response, ApiError> {
     use http::Method;
     match (method, segments) {
         (&Method::PUT, ["integration"]) => routes::integration::register(bridge, request),
         (&Method::GET, ["integration"]) => routes::integration::list(bridge),
         (&Method::DELETE, ["integration"]) => routes::integration::delete(bridge, request),
-        (&Method::POST, ["schema", object_type]) => routes::schema::upload(bridge, request, object_type),
+        (&Method::POST, ["schema", object_type]) => {
+            routes::schema::upload(bridge, request, object_type)
+        }
         (&Method::GET, ["schema", object_type]) => routes::schema::list(bridge, Some(object_type)),
         (&Method::GET, ["schema"]) => routes::schema::list(bridge, None),
-        (&Method::POST, ["records", object_type]) => routes::records::upload(bridge, request, object_type),
-        (&Method::GET, ["records", object_type]) => routes::records::get(bridge, request, object_type),
+        (&Method::POST, ["records", object_type]) => {
+            routes::records::upload(bridge, request, object_type)
+        }
+        (&Method::GET, ["records", object_type]) => {
+            routes::records::get(bridge, request, object_type)
+        }
         (&Method::GET, ["records", object_type, object_id, "status"]) => {
             routes::requests::record_status(bridge, object_type, object_id)
         }
@@ -133,10 +193,14 @@ fn dispatch(bridge: &Bridge, request: &mut Request, method: &http::Method, segme
         (&Method::POST, ["sweep"]) => sweep(bridge),
         (&Method::GET, ["status"]) => routes::status::status(bridge),
         (&Method::GET, ["metrics"]) => routes::status::metrics(bridge),
-        (&Method::POST, ["flush"]) => routes::failures::flush_now(&bridge.with_budget(bridge.clock.now()), request),
+        (&Method::POST, ["flush"]) => {
+            routes::failures::flush_now(&bridge.with_budget(bridge.clock.now()), request)
+        }
         (&Method::GET, ["failures"]) => routes::failures::list(bridge, request),
         (&Method::POST, ["failures", "retry"]) => routes::failures::retry(bridge, request),
-        (&Method::DELETE, ["failures", object_type, object_id]) => routes::failures::discard(bridge, object_type, object_id),
+        (&Method::DELETE, ["failures", object_type, object_id]) => {
+            routes::failures::discard(bridge, object_type, object_id)
+        }
         _ => Err(not_allowed(method, allowed)),
     }
 }
@@ -148,7 +212,13 @@ fn with_idempotency(
     request: &mut Request,
     run: impl FnOnce(&mut Request) -> Result<Response, ApiError>,
 ) -> Result<Response, ApiError> {
-    let key = request.headers().get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or("").trim().to_owned();
+    let key = request
+        .headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .trim()
+        .to_owned();
     if !is_valid_client_request_id(&key) {
         return Err(ApiError::bad_request(
             "Idempotency-Key must be 1 to 64 characters of letters, digits, '-' or '_' (Gong's clientRequestId rule)",
@@ -156,13 +226,23 @@ fn with_idempotency(
     }
     let idem = bridge.idempotency();
     let scope = format!("{} {}", request.method(), request.uri().path());
-    let claim = match idem.begin_checked(&scope, &key, &crate::idempotency::request_fingerprint(request.uri().query().unwrap_or(""), request.body()))? {
+    let claim = match idem.begin_checked(
+        &scope,
+        &key,
+        &crate::idempotency::request_fingerprint(
+            request.uri().query().unwrap_or(""),
+            request.body(),
+        ),
+    )? {
         crate::idempotency::Begin::Replay(response) => return Ok(response),
         crate::idempotency::Begin::Proceed(claim) => claim,
     };
     let response = run(request).unwrap_or_else(ApiError::into_response);
     if let Err(e) = idem.complete(claim, &response) {
-        crate::log::error("could not store the idempotency record").field("route", scope.as_str()).field("error", e.to_string()).emit();
+        crate::log::error("could not store the idempotency record")
+            .field("route", scope.as_str())
+            .field("error", e.to_string())
+            .emit();
     }
     Ok(response)
 }
@@ -171,7 +251,10 @@ fn with_idempotency(
 fn sweep(bridge: &Bridge) -> Result<Response, ApiError> {
     let idem = bridge.idempotency();
     let removed = idem.sweep()?;
-    Ok(crate::problem::json_response(200, &serde_json::json!({ "expiredKeysRemoved": removed })))
+    Ok(crate::problem::json_response(
+        200,
+        &serde_json::json!({ "expiredKeysRemoved": removed }),
+    ))
 }
 
 /// Every route the router serves, as `(method, path template)`: the one list the 404/405
@@ -210,17 +293,28 @@ pub const ROUTES: &[(&str, &str)] = &[
 /// `{name}` one of another template (`/failures/retry` is not `/failures/{objectType}`).
 fn fits(template: &str, segments: &[&str]) -> bool {
     let parts: Vec<&str> = template.split('/').filter(|s| !s.is_empty()).collect();
-    parts.len() == segments.len() && parts.iter().zip(segments).all(|(p, s)| p.starts_with('{') || p == s)
+    parts.len() == segments.len()
+        && parts
+            .iter()
+            .zip(segments)
+            .all(|(p, s)| p.starts_with('{') || p == s)
 }
 
 /// The methods served on this path (`None`: no such route), for 405's `Allow`.
 fn allowed_methods(segments: &[&str]) -> Option<String> {
-    let methods: Vec<&str> = ROUTES.iter().filter(|(_, t)| fits(t, segments)).map(|(m, _)| *m).collect();
+    let methods: Vec<&str> = ROUTES
+        .iter()
+        .filter(|(_, t)| fits(t, segments))
+        .map(|(m, _)| *m)
+        .collect();
     (!methods.is_empty()).then(|| methods.join(", "))
 }
 
 fn not_allowed(method: &http::Method, allowed: &str) -> ApiError {
-    ApiError::MethodNotAllowed { method: method.to_string(), allowed: allowed.to_owned() }
+    ApiError::MethodNotAllowed {
+        method: method.to_string(),
+        allowed: allowed.to_owned(),
+    }
 }
 
 /// `Authorization: Bearer <api_token>`, compared in constant time (over SHA-256 digests, so
@@ -231,7 +325,10 @@ fn authorize(bridge: &Bridge, request: &Request) -> Result<(), ApiError> {
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim)
         .ok_or_else(|| ApiError::Unauthorized("send Authorization: Bearer <api_token>".into()))?;
     use sha2::Digest;
@@ -240,23 +337,33 @@ fn authorize(bridge: &Bridge, request: &Request) -> Result<(), ApiError> {
     if bool::from(a.as_slice().ct_eq(b.as_slice())) {
         Ok(())
     } else {
-        Err(ApiError::Unauthorized("the bearer token is not valid".into()))
+        Err(ApiError::Unauthorized(
+            "the bearer token is not valid".into(),
+        ))
     }
 }
 
 /// Query parameters, decoded.
 pub fn query_pairs(request: &Request) -> Vec<(String, String)> {
-    form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes()).into_owned().collect()
+    form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
 }
 
 /// A boolean query flag: absent → false; `true`/`1` → true; `false`/`0` → false; else 400.
 pub fn query_flag(request: &Request, name: &str) -> Result<bool, ApiError> {
-    match query_pairs(request).into_iter().find(|(k, _)| k == name).map(|(_, v)| v) {
+    match query_pairs(request)
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+    {
         None => Ok(false),
         Some(v) => match v.as_str() {
             "" | "true" | "1" => Ok(true),
             "false" | "0" => Ok(false),
-            other => Err(ApiError::bad_request(format!("query parameter {name}={other:?} must be true or false"))),
+            other => Err(ApiError::bad_request(format!(
+                "query parameter {name}={other:?} must be true or false"
+            ))),
         },
     }
 }
@@ -267,7 +374,8 @@ pub fn json_body<T: DeserializeOwned>(request: &Request) -> Result<T, ApiError> 
     if request.body().iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(ApiError::bad_request("the body must be a JSON object"));
     }
-    serde_json::from_slice(request.body()).map_err(|e| ApiError::bad_request(format!("the body is not the expected JSON: {e}")))
+    serde_json::from_slice(request.body())
+        .map_err(|e| ApiError::bad_request(format!("the body is not the expected JSON: {e}")))
 }
 
 /// A clientRequestId from the `Idempotency-Key` header, when it is one Gong accepts
@@ -293,7 +401,10 @@ pub fn new_client_request_id() -> String {
 }
 
 pub fn is_valid_client_request_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]

@@ -24,7 +24,10 @@ pub struct Bridge<'a> {
 impl<'a> Bridge<'a> {
     /// The same bridge, bound to finish its Gong calls within `work_budget_ms` from `started`.
     pub fn with_budget(self, started: time::OffsetDateTime) -> Bridge<'a> {
-        Bridge { deadline: Some(started + settings::work_budget(self.config)), ..self }
+        Bridge {
+            deadline: Some(started + settings::work_budget(self.config)),
+            ..self
+        }
     }
 
     pub fn store(&self) -> Store<'a> {

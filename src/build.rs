@@ -16,10 +16,15 @@ fn main() {
     link_through_wasm_opt();
     let out = std::env::var("OUT_DIR").expect("OUT_DIR is set by cargo");
     let text = std::fs::read_to_string("docs/openapi.json").expect("reading docs/openapi.json");
-    let document: serde_json::Value = serde_json::from_str(&text).expect("docs/openapi.json is not valid JSON");
+    let document: serde_json::Value =
+        serde_json::from_str(&text).expect("docs/openapi.json is not valid JSON");
     let minified = serde_json::to_string(&document).expect("serialising the document");
-    gzip_into(minified.as_bytes(), &Path::new(&out).join("openapi.min.json.gz"));
-    let page = std::fs::read("src/routes/status_page.html").expect("reading src/routes/status_page.html");
+    gzip_into(
+        minified.as_bytes(),
+        &Path::new(&out).join("openapi.min.json.gz"),
+    );
+    let page =
+        std::fs::read("src/routes/status_page.html").expect("reading src/routes/status_page.html");
     gzip_into(&page, &Path::new(&out).join("status_page.html.gz"));
 }
 
@@ -46,17 +51,25 @@ fn link_through_wasm_opt() {
 /// `<sysroot>/lib/rustlib/<host>/bin/gcc-ld/wasm-ld`, the lld rustc ships for wasm targets.
 fn toolchain_wasm_ld() -> Option<std::path::PathBuf> {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let sysroot = std::process::Command::new(rustc).args(["--print", "sysroot"]).output().ok()?;
+    let sysroot = std::process::Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()?;
     let host = std::env::var("HOST").ok()?;
     let sysroot = String::from_utf8(sysroot.stdout).ok()?;
-    let path = Path::new(sysroot.trim()).join("lib/rustlib").join(host).join("bin/gcc-ld/wasm-ld");
+    let path = Path::new(sysroot.trim())
+        .join("lib/rustlib")
+        .join(host)
+        .join("bin/gcc-ld/wasm-ld");
     path.exists().then_some(path)
 }
 
 /// A gzip member with the plain 10-byte header (no name, no extra fields), which is what
 /// `routes::embedded` skips to reach the deflate stream when a client wants identity.
 fn gzip_into(bytes: &[u8], path: &Path) {
-    let mut encoder = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::best());
+    let mut encoder = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), flate2::Compression::best());
     encoder.write_all(bytes).expect("compressing");
     let gz = encoder.finish().expect("compressing");
     assert_eq!(gz[3], 0, "the gzip header has optional fields");

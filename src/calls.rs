@@ -21,11 +21,15 @@ impl Bridge<'_> {
     /// work budget; an error once the budget is spent.
     fn call_timeout(&self) -> Result<std::time::Duration, Fault> {
         let configured = settings::gong_timeout(self.config);
-        let Some(deadline) = self.deadline else { return Ok(configured) };
+        let Some(deadline) = self.deadline else {
+            return Ok(configured);
+        };
         let left = deadline - self.clock.now();
         match std::time::Duration::try_from(left) {
             Ok(left) if left >= std::time::Duration::from_millis(50) => Ok(configured.min(left)),
-            _ => Err(Fault::OutOfTime { budget_ms: settings::work_budget(self.config).as_millis() as u64 }),
+            _ => Err(Fault::OutOfTime {
+                budget_ms: settings::work_budget(self.config).as_millis() as u64,
+            }),
         }
     }
 
@@ -41,7 +45,11 @@ impl Bridge<'_> {
             Ok(response) => response,
             Err(error) => {
                 self.tally.gong_call(op, 0);
-                crate::log::error("Gong call failed").field("operation", crate::tally::operation_label(op)).field("ms", ms).field("error", error.to_string()).emit();
+                crate::log::error("Gong call failed")
+                    .field("operation", crate::tally::operation_label(op))
+                    .field("ms", ms)
+                    .field("error", error.to_string())
+                    .emit();
                 return Err(Fault::GongUnreachable { op, error });
             }
         };
@@ -50,26 +58,40 @@ impl Bridge<'_> {
         if !response.status().is_success() {
             // Logged once here, where every Gong call passes; what the bridge answered for it is
             // the request's own line.
-            let level = if status >= 500 { crate::log::Level::Error } else { crate::log::Level::Warn };
+            let level = if status >= 500 {
+                crate::log::Level::Error
+            } else {
+                crate::log::Level::Warn
+            };
             crate::log::Line::new(level, "Gong answered with an error")
                 .field("operation", crate::tally::operation_label(op))
                 .field("gongStatus", status)
                 .field("ms", ms)
-                .field("error", crate::gong::client::classify_error(&response).to_string())
+                .field(
+                    "error",
+                    crate::gong::client::classify_error(&response).to_string(),
+                )
                 .emit();
         }
         if response.status().as_u16() == 429 {
             let retry_after = crate::gong::client::retry_after_seconds(&response);
             let now_ms = (self.clock.now().unix_timestamp_nanos() / 1_000_000) as i64;
             if let Err(e) = self.update_quota(|state| quota::block_ms(state, now_ms, retry_after)) {
-                crate::log::warn("could not record Gong's 429 for other replicas").field("error", e.to_string()).emit();
+                crate::log::warn("could not record Gong's 429 for other replicas")
+                    .field("error", e.to_string())
+                    .emit();
             }
         }
         Ok(response)
     }
 
     /// Sends and parses the expected success; any other answer is a typed Gong error.
-    pub fn call<T: DeserializeOwned>(&self, op: Operation, request: Request, success: &[u16]) -> Result<T, Fault> {
+    pub fn call<T: DeserializeOwned>(
+        &self,
+        op: Operation,
+        request: Request,
+        success: &[u16],
+    ) -> Result<T, Fault> {
         let response = self.send(op, request)?;
         parse_response(&response, success).map_err(|error| Fault::Gong { op, error })
     }
@@ -77,7 +99,8 @@ impl Bridge<'_> {
     /// Until when (Unix seconds, rounded up) Gong may not be called, if it may not at `now`.
     pub fn gong_blocked_until(&self, now: i64) -> Result<Option<i64>, Fault> {
         let state: QuotaState = self.store().get_json(QUOTA_KEY)?.unwrap_or_default();
-        Ok((state.blocked_until_ms > now * 1000).then_some((state.blocked_until_ms + 999).div_euclid(1000)))
+        Ok((state.blocked_until_ms > now * 1000)
+            .then_some((state.blocked_until_ms + 999).div_euclid(1000)))
     }
 
     fn update_quota(&self, change: impl FnOnce(&mut QuotaState)) -> Result<(), Fault> {
@@ -110,7 +133,10 @@ impl Bridge<'_> {
                 }
                 Decision::Blocked { until_ms, reason } => {
                     return Err(Fault::Throttled {
-                        detail: format!("no Gong call until {} (Unix time): {reason}", (until_ms + 999).div_euclid(1000)),
+                        detail: format!(
+                            "no Gong call until {} (Unix time): {reason}",
+                            (until_ms + 999).div_euclid(1000)
+                        ),
                         retry_after: quota::seconds_until(until_ms, now_ms),
                     })
                 }

@@ -23,7 +23,10 @@ pub enum Fault {
     OutOfTime { budget_ms: u64 },
     /// A Gong failure after the data was stored: it is kept under this clientRequestId.
     #[error("{inner}")]
-    Kept { client_request_id: String, inner: Box<Fault> },
+    Kept {
+        client_request_id: String,
+        inner: Box<Fault>,
+    },
     #[error("the bridge is not configured: missing variable(s) {}", .0.join(", "))]
     NotConfigured(Vec<String>),
     #[error("{0}")]
@@ -34,13 +37,14 @@ pub enum Fault {
     NoSuchRequest(String),
     /// A clientRequestId already names another request (operation, object type or file).
     #[error("clientRequestId {client_request_id} was first used at {first_used_at} for {first_use}; this request is a different one: use a new Idempotency-Key")]
-    RequestIdReused { client_request_id: String, first_used_at: String, first_use: String },
+    RequestIdReused {
+        client_request_id: String,
+        first_used_at: String,
+        first_use: String,
+    },
     /// The request cannot do what was asked in its current state.
     #[error("{0}")]
     WrongState(String),
-    /// Another replica holds the flush lease.
-    #[error("a flush is running right now; retry in a moment")]
-    Busy,
     /// Nothing was accepted: the store is near its key cap (`kv_max_keys`).
     #[error("{detail}")]
     StoreFull { detail: String, retry_after: u64 },

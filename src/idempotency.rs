@@ -104,7 +104,12 @@ fn hex(bytes: &[u8]) -> String {
 
 /// A key part safe for KV key names: itself when short and plain, else `h-` + its SHA-256.
 fn key_part(raw: &str) -> String {
-    if !raw.is_empty() && raw.len() <= 64 && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    if !raw.is_empty()
+        && raw.len() <= 64
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
         raw.to_owned()
     } else {
         format!("h-{}", hex(&Sha256::digest(raw.as_bytes())))
@@ -142,7 +147,8 @@ impl<'a> Idempotency<'a> {
         let now = self.now();
         if let Some(existing) = self.read(&key)? {
             let live = existing.expires_at > now;
-            let abandoned = existing.state == State::InProgress && now - existing.started_at > LEASE.as_secs() as i64;
+            let abandoned = existing.state == State::InProgress
+                && now - existing.started_at > LEASE.as_secs() as i64;
             if live && !abandoned {
                 return self.answer_existing(&existing);
             }
@@ -181,14 +187,20 @@ impl<'a> Idempotency<'a> {
         match existing.state {
             State::Done => Ok(Begin::Replay(replay(existing))),
             State::InProgress => Err(ApiError::InProgress {
-                detail: "a request with this idempotency key is still being handled; retry shortly".into(),
+                detail: "a request with this idempotency key is still being handled; retry shortly"
+                    .into(),
                 retry_after: 2,
             }),
         }
     }
 
     /// Like `begin`, but first refuses a key reused with a different body.
-    pub fn begin_checked(&self, scope: &str, raw_key: &str, fingerprint: &str) -> Result<Begin, ApiError> {
+    pub fn begin_checked(
+        &self,
+        scope: &str,
+        raw_key: &str,
+        fingerprint: &str,
+    ) -> Result<Begin, ApiError> {
         let key = format!("idem/{}/{}", key_part(scope), key_part(raw_key));
         if let Some(existing) = self.read(&key)? {
             if existing.expires_at > self.now() && existing.fingerprint != fingerprint {
@@ -225,7 +237,8 @@ impl<'a> Idempotency<'a> {
     /// Releases a claim so the next delivery runs the work again.
     pub fn abandon(&self, claim: Claim) -> Result<(), KvError> {
         self.kv.delete(&claim.key)?;
-        self.kv.delete(&expiry_key(claim.entry.expires_at, &claim.key))
+        self.kv
+            .delete(&expiry_key(claim.entry.expires_at, &claim.key))
     }
 
     /// Deletes expired keys, reading key names only (never values). Returns how many.
@@ -233,9 +246,15 @@ impl<'a> Idempotency<'a> {
         let now = self.now();
         let mut removed = 0;
         for index_key in self.kv.keys()? {
-            let Some(rest) = index_key.strip_prefix(EXPIRY_PREFIX) else { continue };
-            let Some((expires, key)) = rest.split_once('/') else { continue };
-            let Ok(expires) = expires.parse::<i64>() else { continue };
+            let Some(rest) = index_key.strip_prefix(EXPIRY_PREFIX) else {
+                continue;
+            };
+            let Some((expires, key)) = rest.split_once('/') else {
+                continue;
+            };
+            let Ok(expires) = expires.parse::<i64>() else {
+                continue;
+            };
             if expires <= now {
                 self.kv.delete(&format!("idem/{key}"))?;
                 self.kv.delete(&index_key)?;
@@ -247,11 +266,18 @@ impl<'a> Idempotency<'a> {
 }
 
 fn expiry_key(expires_at: i64, key: &str) -> String {
-    format!("{EXPIRY_PREFIX}{expires_at:012}/{}", key.trim_start_matches("idem/"))
+    format!(
+        "{EXPIRY_PREFIX}{expires_at:012}/{}",
+        key.trim_start_matches("idem/")
+    )
 }
 
 fn header(response: &Response, name: http::header::HeaderName) -> Option<String> {
-    response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
 }
 
 fn replay(entry: &Entry) -> Response {
@@ -264,7 +290,9 @@ fn replay(entry: &Entry) -> Response {
     if let Some(location) = &entry.location {
         builder = builder.header(http::header::LOCATION, location.as_str());
     }
-    builder.body(entry.body.clone().into_bytes()).unwrap_or_else(|_| http::Response::new(Vec::new()))
+    builder
+        .body(entry.body.clone().into_bytes())
+        .unwrap_or_else(|_| http::Response::new(Vec::new()))
 }
 
 #[cfg(test)]
@@ -283,17 +311,31 @@ mod tests {
     }
 
     fn ok(status: u16, body: &str) -> Response {
-        http::Response::builder().status(status).header("content-type", "application/json").body(body.as_bytes().to_vec()).unwrap()
+        http::Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(body.as_bytes().to_vec())
+            .unwrap()
     }
 
     #[test]
     fn done_key_replays_and_other_fingerprint_is_refused() {
         let kv = MemoryKv::default();
         let clock = FakeClock(Cell::new(1_000));
-        let idem = Idempotency { kv: &kv, clock: &clock, ttl: DEFAULT_TTL, settle: Duration::ZERO };
-        let Begin::Proceed(claim) = idem.begin_checked("webhooks", "msg_1", "fp1").unwrap() else { panic!("first must proceed") };
+        let idem = Idempotency {
+            kv: &kv,
+            clock: &clock,
+            ttl: DEFAULT_TTL,
+            settle: Duration::ZERO,
+        };
+        let Begin::Proceed(claim) = idem.begin_checked("webhooks", "msg_1", "fp1").unwrap() else {
+            panic!("first must proceed")
+        };
         // While in progress: 409 with Retry-After.
-        let err = idem.begin_checked("webhooks", "msg_1", "fp1").err().unwrap();
+        let err = idem
+            .begin_checked("webhooks", "msg_1", "fp1")
+            .err()
+            .unwrap();
         assert_eq!(err.status(), 409);
         idem.complete(claim, &ok(202, r#"{"a":1}"#)).unwrap();
         match idem.begin_checked("webhooks", "msg_1", "fp1").unwrap() {
@@ -304,66 +346,128 @@ mod tests {
             }
             Begin::Proceed(_) => panic!("must replay"),
         }
-        assert_eq!(idem.begin_checked("webhooks", "msg_1", "fp2").err().unwrap().status(), 422);
+        assert_eq!(
+            idem.begin_checked("webhooks", "msg_1", "fp2")
+                .err()
+                .unwrap()
+                .status(),
+            422
+        );
         // Scopes are separate.
-        assert!(matches!(idem.begin_checked("other", "msg_1", "fp2").unwrap(), Begin::Proceed(_)));
+        assert!(matches!(
+            idem.begin_checked("other", "msg_1", "fp2").unwrap(),
+            Begin::Proceed(_)
+        ));
     }
 
     #[test]
     fn refused_requests_release_the_key_for_a_corrected_body() {
         let kv = MemoryKv::default();
         let clock = FakeClock(Cell::new(1_000));
-        let idem = Idempotency { kv: &kv, clock: &clock, ttl: DEFAULT_TTL, settle: Duration::ZERO };
-        let Begin::Proceed(claim) = idem.begin_checked("s", "k", "bad-body").unwrap() else { panic!() };
+        let idem = Idempotency {
+            kv: &kv,
+            clock: &clock,
+            ttl: DEFAULT_TTL,
+            settle: Duration::ZERO,
+        };
+        let Begin::Proceed(claim) = idem.begin_checked("s", "k", "bad-body").unwrap() else {
+            panic!()
+        };
         idem.complete(claim, &ok(422, "{}")).unwrap();
-        assert!(matches!(idem.begin_checked("s", "k", "fixed-body").unwrap(), Begin::Proceed(_)));
+        assert!(matches!(
+            idem.begin_checked("s", "k", "fixed-body").unwrap(),
+            Begin::Proceed(_)
+        ));
     }
 
     #[test]
     fn server_errors_release_the_key() {
         let kv = MemoryKv::default();
         let clock = FakeClock(Cell::new(1_000));
-        let idem = Idempotency { kv: &kv, clock: &clock, ttl: DEFAULT_TTL, settle: Duration::ZERO };
-        let Begin::Proceed(claim) = idem.begin("s", "k", "f").unwrap() else { panic!() };
+        let idem = Idempotency {
+            kv: &kv,
+            clock: &clock,
+            ttl: DEFAULT_TTL,
+            settle: Duration::ZERO,
+        };
+        let Begin::Proceed(claim) = idem.begin("s", "k", "f").unwrap() else {
+            panic!()
+        };
         idem.complete(claim, &ok(502, "{}")).unwrap();
-        assert!(matches!(idem.begin("s", "k", "f").unwrap(), Begin::Proceed(_)));
+        assert!(matches!(
+            idem.begin("s", "k", "f").unwrap(),
+            Begin::Proceed(_)
+        ));
     }
 
     #[test]
     fn abandoned_claims_are_taken_over_after_the_lease() {
         let kv = MemoryKv::default();
         let clock = FakeClock(Cell::new(1_000));
-        let idem = Idempotency { kv: &kv, clock: &clock, ttl: DEFAULT_TTL, settle: Duration::ZERO };
-        let Begin::Proceed(_lost) = idem.begin("s", "k", "f").unwrap() else { panic!() };
+        let idem = Idempotency {
+            kv: &kv,
+            clock: &clock,
+            ttl: DEFAULT_TTL,
+            settle: Duration::ZERO,
+        };
+        let Begin::Proceed(_lost) = idem.begin("s", "k", "f").unwrap() else {
+            panic!()
+        };
         clock.0.set(1_000 + LEASE.as_secs() as i64 + 1);
-        assert!(matches!(idem.begin("s", "k", "f").unwrap(), Begin::Proceed(_)));
+        assert!(matches!(
+            idem.begin("s", "k", "f").unwrap(),
+            Begin::Proceed(_)
+        ));
     }
 
     #[test]
     fn sweep_removes_only_expired_keys_without_reading_values() {
         let kv = MemoryKv::default();
         let clock = FakeClock(Cell::new(1_000));
-        let idem = Idempotency { kv: &kv, clock: &clock, ttl: Duration::from_secs(10), settle: Duration::ZERO };
-        let Begin::Proceed(a) = idem.begin("s", "old", "f").unwrap() else { panic!() };
+        let idem = Idempotency {
+            kv: &kv,
+            clock: &clock,
+            ttl: Duration::from_secs(10),
+            settle: Duration::ZERO,
+        };
+        let Begin::Proceed(a) = idem.begin("s", "old", "f").unwrap() else {
+            panic!()
+        };
         idem.complete(a, &ok(200, "{}")).unwrap();
         clock.0.set(1_005);
-        let Begin::Proceed(b) = idem.begin("s", "new", "f").unwrap() else { panic!() };
+        let Begin::Proceed(b) = idem.begin("s", "new", "f").unwrap() else {
+            panic!()
+        };
         idem.complete(b, &ok(200, "{}")).unwrap();
         clock.0.set(1_011);
         assert_eq!(idem.sweep().unwrap(), 1);
         let keys: Vec<String> = kv.map.borrow().keys().cloned().collect();
-        assert_eq!(keys, vec!["idem/s/new".to_string(), "idemexp/000000001015/s/new".to_string()]);
+        assert_eq!(
+            keys,
+            vec![
+                "idem/s/new".to_string(),
+                "idemexp/000000001015/s/new".to_string()
+            ]
+        );
         // An expired record no longer replays even before a sweep.
         clock.0.set(1_016);
-        assert!(matches!(idem.begin("s", "new", "f").unwrap(), Begin::Proceed(_)));
+        assert!(matches!(
+            idem.begin("s", "new", "f").unwrap(),
+            Begin::Proceed(_)
+        ));
     }
 
     #[test]
     fn client_request_ids_derive_from_keys() {
-        assert_eq!(derive_client_request_id("wh-", "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W"), "wh-msg_2KWPBgLlAfxdpx2AI54pPJ85f4W");
+        assert_eq!(
+            derive_client_request_id("wh-", "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W"),
+            "wh-msg_2KWPBgLlAfxdpx2AI54pPJ85f4W"
+        );
         let long = derive_client_request_id("wh-", &"x".repeat(100));
         assert!(crate::app::is_valid_client_request_id(&long));
         assert_eq!(long, derive_client_request_id("wh-", &"x".repeat(100)));
-        assert!(crate::app::is_valid_client_request_id(&derive_client_request_id("wh-", "a.b/c d")));
+        assert!(crate::app::is_valid_client_request_id(
+            &derive_client_request_id("wh-", "a.b/c d")
+        ));
     }
 }

@@ -35,7 +35,9 @@ pub struct Line {
 impl Line {
     pub fn new(level: Level, msg: impl Into<String>) -> Line {
         let mut fields = Map::new();
-        let ts = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+        let ts = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
         fields.insert("ts".into(), Value::String(ts));
         fields.insert("level".into(), Value::String(level.as_str().into()));
         fields.insert("msg".into(), Value::String(msg.into()));
@@ -87,14 +89,28 @@ pub struct Access {
 
 impl Access {
     pub fn of(request: &Request) -> Access {
-        let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).map(|v| v.chars().take(128).collect::<String>());
-        Access { route: format!("{} {}", request.method(), request.uri().path()), webhook_id: header("webhook-id"), idempotency_key: header("idempotency-key") }
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.chars().take(128).collect::<String>())
+        };
+        Access {
+            route: format!("{} {}", request.method(), request.uri().path()),
+            webhook_id: header("webhook-id"),
+            idempotency_key: header("idempotency-key"),
+        }
     }
 
     /// A request that could not be read (no headers worth naming).
     pub fn bare(method: &http::Method, path_with_query: &str) -> Access {
         let path = path_with_query.split('?').next().unwrap_or("");
-        Access { route: format!("{method} {path}"), webhook_id: None, idempotency_key: None }
+        Access {
+            route: format!("{method} {path}"),
+            webhook_id: None,
+            idempotency_key: None,
+        }
     }
 
     /// The request's one log line: level by status (5xx error, 4xx warn), the clientRequestId
@@ -106,13 +122,29 @@ impl Access {
             400..=499 => Level::Warn,
             _ => Level::Info,
         };
-        let location = response.headers().get(http::header::LOCATION).and_then(|v| v.to_str().ok()).and_then(|l| l.strip_prefix("/requests/")).map(str::to_owned);
-        let problem: Option<serde_json::Value> = (status >= 400).then(|| serde_json::from_slice(response.body()).ok()).flatten();
-        let member = |name: &str| problem.as_ref().and_then(|p| p.get(name)).and_then(|v| v.as_str()).map(str::to_owned);
+        let location = response
+            .headers()
+            .get(http::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|l| l.strip_prefix("/requests/"))
+            .map(str::to_owned);
+        let problem: Option<serde_json::Value> = (status >= 400)
+            .then(|| serde_json::from_slice(response.body()).ok())
+            .flatten();
+        let member = |name: &str| {
+            problem
+                .as_ref()
+                .and_then(|p| p.get(name))
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        };
         Line::new(level, "request")
             .field("route", self.route.as_str())
             .field("status", status)
-            .field("clientRequestId", location.or_else(|| self.idempotency_key.clone()))
+            .field(
+                "clientRequestId",
+                location.or_else(|| self.idempotency_key.clone()),
+            )
             .field("webhookId", self.webhook_id.clone())
             .field("problem", member("type"))
             .field("error", member("detail"))
@@ -125,7 +157,11 @@ mod tests {
 
     #[test]
     fn a_line_is_one_json_object_with_its_fields() {
-        let line = error("Gong call failed").field("route", "POST /flush").field("status", 502).field("webhookId", None::<String>).render();
+        let line = error("Gong call failed")
+            .field("route", "POST /flush")
+            .field("status", 502)
+            .field("webhookId", None::<String>)
+            .render();
         assert!(!line.contains('\n'));
         let parsed: Value = serde_json::from_str(&line).unwrap();
         assert_eq!(parsed["level"], "error");
@@ -133,6 +169,10 @@ mod tests {
         assert_eq!(parsed["route"], "POST /flush");
         assert_eq!(parsed["status"], 502);
         assert!(parsed.get("webhookId").is_none());
-        assert!(time::OffsetDateTime::parse(parsed["ts"].as_str().unwrap(), &time::format_description::well_known::Rfc3339).is_ok());
+        assert!(time::OffsetDateTime::parse(
+            parsed["ts"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339
+        )
+        .is_ok());
     }
 }

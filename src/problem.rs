@@ -20,14 +20,23 @@ pub enum ApiError {
     #[error("{detail}")]
     BadRequest { detail: String, errors: Vec<Value> },
     #[error("{detail}")]
-    Unprocessable { title: &'static str, detail: String, errors: Vec<Value>, extra: Map<String, Value> },
+    Unprocessable {
+        title: &'static str,
+        detail: String,
+        errors: Vec<Value>,
+        extra: Map<String, Value>,
+    },
     #[error("{0}")]
     Conflict(String),
     #[error("{detail}")]
     InProgress { detail: String, retry_after: u64 },
     /// `size` is what was seen before refusing: the `content-length`, or the bytes read so far.
     #[error("the body has {size} bytes or more; at most {limit} are accepted{}", .variable.map(|v| format!(" (variable {v})")).unwrap_or_default())]
-    PayloadTooLarge { size: usize, limit: usize, variable: Option<&'static str> },
+    PayloadTooLarge {
+        size: usize,
+        limit: usize,
+        variable: Option<&'static str>,
+    },
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("the bridge is not configured: missing variable(s) {}", .0.join(", "))]
@@ -60,16 +69,31 @@ pub enum ApiError {
     /// A Gong failure after the bridge stored the data: the answer names the request under
     /// which it is kept and how to resend it.
     #[error("{inner}")]
-    Kept { client_request_id: String, inner: Box<ApiError> },
+    Kept {
+        client_request_id: String,
+        inner: Box<ApiError>,
+    },
 }
 
 impl ApiError {
     pub fn bad_request(detail: impl Into<String>) -> ApiError {
-        ApiError::BadRequest { detail: detail.into(), errors: Vec::new() }
+        ApiError::BadRequest {
+            detail: detail.into(),
+            errors: Vec::new(),
+        }
     }
 
-    pub fn unprocessable(title: &'static str, detail: impl Into<String>, errors: Vec<Value>) -> ApiError {
-        ApiError::Unprocessable { title, detail: detail.into(), errors, extra: Map::new() }
+    pub fn unprocessable(
+        title: &'static str,
+        detail: impl Into<String>,
+        errors: Vec<Value>,
+    ) -> ApiError {
+        ApiError::Unprocessable {
+            title,
+            detail: detail.into(),
+            errors,
+            extra: Map::new(),
+        }
     }
 
     /// Status, stable slug (the problem `type`), and title.
@@ -84,7 +108,9 @@ impl ApiError {
             ApiError::Conflict(_) => (409, "conflict", "Conflict"),
             ApiError::InProgress { .. } => (409, "in-progress", "Request still in progress"),
             ApiError::PayloadTooLarge { .. } => (413, "payload-too-large", "Payload too large"),
-            ApiError::UnsupportedMediaType(_) => (415, "unsupported-media-type", "Unsupported media type"),
+            ApiError::UnsupportedMediaType(_) => {
+                (415, "unsupported-media-type", "Unsupported media type")
+            }
             ApiError::NotConfigured(_) => (503, "not-configured", "Bridge not configured"),
             ApiError::BadConfig(_) => (503, "bad-configuration", "Bridge misconfigured"),
             ApiError::MalformedVariables(_) => (500, "malformed-variables", "Malformed variables"),
@@ -94,13 +120,21 @@ impl ApiError {
             ApiError::Gong { error, .. } => match error {
                 // Our validation passed, so a 400 from Gong is about the content: 422 with its words.
                 GongError::Rejected { .. } => (422, "gong-rejected", "Gong rejected the request"),
-                GongError::Unauthorized { .. } => (502, "gong-auth", "Gong refused the bridge's credentials"),
+                GongError::Unauthorized { .. } => {
+                    (502, "gong-auth", "Gong refused the bridge's credentials")
+                }
                 GongError::NotFound { .. } => (502, "gong-not-found", "Gong answered 404"),
                 GongError::Conflict { .. } => (409, "gong-conflict", "Gong answered 409 Conflict"),
-                GongError::RateLimited { .. } => (503, "gong-rate-limited", "Gong's rate limit was hit"),
+                GongError::RateLimited { .. } => {
+                    (503, "gong-rate-limited", "Gong's rate limit was hit")
+                }
                 GongError::ServerError { .. } => (502, "gong-failed", "Gong failed"),
-                GongError::Unexpected { .. } => (502, "gong-unexpected", "Gong answered unexpectedly"),
-                GongError::BadBody { .. } => (502, "gong-bad-body", "Gong's answer could not be read"),
+                GongError::Unexpected { .. } => {
+                    (502, "gong-unexpected", "Gong answered unexpectedly")
+                }
+                GongError::BadBody { .. } => {
+                    (502, "gong-bad-body", "Gong's answer could not be read")
+                }
             },
             ApiError::GongUnreachable { error, .. } => match error {
                 OutboundError::Timeout(_) => (504, "gong-timeout", "Gong did not answer in time"),
@@ -108,7 +142,11 @@ impl ApiError {
             },
             ApiError::Internal(_) => (500, "internal", "Internal error"),
             ApiError::Throttled { .. } => (503, "throttled", "Gong call budget exhausted for now"),
-            ApiError::StoreFull { .. } => (503, "store-full", "The key-value store is near its key limit"),
+            ApiError::StoreFull { .. } => (
+                503,
+                "store-full",
+                "The key-value store is near its key limit",
+            ),
             ApiError::Kept { inner, .. } => inner.classify(),
         }
     }
@@ -123,12 +161,19 @@ impl ApiError {
     }
 
     pub fn into_response(self) -> Response {
-        if let ApiError::Kept { client_request_id, inner } = self {
+        if let ApiError::Kept {
+            client_request_id,
+            inner,
+        } = self
+        {
             return kept_response(*inner, &client_request_id);
         }
         let (status, slug, title) = self.classify();
         let mut body = Map::new();
-        body.insert("type".into(), json!(format!("urn:gong-crm-bridge:problem:{slug}")));
+        body.insert(
+            "type".into(),
+            json!(format!("urn:gong-crm-bridge:problem:{slug}")),
+        );
         body.insert("title".into(), json!(title));
         body.insert("status".into(), json!(status));
         body.insert("detail".into(), json!(self.to_string()));
@@ -154,11 +199,15 @@ impl ApiError {
             ApiError::FlushFailed { report, .. } => {
                 body.insert("report".into(), report);
             }
-            ApiError::InProgress { retry_after: secs, .. }
-            | ApiError::Throttled { retry_after: secs, .. }
-            | ApiError::StoreFull { retry_after: secs, .. } => {
-                retry_after = Some(secs)
+            ApiError::InProgress {
+                retry_after: secs, ..
             }
+            | ApiError::Throttled {
+                retry_after: secs, ..
+            }
+            | ApiError::StoreFull {
+                retry_after: secs, ..
+            } => retry_after = Some(secs),
             ApiError::Unauthorized(_) => www_authenticate = true,
             ApiError::MethodNotAllowed { allowed, .. } => allow = Some(allowed.clone()),
             ApiError::Gong { op, error } => {
@@ -170,7 +219,10 @@ impl ApiError {
                     | GongError::Unexpected { status, error } => Some((*status, error)),
                     GongError::Conflict { error } => Some((409, error)),
                     GongError::NotFound { error } => Some((404, error)),
-                    GongError::RateLimited { retry_after: secs, error } => {
+                    GongError::RateLimited {
+                        retry_after: secs,
+                        error,
+                    } => {
                         retry_after = *secs;
                         Some((429, error))
                     }
@@ -205,7 +257,9 @@ impl ApiError {
             builder = builder.header(http::header::ALLOW, allowed);
         }
         let bytes = serde_json::to_vec(&Value::Object(body)).unwrap_or_default();
-        builder.body(bytes).unwrap_or_else(|_| http::Response::new(Vec::new()))
+        builder
+            .body(bytes)
+            .unwrap_or_else(|_| http::Response::new(Vec::new()))
     }
 }
 
@@ -217,27 +271,48 @@ impl From<Fault> for ApiError {
             Fault::Corrupt(detail) => ApiError::Internal(detail),
             Fault::Gong { op, error } => ApiError::Gong { op, error },
             Fault::GongUnreachable { op, error } => ApiError::GongUnreachable { op, error },
-            Fault::Throttled { detail, retry_after } => ApiError::Throttled { detail, retry_after },
+            Fault::Throttled {
+                detail,
+                retry_after,
+            } => ApiError::Throttled {
+                detail,
+                retry_after,
+            },
             Fault::OutOfTime { budget_ms } => ApiError::OutOfTime { budget_ms },
-            Fault::Kept { client_request_id, inner } => ApiError::Kept { client_request_id, inner: Box::new(ApiError::from(*inner)) },
+            Fault::Kept {
+                client_request_id,
+                inner,
+            } => ApiError::Kept {
+                client_request_id,
+                inner: Box::new(ApiError::from(*inner)),
+            },
             Fault::NotConfigured(missing) => ApiError::NotConfigured(missing),
             Fault::BadConfig(detail) => ApiError::BadConfig(detail),
             e @ Fault::NoIntegration => ApiError::Conflict(e.to_string()),
             e @ Fault::NoSuchRequest(_) => ApiError::NotFoundResource(e.to_string()),
             e @ Fault::RequestIdReused { .. } => {
                 let first_use = match &e {
-                    Fault::RequestIdReused { client_request_id, .. } => format!("/requests/{client_request_id}"),
+                    Fault::RequestIdReused {
+                        client_request_id, ..
+                    } => format!("/requests/{client_request_id}"),
                     _ => String::new(),
                 };
                 ApiError::unprocessable(
                     "Idempotency-Key reused",
                     e.to_string(),
-                    vec![json!({"field": "Idempotency-Key", "rule": "idempotencyKey.oneRequest", "firstUse": first_use})],
+                    vec![
+                        json!({"field": "Idempotency-Key", "rule": "idempotencyKey.oneRequest", "firstUse": first_use}),
+                    ],
                 )
             }
             Fault::WrongState(detail) | Fault::Overwritten(detail) => ApiError::Conflict(detail),
-            e @ Fault::Busy => ApiError::InProgress { detail: e.to_string(), retry_after: 2 },
-            Fault::StoreFull { detail, retry_after } => ApiError::StoreFull { detail, retry_after },
+            Fault::StoreFull {
+                detail,
+                retry_after,
+            } => ApiError::StoreFull {
+                detail,
+                retry_after,
+            },
         }
     }
 }
@@ -296,28 +371,70 @@ mod tests {
 
     #[test]
     fn mapping_of_gong_failures() {
-        let e = |error| ApiError::Gong { op: Operation::ListIntegrations, error }.status();
+        let e = |error| {
+            ApiError::Gong {
+                op: Operation::ListIntegrations,
+                error,
+            }
+            .status()
+        };
         let er = ErrorResponse::default();
-        assert_eq!(e(GongError::Rejected { status: 400, error: er.clone() }), 422);
-        assert_eq!(e(GongError::Unauthorized { status: 401, error: er.clone() }), 502);
-        assert_eq!(e(GongError::ServerError { status: 500, error: er.clone() }), 502);
-        let t = ApiError::GongUnreachable { op: Operation::ListIntegrations, error: OutboundError::Timeout(std::time::Duration::from_secs(1)) };
+        assert_eq!(
+            e(GongError::Rejected {
+                status: 400,
+                error: er.clone()
+            }),
+            422
+        );
+        assert_eq!(
+            e(GongError::Unauthorized {
+                status: 401,
+                error: er.clone()
+            }),
+            502
+        );
+        assert_eq!(
+            e(GongError::ServerError {
+                status: 500,
+                error: er.clone()
+            }),
+            502
+        );
+        let t = ApiError::GongUnreachable {
+            op: Operation::ListIntegrations,
+            error: OutboundError::Timeout(std::time::Duration::from_secs(1)),
+        };
         assert_eq!(t.status(), 504);
-        let u = ApiError::GongUnreachable { op: Operation::ListIntegrations, error: OutboundError::Unreachable("refused".into()) };
+        let u = ApiError::GongUnreachable {
+            op: Operation::ListIntegrations,
+            error: OutboundError::Unreachable("refused".into()),
+        };
         assert_eq!(u.status(), 502);
     }
 
     /// Issue 10 item 11: RFC 9110 requires `Allow` on a 405.
     #[test]
     fn method_not_allowed_carries_allow() {
-        let r = ApiError::MethodNotAllowed { method: "PATCH".into(), allowed: "GET, PUT, DELETE".into() }.into_response();
+        let r = ApiError::MethodNotAllowed {
+            method: "PATCH".into(),
+            allowed: "GET, PUT, DELETE".into(),
+        }
+        .into_response();
         assert_eq!(r.status(), 405);
-        assert_eq!(r.headers().get("allow").map(|v| v.as_bytes()), Some(&b"GET, PUT, DELETE"[..]));
+        assert_eq!(
+            r.headers().get("allow").map(|v| v.as_bytes()),
+            Some(&b"GET, PUT, DELETE"[..])
+        );
     }
 
     #[test]
     fn validation_errors_are_listed() {
-        let r = ApiError::unprocessable("Invalid records", "1 record failed", vec![json!({"objectId":"a","field":"x","rule":"r"})]).into_response();
+        let r = ApiError::unprocessable(
+            "Invalid records",
+            "1 record failed",
+            vec![json!({"objectId":"a","field":"x","rule":"r"})],
+        )
+        .into_response();
         assert_eq!(r.status(), 422);
         assert_eq!(body(&r)["errors"][0]["rule"], "r");
     }

@@ -21,7 +21,11 @@ impl Default for QuotaLimits {
     fn default() -> QuotaLimits {
         // 9,000 of Gong's 10,000 daily calls leaves room for the company's other integrations;
         // 450 of Fermyon Cloud's 500 outbound requests per hour leaves room for retries.
-        QuotaLimits { per_second: 3, per_hour: 450, per_day: 9_000 }
+        QuotaLimits {
+            per_second: 3,
+            per_hour: 450,
+            per_day: 9_000,
+        }
     }
 }
 
@@ -59,7 +63,10 @@ pub fn decide(state: &mut QuotaState, limits: QuotaLimits, now_ms: i64) -> Decis
     if state.blocked_until_ms > now_ms {
         return Decision::Blocked {
             until_ms: state.blocked_until_ms,
-            reason: state.blocked_reason.clone().unwrap_or_else(|| "Gong asked the bridge to wait (429)".into()),
+            reason: state
+                .blocked_reason
+                .clone()
+                .unwrap_or_else(|| "Gong asked the bridge to wait (429)".into()),
         };
     }
     let (hour, day) = (now.div_euclid(3600), now.div_euclid(86_400));
@@ -78,13 +85,19 @@ pub fn decide(state: &mut QuotaState, limits: QuotaLimits, now_ms: i64) -> Decis
     if limits.per_day > 0 && state.day_count >= limits.per_day {
         return Decision::Blocked {
             until_ms: (day + 1) * 86_400_000,
-            reason: format!("daily cap of {} Gong calls reached (variable gong_daily_call_cap)", limits.per_day),
+            reason: format!(
+                "daily cap of {} Gong calls reached (variable gong_daily_call_cap)",
+                limits.per_day
+            ),
         };
     }
     if limits.per_hour > 0 && state.hour_count >= limits.per_hour {
         return Decision::Blocked {
             until_ms: (hour + 1) * 3_600_000,
-            reason: format!("hourly cap of {} outbound calls reached (variable outbound_hourly_cap)", limits.per_hour),
+            reason: format!(
+                "hourly cap of {} outbound calls reached (variable outbound_hourly_cap)",
+                limits.per_hour
+            ),
         };
     }
     if limits.per_second > 0 && state.second_count >= limits.per_second {
@@ -126,7 +139,11 @@ pub fn usage(state: &QuotaState, limits: QuotaLimits, now_ms: i64) -> Usage {
         per_hour: limits.per_hour,
         per_day: limits.per_day,
         paused_until_ms: paused.then_some(state.blocked_until_ms),
-        pause_reason: if paused { state.blocked_reason.clone() } else { None },
+        pause_reason: if paused {
+            state.blocked_reason.clone()
+        } else {
+            None
+        },
     }
 }
 
@@ -161,16 +178,24 @@ mod tests {
 
     #[test]
     fn daily_and_hourly_caps_block_until_the_window_ends() {
-        let limits = QuotaLimits { per_second: 0, per_hour: 2, per_day: 3 };
+        let limits = QuotaLimits {
+            per_second: 0,
+            per_hour: 2,
+            per_day: 3,
+        };
         let mut s = QuotaState::default();
         let t = 7_200_000; // 2 h in ms
         assert_eq!(decide(&mut s, limits, t), Decision::Go);
         assert_eq!(decide(&mut s, limits, t), Decision::Go);
-        let Decision::Blocked { until_ms, reason } = decide(&mut s, limits, t) else { panic!() };
+        let Decision::Blocked { until_ms, reason } = decide(&mut s, limits, t) else {
+            panic!()
+        };
         assert_eq!(until_ms, 3 * 3_600_000);
         assert!(reason.contains("hourly"));
         assert_eq!(decide(&mut s, limits, 3 * 3_600_000), Decision::Go);
-        let Decision::Blocked { until_ms, reason } = decide(&mut s, limits, 3 * 3_600_000) else { panic!() };
+        let Decision::Blocked { until_ms, reason } = decide(&mut s, limits, 3 * 3_600_000) else {
+            panic!()
+        };
         assert_eq!(until_ms, 86_400_000);
         assert!(reason.contains("daily"));
     }
@@ -179,8 +204,17 @@ mod tests {
     fn a_429_blocks_every_caller_until_retry_after() {
         let mut s = QuotaState::default();
         block_ms(&mut s, 1_000_000, Some(30));
-        assert!(matches!(decide(&mut s, QuotaLimits::default(), 1_029_000), Decision::Blocked { until_ms: 1_030_000, .. }));
-        assert_eq!(decide(&mut s, QuotaLimits::default(), 1_030_000), Decision::Go);
+        assert!(matches!(
+            decide(&mut s, QuotaLimits::default(), 1_029_000),
+            Decision::Blocked {
+                until_ms: 1_030_000,
+                ..
+            }
+        ));
+        assert_eq!(
+            decide(&mut s, QuotaLimits::default(), 1_030_000),
+            Decision::Go
+        );
         block_ms(&mut s, 2_000_000, None);
         assert_eq!(s.blocked_until_ms, 2_060_000);
         assert_eq!(seconds_until(2_060_000, 2_000_001), 60);
@@ -193,7 +227,13 @@ mod tests {
         let mut s = QuotaState::default();
         let at_ms = 1_700_000_000_250;
         block_ms(&mut s, at_ms, Some(3));
-        assert!(matches!(decide(&mut s, QuotaLimits::default(), at_ms + 2_999), Decision::Blocked { .. }));
-        assert_eq!(decide(&mut s, QuotaLimits::default(), at_ms + 3_000), Decision::Go);
+        assert!(matches!(
+            decide(&mut s, QuotaLimits::default(), at_ms + 2_999),
+            Decision::Blocked { .. }
+        ));
+        assert_eq!(
+            decide(&mut s, QuotaLimits::default(), at_ms + 3_000),
+            Decision::Go
+        );
     }
 }

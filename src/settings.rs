@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use crate::fault::Fault;
 use crate::gong::client::{Auth, GongClient};
 use crate::ports::Config;
-use crate::fault::Fault;
 
 pub const GONG_BASE_URL: &str = "gong_base_url";
 pub const GONG_ACCESS_KEY: &str = "gong_access_key";
@@ -28,25 +28,40 @@ pub fn missing_required(config: &dyn Config) -> Vec<String> {
             missing.push(name.to_owned());
         }
     }
-    let has_key = config.get(GONG_ACCESS_KEY).is_some() && config.get(GONG_ACCESS_KEY_SECRET).is_some();
+    let has_key =
+        config.get(GONG_ACCESS_KEY).is_some() && config.get(GONG_ACCESS_KEY_SECRET).is_some();
     if !has_key && config.get(GONG_BEARER_TOKEN).is_none() {
-        missing.push(format!("{GONG_ACCESS_KEY} and {GONG_ACCESS_KEY_SECRET} (or {GONG_BEARER_TOKEN})"));
+        missing.push(format!(
+            "{GONG_ACCESS_KEY} and {GONG_ACCESS_KEY_SECRET} (or {GONG_BEARER_TOKEN})"
+        ));
     }
     missing
 }
 
 /// Optional variables that are unset, by name.
 pub fn unset_optional(config: &dyn Config) -> Vec<String> {
-    [INTEGRATION_ID, WEBHOOK_SECRET].iter().filter(|n| config.get(n).is_none()).map(|n| n.to_string()).collect()
+    [INTEGRATION_ID, WEBHOOK_SECRET]
+        .iter()
+        .filter(|n| config.get(n).is_none())
+        .map(|n| n.to_string())
+        .collect()
 }
 
 pub fn api_token(config: &dyn Config) -> Result<String, Fault> {
-    config.get(API_TOKEN).ok_or_else(|| Fault::NotConfigured(vec![API_TOKEN.to_owned()]))
+    config
+        .get(API_TOKEN)
+        .ok_or_else(|| Fault::NotConfigured(vec![API_TOKEN.to_owned()]))
 }
 
 pub fn gong_client(config: &dyn Config) -> Result<GongClient, Fault> {
-    let base = config.get(GONG_BASE_URL).ok_or_else(|| Fault::NotConfigured(vec![GONG_BASE_URL.to_owned()]))?;
-    let auth = match (config.get(GONG_ACCESS_KEY), config.get(GONG_ACCESS_KEY_SECRET), config.get(GONG_BEARER_TOKEN)) {
+    let base = config
+        .get(GONG_BASE_URL)
+        .ok_or_else(|| Fault::NotConfigured(vec![GONG_BASE_URL.to_owned()]))?;
+    let auth = match (
+        config.get(GONG_ACCESS_KEY),
+        config.get(GONG_ACCESS_KEY_SECRET),
+        config.get(GONG_BEARER_TOKEN),
+    ) {
         (Some(access_key), Some(secret), _) => Auth::Basic { access_key, secret },
         (_, _, Some(token)) => Auth::Bearer(token),
         _ => {
@@ -63,11 +78,9 @@ pub fn gong_client(config: &dyn Config) -> Result<GongClient, Fault> {
 pub fn integration_id_variable(config: &dyn Config) -> Result<Option<i64>, Fault> {
     match config.get(INTEGRATION_ID) {
         None => Ok(None),
-        Some(raw) => raw
-            .trim()
-            .parse::<i64>()
-            .map(Some)
-            .map_err(|_| Fault::BadConfig(format!("variable {INTEGRATION_ID} is not a 64-bit integer"))),
+        Some(raw) => raw.trim().parse::<i64>().map(Some).map_err(|_| {
+            Fault::BadConfig(format!("variable {INTEGRATION_ID} is not a 64-bit integer"))
+        }),
     }
 }
 
@@ -84,18 +97,37 @@ pub const WEBHOOK_BEARER_TOKEN: &str = "webhook_bearer_token";
 pub const IDEMPOTENCY_TTL_SECONDS: &str = "idempotency_ttl_seconds";
 pub const IDEMPOTENCY_SETTLE_MS: &str = "idempotency_settle_ms";
 
-fn duration_variable(config: &dyn Config, name: &str, unit: fn(u64) -> Duration, default: Duration) -> Duration {
-    config.get(name).and_then(|v| v.trim().parse::<u64>().ok()).map(unit).unwrap_or(default)
+fn duration_variable(
+    config: &dyn Config,
+    name: &str,
+    unit: fn(u64) -> Duration,
+    default: Duration,
+) -> Duration {
+    config
+        .get(name)
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(unit)
+        .unwrap_or(default)
 }
 
 /// How long idempotency keys (and so webhook-ids) are remembered. Default 7 days.
 pub fn idempotency_ttl(config: &dyn Config) -> Duration {
-    duration_variable(config, IDEMPOTENCY_TTL_SECONDS, Duration::from_secs, crate::idempotency::DEFAULT_TTL)
+    duration_variable(
+        config,
+        IDEMPOTENCY_TTL_SECONDS,
+        Duration::from_secs,
+        crate::idempotency::DEFAULT_TTL,
+    )
 }
 
 /// How long a claim settles before it is verified (see `idempotency`). Default 100 ms.
 pub fn idempotency_settle(config: &dyn Config) -> Duration {
-    duration_variable(config, IDEMPOTENCY_SETTLE_MS, Duration::from_millis, crate::idempotency::DEFAULT_SETTLE)
+    duration_variable(
+        config,
+        IDEMPOTENCY_SETTLE_MS,
+        Duration::from_millis,
+        crate::idempotency::DEFAULT_SETTLE,
+    )
 }
 
 pub const GONG_CALLS_PER_SECOND: &str = "gong_calls_per_second";
@@ -123,9 +155,15 @@ pub fn quota_limits(config: &dyn Config) -> crate::quota::QuotaLimits {
 pub fn flush_limits(config: &dyn Config) -> crate::outbox::due::FlushLimits {
     let d = crate::outbox::due::FlushLimits::default();
     crate::outbox::due::FlushLimits {
-        max_records: number::<usize>(config, BATCH_MAX_RECORDS).filter(|n| *n > 0).unwrap_or(d.max_records),
-        max_bytes: number::<usize>(config, BATCH_MAX_BYTES).filter(|n| *n > 0).unwrap_or(d.max_bytes),
-        interval_seconds: number::<i64>(config, FLUSH_INTERVAL_SECONDS).filter(|n| *n >= 0).unwrap_or(d.interval_seconds),
+        max_records: number::<usize>(config, BATCH_MAX_RECORDS)
+            .filter(|n| *n > 0)
+            .unwrap_or(d.max_records),
+        max_bytes: number::<usize>(config, BATCH_MAX_BYTES)
+            .filter(|n| *n > 0)
+            .unwrap_or(d.max_bytes),
+        interval_seconds: number::<i64>(config, FLUSH_INTERVAL_SECONDS)
+            .filter(|n| *n >= 0)
+            .unwrap_or(d.interval_seconds),
     }
 }
 
@@ -136,7 +174,11 @@ pub const DEFAULT_KEY_BUDGET: usize = 4_096;
 /// How records are kept (inbox keys, pending and failure shards; see `docs/buffer.md`), sized by
 /// `kv_max_keys` (Fermyon Cloud: 1,024), else by [`DEFAULT_KEY_BUDGET`].
 pub fn layout(config: &dyn Config) -> crate::outbox::shards::Layout {
-    crate::outbox::shards::Layout::for_max_keys(number::<usize>(config, KV_MAX_KEYS).filter(|n| *n > 0).unwrap_or(DEFAULT_KEY_BUDGET))
+    crate::outbox::shards::Layout::for_max_keys(
+        number::<usize>(config, KV_MAX_KEYS)
+            .filter(|n| *n > 0)
+            .unwrap_or(DEFAULT_KEY_BUDGET),
+    )
 }
 
 pub const WEBHOOK_MAX_BYTES: &str = "webhook_max_bytes";
@@ -144,18 +186,35 @@ pub const MANAGEMENT_MAX_BYTES: &str = "management_max_bytes";
 pub const WORK_BUDGET_MS: &str = "work_budget_ms";
 pub const POLL_BACKOFF_SECONDS: &str = "poll_backoff_seconds";
 pub const INBOX_RELEASE_SECONDS: &str = "inbox_release_seconds";
+pub const ADMISSION_WAIT_MS: &str = "admission_wait_ms";
+
+/// How long a webhook waits for room at the store's admission line before it is refused (503
+/// `store-full`). Default 5 s: half of Pipedrive's 10 s, inside every CRM's timeout, and inside
+/// Fermyon Cloud's 10 s per handler with the work budget (which counts from the request's start).
+pub fn admission_wait(config: &dyn Config) -> Duration {
+    duration_variable(
+        config,
+        ADMISSION_WAIT_MS,
+        Duration::from_millis,
+        Duration::from_millis(5_000),
+    )
+}
 
 /// How long a compacted inbox key is kept before it is checked again and deleted, so that a
 /// replica stalled between reading and writing a shard cannot lose a record (`docs/buffer.md`).
 /// Default 60 s (twice the flush lease); 0 deletes right after the read-back.
 pub fn inbox_release_seconds(config: &dyn Config) -> i64 {
-    number::<i64>(config, INBOX_RELEASE_SECONDS).filter(|n| *n >= 0).unwrap_or(60)
+    number::<i64>(config, INBOX_RELEASE_SECONDS)
+        .filter(|n| *n >= 0)
+        .unwrap_or(60)
 }
 
 /// The wait after a request-status answer that is not final (doubling per answer, at most
 /// 10 minutes). Default 10 s; 0 polls whenever asked.
 pub fn poll_backoff_seconds(config: &dyn Config) -> i64 {
-    number::<i64>(config, POLL_BACKOFF_SECONDS).filter(|n| *n >= 0).unwrap_or(10)
+    number::<i64>(config, POLL_BACKOFF_SECONDS)
+        .filter(|n| *n >= 0)
+        .unwrap_or(10)
 }
 
 /// A webhook delivery is at most this big unless `webhook_max_bytes` says otherwise: the size of
@@ -178,17 +237,35 @@ pub struct BodyLimit {
 /// `webhook_max_bytes`, `POST /records` by Gong's 200 MB file limit, the rest by
 /// `management_max_bytes`.
 pub fn body_limit(config: &dyn Config, path: &str) -> BodyLimit {
-    let first = path.trim_start_matches('/').split('/').next().unwrap_or_default();
+    let first = path
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or_default();
     match first {
-        "webhooks" => BodyLimit { bytes: number(config, WEBHOOK_MAX_BYTES).unwrap_or(DEFAULT_WEBHOOK_MAX_BYTES), variable: Some(WEBHOOK_MAX_BYTES) },
-        "records" => BodyLimit { bytes: crate::validation::MAX_BODY_BYTES, variable: None },
-        _ => BodyLimit { bytes: number(config, MANAGEMENT_MAX_BYTES).unwrap_or(DEFAULT_MANAGEMENT_MAX_BYTES), variable: Some(MANAGEMENT_MAX_BYTES) },
+        "webhooks" => BodyLimit {
+            bytes: number(config, WEBHOOK_MAX_BYTES).unwrap_or(DEFAULT_WEBHOOK_MAX_BYTES),
+            variable: Some(WEBHOOK_MAX_BYTES),
+        },
+        "records" => BodyLimit {
+            bytes: crate::validation::MAX_BODY_BYTES,
+            variable: None,
+        },
+        _ => BodyLimit {
+            bytes: number(config, MANAGEMENT_MAX_BYTES).unwrap_or(DEFAULT_MANAGEMENT_MAX_BYTES),
+            variable: Some(MANAGEMENT_MAX_BYTES),
+        },
     }
 }
 
 /// How long a request's work after its answer (and `POST /flush`) may start Gong calls.
 pub fn work_budget(config: &dyn Config) -> Duration {
-    duration_variable(config, WORK_BUDGET_MS, Duration::from_millis, DEFAULT_WORK_BUDGET)
+    duration_variable(
+        config,
+        WORK_BUDGET_MS,
+        Duration::from_millis,
+        DEFAULT_WORK_BUDGET,
+    )
 }
 
 /// Every numeric variable, so that a malformed value is reported instead of silently replaced
@@ -209,6 +286,7 @@ const NUMERIC_VARIABLES: &[&str] = &[
     WORK_BUDGET_MS,
     POLL_BACKOFF_SECONDS,
     INBOX_RELEASE_SECONDS,
+    ADMISSION_WAIT_MS,
 ];
 
 /// Numeric variables whose value is not a whole number, as "name (value)": these values are no
@@ -216,7 +294,12 @@ const NUMERIC_VARIABLES: &[&str] = &[
 pub fn malformed(config: &dyn Config) -> Vec<String> {
     NUMERIC_VARIABLES
         .iter()
-        .filter_map(|name| config.get(name).filter(|v| v.trim().parse::<u64>().is_err()).map(|v| format!("{name} ({v:?} is not a whole number)")))
+        .filter_map(|name| {
+            config
+                .get(name)
+                .filter(|v| v.trim().parse::<u64>().is_err())
+                .map(|v| format!("{name} ({v:?} is not a whole number)"))
+        })
         .collect()
 }
 
@@ -235,10 +318,25 @@ mod tests {
     #[test]
     fn body_limits_follow_the_route_and_the_variables() {
         let none = Vars(HashMap::new());
-        assert_eq!(body_limit(&none, "/webhooks"), BodyLimit { bytes: DEFAULT_WEBHOOK_MAX_BYTES, variable: Some(WEBHOOK_MAX_BYTES) });
-        assert_eq!(body_limit(&none, "/records/ACCOUNT").bytes, crate::validation::MAX_BODY_BYTES);
-        assert_eq!(body_limit(&none, "/schema/ACCOUNT").variable, Some(MANAGEMENT_MAX_BYTES));
-        let set = Vars(HashMap::from([(WEBHOOK_MAX_BYTES, "2048"), (MANAGEMENT_MAX_BYTES, "512")]));
+        assert_eq!(
+            body_limit(&none, "/webhooks"),
+            BodyLimit {
+                bytes: DEFAULT_WEBHOOK_MAX_BYTES,
+                variable: Some(WEBHOOK_MAX_BYTES)
+            }
+        );
+        assert_eq!(
+            body_limit(&none, "/records/ACCOUNT").bytes,
+            crate::validation::MAX_BODY_BYTES
+        );
+        assert_eq!(
+            body_limit(&none, "/schema/ACCOUNT").variable,
+            Some(MANAGEMENT_MAX_BYTES)
+        );
+        let set = Vars(HashMap::from([
+            (WEBHOOK_MAX_BYTES, "2048"),
+            (MANAGEMENT_MAX_BYTES, "512"),
+        ]));
         assert_eq!(body_limit(&set, "/webhooks").bytes, 2048);
         assert_eq!(body_limit(&set, "/integration").bytes, 512);
     }
@@ -246,8 +344,15 @@ mod tests {
     /// Issue 10 item 11: `kv_max_keys=1,024` is named, not silently read as "no cap".
     #[test]
     fn malformed_numbers_are_named() {
-        let vars = Vars(HashMap::from([(KV_MAX_KEYS, "1,024"), (BATCH_MAX_RECORDS, "500"), (API_TOKEN, "x y")]));
-        assert_eq!(malformed(&vars), vec!["kv_max_keys (\"1,024\" is not a whole number)".to_owned()]);
+        let vars = Vars(HashMap::from([
+            (KV_MAX_KEYS, "1,024"),
+            (BATCH_MAX_RECORDS, "500"),
+            (API_TOKEN, "x y"),
+        ]));
+        assert_eq!(
+            malformed(&vars),
+            vec!["kv_max_keys (\"1,024\" is not a whole number)".to_owned()]
+        );
         assert!(malformed(&Vars(HashMap::new())).is_empty());
     }
 }

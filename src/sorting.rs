@@ -11,7 +11,11 @@ use std::cmp::Ordering;
 pub fn sort_by<T>(items: &mut Vec<T>, compare: impl Fn(&T, &T) -> Ordering) {
     let order = sorted_positions(items.len(), &|a, b| compare(&items[a], &items[b]));
     let mut slots: Vec<Option<T>> = items.drain(..).map(Some).collect();
-    items.extend(order.into_iter().filter_map(|at| slots.get_mut(at).and_then(Option::take)));
+    items.extend(
+        order
+            .into_iter()
+            .filter_map(|at| slots.get_mut(at).and_then(Option::take)),
+    );
 }
 
 /// Sorts `items` stably by the key `key` computes, like `slice::sort_by_key`.

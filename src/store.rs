@@ -10,9 +10,9 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::fault::{encoding, Fault};
 use crate::gong::models::{ObjectType, SchemaField};
 use crate::ports::{Kv, KvError};
-use crate::fault::{encoding, Fault};
 
 pub const INTEGRATION_KEY: &str = "integration";
 /// Chunk size for large values: under Fermyon Cloud's 1 MB value limit with room to spare.
@@ -56,9 +56,9 @@ impl<'a> Store<'a> {
     pub fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Fault> {
         match self.kv.get(key)? {
             None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| Fault::Corrupt(format!("stored value under {key:?} is unreadable: {e}"))),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                Fault::Corrupt(format!("stored value under {key:?} is unreadable: {e}"))
+            }),
         }
     }
 
@@ -153,11 +153,16 @@ mod tests {
     fn blobs_round_trip_across_chunks_and_delete() {
         let kv = MemoryKv::default();
         let store = Store::new(&kv);
-        let data: Vec<u8> = (0..(CHUNK_BYTES * 2 + 10)).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..(CHUNK_BYTES * 2 + 10))
+            .map(|i| (i % 251) as u8)
+            .collect();
         let chunks = store.put_blob("payload", "abc", &data).unwrap();
         assert_eq!(chunks, 3);
         assert!(kv.map.borrow().values().all(|v| v.len() <= CHUNK_BYTES));
-        assert_eq!(store.get_blob("payload", "abc", chunks).unwrap().unwrap(), data);
+        assert_eq!(
+            store.get_blob("payload", "abc", chunks).unwrap().unwrap(),
+            data
+        );
         store.delete_blob("payload", "abc", chunks).unwrap();
         assert!(kv.map.borrow().is_empty());
         assert_eq!(store.get_blob("payload", "abc", chunks).unwrap(), None);

@@ -102,7 +102,12 @@ impl Tally {
     }
 
     pub fn gong_call(&self, op: Operation, status: u16) {
-        *self.delta.borrow_mut().gong_calls.entry(format!("{} {status}", operation_label(op))).or_default() += 1;
+        *self
+            .delta
+            .borrow_mut()
+            .gong_calls
+            .entry(format!("{} {status}", operation_label(op)))
+            .or_default() += 1;
     }
 
     pub fn records_settled(&self, delivered: u64, failed: u64) {
@@ -115,7 +120,12 @@ impl Tally {
     /// 1/[`REFUSAL_SAMPLE`] that is kept.
     pub fn webhook_refused(&self, reason: &str, sample: u8) {
         if u64::from(sample) % REFUSAL_SAMPLE == 0 {
-            *self.delta.borrow_mut().webhooks_refused.entry(reason.to_owned()).or_default() += REFUSAL_SAMPLE;
+            *self
+                .delta
+                .borrow_mut()
+                .webhooks_refused
+                .entry(reason.to_owned())
+                .or_default() += REFUSAL_SAMPLE;
         }
     }
 
@@ -128,7 +138,10 @@ impl Tally {
         }
         let store = Store::new(kv);
         // Unreadable counters are restarted rather than blocking every later save.
-        let mut saved: Counters = store.get_json(COUNTERS_KEY).unwrap_or(None).unwrap_or_default();
+        let mut saved: Counters = store
+            .get_json(COUNTERS_KEY)
+            .unwrap_or(None)
+            .unwrap_or_default();
         saved.add(&delta);
         store.put_json(COUNTERS_KEY, &saved)
     }
@@ -136,7 +149,10 @@ impl Tally {
 
 /// The saved counters (zero before the first save).
 pub fn load(kv: &dyn Kv) -> Result<Counters, Fault> {
-    Ok(Store::new(kv).get_json(COUNTERS_KEY).unwrap_or(None).unwrap_or_default())
+    Ok(Store::new(kv)
+        .get_json(COUNTERS_KEY)
+        .unwrap_or(None)
+        .unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -157,7 +173,15 @@ mod tests {
         second.records_settled(4, 1);
         second.save(&kv).unwrap();
         let saved = load(&kv).unwrap();
-        assert_eq!((saved.deliveries_accepted, saved.records_accepted, saved.records_delivered, saved.records_failed), (2, 5, 4, 1));
+        assert_eq!(
+            (
+                saved.deliveries_accepted,
+                saved.records_accepted,
+                saved.records_delivered,
+                saved.records_failed
+            ),
+            (2, 5, 4, 1)
+        );
         assert_eq!(saved.gong_calls["upload_entities 201"], 2);
         assert_eq!(saved.gong_calls["request_status 0"], 1);
     }

@@ -17,13 +17,22 @@ pub struct MapConfig(pub RefCell<HashMap<String, String>>);
 
 impl MapConfig {
     pub fn with(pairs: &[(&str, &str)]) -> MapConfig {
-        MapConfig(RefCell::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()))
+        MapConfig(RefCell::new(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ))
     }
 }
 
 impl Config for MapConfig {
     fn get(&self, name: &str) -> Option<String> {
-        self.0.borrow().get(name).filter(|v| !v.trim().is_empty()).cloned()
+        self.0
+            .borrow()
+            .get(name)
+            .filter(|v| !v.trim().is_empty())
+            .cloned()
     }
 }
 
@@ -34,7 +43,9 @@ pub struct VirtualClock {
 
 impl VirtualClock {
     pub fn at(unix_seconds: i64) -> VirtualClock {
-        VirtualClock { nanos: Cell::new(unix_seconds as i128 * 1_000_000_000) }
+        VirtualClock {
+            nanos: Cell::new(unix_seconds as i128 * 1_000_000_000),
+        }
     }
 
     pub fn advance(&self, by: Duration) {
@@ -44,7 +55,8 @@ impl VirtualClock {
 
 impl Clock for VirtualClock {
     fn now(&self) -> OffsetDateTime {
-        OffsetDateTime::from_unix_timestamp_nanos(self.nanos.get()).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+        OffsetDateTime::from_unix_timestamp_nanos(self.nanos.get())
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
     }
 
     fn sleep(&self, duration: Duration) {
@@ -83,7 +95,14 @@ pub struct ScriptedGong<'c> {
 
 impl<'c> ScriptedGong<'c> {
     pub fn new(clock: &'c VirtualClock) -> ScriptedGong<'c> {
-        ScriptedGong { clock, queue: RefCell::default(), calls: RefCell::default(), bodies: RefCell::default(), default_takes: Cell::new(Duration::from_millis(20)), meanwhile: RefCell::default() }
+        ScriptedGong {
+            clock,
+            queue: RefCell::default(),
+            calls: RefCell::default(),
+            bodies: RefCell::default(),
+            default_takes: Cell::new(Duration::from_millis(20)),
+            meanwhile: RefCell::default(),
+        }
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -93,19 +112,35 @@ impl<'c> ScriptedGong<'c> {
     fn default_answer(request: &Request) -> Response {
         let (status, body) = match (request.method().as_str(), request.uri().path()) {
             ("POST", "/v2/crm/entities") => (201, r#"{"requestId":"scripted"}"#),
-            ("GET", "/v2/crm/request-status") => (200, r#"{"requestId":"scripted","status":"DONE","errors":[],"totalErrorCount":0}"#),
+            ("GET", "/v2/crm/request-status") => (
+                200,
+                r#"{"requestId":"scripted","status":"DONE","errors":[],"totalErrorCount":0}"#,
+            ),
             _ => (200, "{}"),
         };
-        http::Response::builder().status(status).header("content-type", "application/json").body(body.as_bytes().to_vec()).unwrap_or_default()
+        http::Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(body.as_bytes().to_vec())
+            .unwrap_or_default()
     }
 }
 
 impl Outbound for ScriptedGong<'_> {
     fn send(&self, request: Request, timeout: Duration) -> Result<Response, OutboundError> {
-        let path = request.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+        let path = request
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default();
         let index = self.bodies.borrow().len();
         self.bodies.borrow_mut().push(ldjson_part(request.body()));
-        self.calls.borrow_mut().push(Call { method: request.method().to_string(), path, timeout, index });
+        self.calls.borrow_mut().push(Call {
+            method: request.method().to_string(),
+            path,
+            timeout,
+            index,
+        });
         let meanwhile = self.meanwhile.borrow_mut().take();
         if let Some(meanwhile) = meanwhile {
             meanwhile();
@@ -129,12 +164,28 @@ impl Outbound for ScriptedGong<'_> {
 fn ldjson_part(body: &[u8]) -> Vec<u8> {
     let text = String::from_utf8_lossy(body);
     let lines: Vec<&str> = text.lines().filter(|l| l.starts_with('{')).collect();
-    if lines.is_empty() { body.to_vec() } else { lines.join("\n").into_bytes() }
+    if lines.is_empty() {
+        body.to_vec()
+    } else {
+        lines.join("\n").into_bytes()
+    }
 }
 
 /// A bridge over the doubles.
-pub fn bridge<'a, 'c: 'a>(kv: &'a dyn Kv, config: &'a MapConfig, gong: &'a ScriptedGong<'c>, clock: &'a VirtualClock) -> Bridge<'a> {
-    Bridge { kv, config, outbound: gong, clock, deadline: None, tally: Box::leak(Box::default()) }
+pub fn bridge<'a, 'c: 'a>(
+    kv: &'a dyn Kv,
+    config: &'a MapConfig,
+    gong: &'a ScriptedGong<'c>,
+    clock: &'a VirtualClock,
+) -> Bridge<'a> {
+    Bridge {
+        kv,
+        config,
+        outbound: gong,
+        clock,
+        deadline: None,
+        tally: Box::leak(Box::default()),
+    }
 }
 
 /// The variables of a configured bridge with an integration and no claim settle wait.
@@ -156,7 +207,9 @@ pub fn configured(extra: &[(&str, &str)]) -> MapConfig {
 
 /// A request as the edge builds it.
 pub fn request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Request {
-    let mut builder = http::Request::builder().method(method).uri(format!("http://127.0.0.1:3000{path}"));
+    let mut builder = http::Request::builder()
+        .method(method)
+        .uri(format!("http://127.0.0.1:3000{path}"));
     for (k, v) in headers {
         builder = builder.header(*k, *v);
     }
@@ -177,7 +230,11 @@ pub struct InterleavedKv<'h> {
 impl Kv for InterleavedKv<'_> {
     fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         let value = self.inner.get(key)?;
-        let due = self.meanwhile.borrow().as_ref().is_some_and(|(prefix, _)| key.starts_with(prefix.as_str()));
+        let due = self
+            .meanwhile
+            .borrow()
+            .as_ref()
+            .is_some_and(|(prefix, _)| key.starts_with(prefix.as_str()));
         if due {
             let taken = self.meanwhile.borrow_mut().take();
             if let Some((_, run)) = taken {

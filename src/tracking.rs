@@ -34,7 +34,10 @@ impl TrackedStatus {
 
     /// Whether Gong may hold this request, so that asking Gong's request-status makes sense.
     pub fn worth_polling(self) -> bool {
-        matches!(self, TrackedStatus::Submitting | TrackedStatus::Pending | TrackedStatus::InProgress)
+        matches!(
+            self,
+            TrackedStatus::Submitting | TrackedStatus::Pending | TrackedStatus::InProgress
+        )
     }
 
     pub fn from_gong(status: RequestStatus) -> TrackedStatus {
@@ -136,7 +139,9 @@ impl RequestRecord {
     /// such poll, at most 10 minutes (`base` 0: the next poll may come at once).
     pub fn schedule_next_poll(&mut self, now: i64, base: i64) {
         self.polls = self.polls.saturating_add(1);
-        let wait = base.saturating_mul(1i64 << (self.polls - 1).min(20)).min(MAX_POLL_BACKOFF_SECONDS);
+        let wait = base
+            .saturating_mul(1i64 << (self.polls - 1).min(20))
+            .min(MAX_POLL_BACKOFF_SECONDS);
         self.next_poll_at = (wait > 0).then_some(now + wait);
     }
 
@@ -158,13 +163,20 @@ impl RequestRecord {
         if answer.request_id.is_some() && self.gong_request_id.is_none() {
             self.gong_request_id = answer.request_id.clone();
         }
-        self.totals = Totals { success: answer.total_success_count, error: answer.total_error_count };
+        self.totals = Totals {
+            success: answer.total_success_count,
+            error: answer.total_error_count,
+        };
         self.errors = answer
             .errors
             .iter()
             .map(|e| TrackedLineError {
                 line: e.line,
-                object_id: if e.line > 0 { object_id_of_line(e.line) } else { None },
+                object_id: if e.line > 0 {
+                    object_id_of_line(e.line)
+                } else {
+                    None
+                },
                 description: e.description.clone().unwrap_or_default(),
             })
             .collect();
@@ -176,7 +188,10 @@ impl RequestRecord {
 pub fn object_id_on_line(line_map: &[u8], line: i64) -> Option<String> {
     let index = usize::try_from(line.checked_sub(1)?).ok()?;
     let id = line_map.split(|b| *b == b'\n').nth(index)?;
-    std::str::from_utf8(id).ok().filter(|s| !s.is_empty()).map(str::to_owned)
+    std::str::from_utf8(id)
+        .ok()
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
 }
 
 mod i64_as_string {
@@ -240,9 +255,18 @@ mod tests {
                 request_id: Some("g".into()),
                 status: Some(RequestStatus::Failed),
                 errors: vec![
-                    LineError { line: 2, description: Some("bad".into()) },
-                    LineError { line: 0, description: Some("file".into()) },
-                    LineError { line: 9, description: None },
+                    LineError {
+                        line: 2,
+                        description: Some("bad".into()),
+                    },
+                    LineError {
+                        line: 0,
+                        description: Some("file".into()),
+                    },
+                    LineError {
+                        line: 9,
+                        description: None,
+                    },
                 ],
                 total_error_count: Some(1),
                 total_success_count: Some(2),

@@ -33,7 +33,13 @@ pub async fn registered_app() -> TestApp {
 }
 
 /// A request with the management API's bearer token.
-pub async fn call(app: &TestApp, method: &str, path: &str, headers: &[(&str, &str)], body: impl Into<Vec<u8>>) -> TestResponse {
+pub async fn call(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Vec<u8>>,
+) -> TestResponse {
     let token = auth();
     let mut all = vec![("authorization", token.as_str())];
     all.extend_from_slice(headers);
@@ -41,17 +47,36 @@ pub async fn call(app: &TestApp, method: &str, path: &str, headers: &[(&str, &st
 }
 
 pub async fn call_json(app: &TestApp, method: &str, path: &str, body: &Value) -> TestResponse {
-    call(app, method, path, &[("content-type", "application/json")], serde_json::to_vec(body).unwrap()).await
+    call(
+        app,
+        method,
+        path,
+        &[("content-type", "application/json")],
+        serde_json::to_vec(body).unwrap(),
+    )
+    .await
 }
 
 /// Asserts the status and that an error body is problem+json; returns the JSON body.
 pub fn expect(response: &TestResponse, status: u16) -> Value {
-    assert_eq!(response.status, status, "unexpected status; body: {}", response.text());
+    assert_eq!(
+        response.status,
+        status,
+        "unexpected status; body: {}",
+        response.text()
+    );
     if status >= 400 {
-        assert_eq!(response.header("content-type"), Some("application/problem+json"), "{}", response.text());
+        assert_eq!(
+            response.header("content-type"),
+            Some("application/problem+json"),
+            "{}",
+            response.text()
+        );
         let body = response.json();
         assert_eq!(body["status"], status);
-        assert!(body["type"].as_str().is_some_and(|t| t.starts_with("urn:gong-crm-bridge:problem:")));
+        assert!(body["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("urn:gong-crm-bridge:problem:")));
         assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
         return body;
     }

@@ -13,6 +13,8 @@
 mod shared;
 pub(crate) use shared::{client, harness, support};
 
+#[path = "real_spin/burst.rs"]
+mod burst;
 #[path = "real_spin/management.rs"]
 mod management;
 #[path = "real_spin/operator.rs"]
@@ -98,7 +100,6 @@ struct Expected {
     every_run: bool,
 }
 
-
 fn cases() -> Vec<Case> {
     vec![
         case!(management::health_auth_and_unknown_routes),
@@ -133,6 +134,8 @@ fn cases() -> Vec<Case> {
         case!(replicas::same_webhook_id_at_both_replicas_is_buffered_and_uploaded_once, needs: Redis, expected: None),
         case!(replicas::thousand_webhooks_over_two_replicas_keep_every_latest_version, needs: Redis, expected: None),
         case!(replicas::thousand_webhooks_over_two_replicas_within_1024_keys, needs: Redis, expected: None),
+        case!(burst::a_burst_of_5000_webhooks_at_1024_keys_is_accepted_on_sqlite),
+        case!(burst::a_burst_of_5000_webhooks_at_1024_keys_is_accepted_by_two_redis_replicas, needs: Redis, expected: None),
     ]
 }
 
@@ -148,7 +151,10 @@ enum Outcome {
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     match payload.downcast::<String>() {
         Ok(s) => *s,
-        Err(payload) => payload.downcast::<&str>().map(|s| s.to_string()).unwrap_or_else(|_| "panic".into()),
+        Err(payload) => payload
+            .downcast::<&str>()
+            .map(|s| s.to_string())
+            .unwrap_or_else(|_| "panic".into()),
     }
 }
 
@@ -156,7 +162,10 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 const CASE_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn run_case(case: &Case, ctx: &Ctx) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
         runtime.block_on(async { tokio::time::timeout(CASE_TIMEOUT, (case.run)(ctx)).await })
     }));
@@ -174,8 +183,15 @@ fn run_case(case: &Case, ctx: &Ctx) -> Result<(), String> {
 fn logs_of(dir: &Path) -> String {
     let mut out = String::new();
     let Ok(entries) = walk(dir) else { return out };
-    for log in entries.into_iter().filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("spin-"))) {
-        out.push_str(&format!("--- last lines of {}\n{}\n", log.display(), harness::log_tail(&log, 25)));
+    for log in entries.into_iter().filter(|p| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("spin-"))
+    }) {
+        out.push_str(&format!(
+            "--- last lines of {}\n{}\n",
+            log.display(),
+            harness::log_tail(&log, 25)
+        ));
     }
     out
 }
@@ -195,7 +211,12 @@ fn walk(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// The Python tools of the operator cases (installed by `.ci/run` with pip).
 fn python_tools() -> Result<(), String> {
-    let imports = std::process::Command::new("python3").args(["-c", "import schemathesis, openapi_spec_validator, prometheus_client"]).output();
+    let imports = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import schemathesis, openapi_spec_validator, prometheus_client",
+        ])
+        .output();
     match imports {
         Ok(out) if out.status.success() && harness::find_on_path("schemathesis").is_some() => Ok(()),
         _ => Err("python3 lacks schemathesis, openapi-spec-validator or prometheus-client (pip install schemathesis openapi-spec-validator prometheus-client)".into()),
@@ -204,8 +225,14 @@ fn python_tools() -> Result<(), String> {
 
 fn main() {
     let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    let selected: Vec<Case> = cases().into_iter().filter(|c| filters.is_empty() || filters.iter().any(|f| c.name.contains(f.as_str()))).collect();
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let selected: Vec<Case> = cases()
+        .into_iter()
+        .filter(|c| filters.is_empty() || filters.iter().any(|f| c.name.contains(f.as_str())))
+        .collect();
     if selected.is_empty() {
         println!("real-spin: no case matches {filters:?}");
         return;
@@ -228,7 +255,10 @@ fn main() {
     };
     let spin3 = match harness::find_spin("SPIN3_BIN", "spin-3.6.3") {
         Ok((path, version)) => {
-            println!("real-spin: Spin 3.6 case uses {} ({version})", path.display());
+            println!(
+                "real-spin: Spin 3.6 case uses {} ({version})",
+                path.display()
+            );
             Some(path)
         }
         Err(why) => {
@@ -248,7 +278,10 @@ fn main() {
             std::process::exit(1);
         }
     }
-    let app = match std::fs::create_dir_all(root.join("app")).map_err(anyhow::Error::from).and_then(|_| AppDir::create(&root.join("app"), &wasm)) {
+    let app = match std::fs::create_dir_all(root.join("app"))
+        .map_err(anyhow::Error::from)
+        .and_then(|_| AppDir::create(&root.join("app"), &wasm))
+    {
         Ok(app) => app,
         Err(e) => {
             println!("real-spin: writing the app directory failed: {e:#}");
@@ -262,12 +295,24 @@ fn main() {
     let mut results: Vec<(&'static str, Outcome)> = Vec::new();
     for case in &selected {
         let started = Instant::now();
-        let ctx = Ctx { spin: spin.clone(), spin3: spin3.clone(), app: AppDir { manifest: app.manifest.clone() }, dir: root.join(case.name.replace("::", "-")) };
+        let ctx = Ctx {
+            spin: spin.clone(),
+            spin3: spin3.clone(),
+            app: AppDir {
+                manifest: app.manifest.clone(),
+            },
+            dir: root.join(case.name.replace("::", "-")),
+        };
         let missing = match case.needs {
             Needs::Redis => redis.clone().err(),
-            Needs::Spin3 if spin3.is_none() => Some("no Spin 3.6: set SPIN3_BIN or put spin-3.6.3 on PATH".to_owned()),
+            Needs::Spin3 if spin3.is_none() => {
+                Some("no Spin 3.6: set SPIN3_BIN or put spin-3.6.3 on PATH".to_owned())
+            }
             Needs::Python => python_tools().err(),
-            Needs::Chromium => ["chromium", "chromedriver"].iter().find(|p| harness::find_on_path(p).is_none()).map(|p| format!("no {p} on PATH (apt-get install chromium chromium-driver)")),
+            Needs::Chromium => ["chromium", "chromedriver"]
+                .iter()
+                .find(|p| harness::find_on_path(p).is_none())
+                .map(|p| format!("no {p} on PATH (apt-get install chromium chromium-driver)")),
             _ => None,
         };
         let outcome = match missing {
@@ -275,10 +320,27 @@ fn main() {
             Some(why) => Outcome::Failed(format!("CI=true and this case cannot run: {why}")),
             None => match (run_case(case, &ctx), case.expected_failure) {
                 (Ok(()), None) => Outcome::Passed,
-                (Ok(()), Some(Expected { issue, every_run: true })) => Outcome::Failed(format!("passed although marked as an expected failure of {issue}: remove the mark")),
-                (Ok(()), Some(Expected { issue, every_run: false })) => Outcome::UnexpectedPass(issue.to_owned()),
+                (
+                    Ok(()),
+                    Some(Expected {
+                        issue,
+                        every_run: true,
+                    }),
+                ) => Outcome::Failed(format!(
+                    "passed although marked as an expected failure of {issue}: remove the mark"
+                )),
+                (
+                    Ok(()),
+                    Some(Expected {
+                        issue,
+                        every_run: false,
+                    }),
+                ) => Outcome::UnexpectedPass(issue.to_owned()),
                 (Err(e), None) => Outcome::Failed(format!("{e}\n{}", logs_of(&ctx.dir))),
-                (Err(e), Some(Expected { issue, .. })) => Outcome::ExpectedFailure(format!("{issue}: {}", e.lines().next().unwrap_or_default())),
+                (Err(e), Some(Expected { issue, .. })) => Outcome::ExpectedFailure(format!(
+                    "{issue}: {}",
+                    e.lines().next().unwrap_or_default()
+                )),
             },
         };
         let word = match &outcome {
@@ -288,12 +350,22 @@ fn main() {
             Outcome::UnexpectedPass(_) => "passed this run, still marked as an expected failure",
             Outcome::Skipped(_) => "skipped",
         };
-        println!("test {} ... {word} ({:.1} s)", case.name, started.elapsed().as_secs_f64());
+        println!(
+            "test {} ... {word} ({:.1} s)",
+            case.name,
+            started.elapsed().as_secs_f64()
+        );
         results.push((case.name, outcome));
     }
 
-    let passed = results.iter().filter(|(_, o)| matches!(o, Outcome::Passed)).count();
-    let failed = results.iter().filter(|(_, o)| matches!(o, Outcome::Failed(_))).count();
+    let passed = results
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Passed))
+        .count();
+    let failed = results
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Failed(_)))
+        .count();
     for (name, outcome) in &results {
         match outcome {
             Outcome::Failed(why) => println!("\n---- {name} FAILED:\n{why}"),
@@ -304,11 +376,16 @@ fn main() {
     for (name, outcome) in &results {
         match outcome {
             Outcome::ExpectedFailure(why) => println!("real-spin expected failure: {name} ({why})"),
-            Outcome::UnexpectedPass(issue) => println!("real-spin expected failure that passed this run (not counted): {name} ({issue})"),
+            Outcome::UnexpectedPass(issue) => println!(
+                "real-spin expected failure that passed this run (not counted): {name} ({issue})"
+            ),
             _ => {}
         }
     }
-    println!("real-spin: the cases took {:.0} s", suite_started.elapsed().as_secs_f64());
+    println!(
+        "real-spin: the cases took {:.0} s",
+        suite_started.elapsed().as_secs_f64()
+    );
     println!("real-spin: {passed} passed, {failed} failed");
     if failed > 0 {
         std::process::exit(1);

@@ -38,7 +38,10 @@ impl Auth {
         match self {
             Auth::Basic { access_key, secret } => {
                 let raw = format!("{access_key}:{secret}");
-                format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(raw)
+                )
             }
             Auth::Bearer(token) => format!("Bearer {token}"),
         }
@@ -59,7 +62,11 @@ fn without_userinfo(base: &str) -> String {
     let (scheme, rest) = base.split_once("://").unwrap_or(("", base));
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}{}<redacted>{}", if scheme.is_empty() { "" } else { "://" }, &rest[at..]),
+        Some(at) => format!(
+            "{scheme}{}<redacted>{}",
+            if scheme.is_empty() { "" } else { "://" },
+            &rest[at..]
+        ),
         None => base.to_owned(),
     }
 }
@@ -104,7 +111,10 @@ pub enum GongError {
     #[error("Gong answered 404 Not Found (no integration, or the Generic CRM API is not in this plan): {}", .error.summary())]
     NotFound { error: ErrorResponse },
     #[error("Gong's rate limit was hit (429){}: {}", .retry_after.map(|s| format!(", retry after {s} s")).unwrap_or_default(), .error.summary())]
-    RateLimited { retry_after: Option<u64>, error: ErrorResponse },
+    RateLimited {
+        retry_after: Option<u64>,
+        error: ErrorResponse,
+    },
     #[error("Gong failed ({status}): {}", .error.summary())]
     ServerError { status: u16, error: ErrorResponse },
     #[error("Gong answered {status}, which this operation does not expect: {}", .error.summary())]
@@ -127,32 +137,50 @@ impl GongClient {
         let bad = || BuildError::BadBaseUrl(without_userinfo(base_url.trim()));
         let parsed: http::Uri = base_url.trim().parse().map_err(|_| bad())?;
         let scheme = parsed.scheme_str().map(str::to_ascii_lowercase);
-        let (Some(scheme @ ("http" | "https")), Some(authority)) = (scheme.as_deref(), parsed.authority()) else {
+        let (Some(scheme @ ("http" | "https")), Some(authority)) =
+            (scheme.as_deref(), parsed.authority())
+        else {
             return Err(bad());
         };
         if authority.host().is_empty() || authority.as_str().contains('@') {
             return Err(bad());
         }
         let prefix = parsed.path().trim_end_matches('/');
-        Ok(GongClient { base_url: format!("{scheme}://{authority}{prefix}"), auth })
+        Ok(GongClient {
+            base_url: format!("{scheme}://{authority}{prefix}"),
+            auth,
+        })
     }
 
     fn url(&self, path: &str, query: &[(&str, &str)]) -> String {
         let mut url = format!("{}{path}", self.base_url);
         if !query.is_empty() {
             url.push('?');
-            url.push_str(&form_urlencoded::Serializer::new(String::new()).extend_pairs(query.iter().copied()).finish());
+            url.push_str(
+                &form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(query.iter().copied())
+                    .finish(),
+            );
         }
         url
     }
 
-    fn request(&self, method: http::Method, url: String, content_type: Option<&str>, body: Vec<u8>) -> Request {
+    fn request(
+        &self,
+        method: http::Method,
+        url: String,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Request {
         let mut builder = http::Request::builder()
             .method(method)
             .uri(url.as_str())
             .header(http::header::AUTHORIZATION, self.auth.header_value())
             .header(http::header::ACCEPT, "application/json")
-            .header(http::header::USER_AGENT, concat!("gong-crm-bridge/", env!("CARGO_PKG_VERSION")));
+            .header(
+                http::header::USER_AGENT,
+                concat!("gong-crm-bridge/", env!("CARGO_PKG_VERSION")),
+            );
         if let Some(ct) = content_type {
             builder = builder.header(http::header::CONTENT_TYPE, ct);
         }
@@ -176,14 +204,28 @@ impl GongClient {
     }
 
     /// 1. `PUT /v2/crm/integrations`
-    pub fn register_integration(&self, registration: &RegistrationRequest) -> Result<Request, BuildError> {
-        let body = serde_json::to_vec(registration).map_err(|e| BuildError::Serialize(e.to_string()))?;
-        Ok(self.request(http::Method::PUT, self.url("/v2/crm/integrations", &[]), Some("application/json"), body))
+    pub fn register_integration(
+        &self,
+        registration: &RegistrationRequest,
+    ) -> Result<Request, BuildError> {
+        let body =
+            serde_json::to_vec(registration).map_err(|e| BuildError::Serialize(e.to_string()))?;
+        Ok(self.request(
+            http::Method::PUT,
+            self.url("/v2/crm/integrations", &[]),
+            Some("application/json"),
+            body,
+        ))
     }
 
     /// 2. `GET /v2/crm/integrations`
     pub fn list_integrations(&self) -> Request {
-        self.request(http::Method::GET, self.url("/v2/crm/integrations", &[]), None, Vec::new())
+        self.request(
+            http::Method::GET,
+            self.url("/v2/crm/integrations", &[]),
+            None,
+            Vec::new(),
+        )
     }
 
     /// 3. `DELETE /v2/crm/integrations?integrationId&clientRequestId` (asynchronous)
@@ -191,7 +233,10 @@ impl GongClient {
         let id = integration_id.to_string();
         let url = self.url(
             "/v2/crm/integrations",
-            &[("integrationId", id.as_str()), ("clientRequestId", client_request_id)],
+            &[
+                ("integrationId", id.as_str()),
+                ("clientRequestId", client_request_id),
+            ],
         );
         self.request(http::Method::DELETE, url, None, Vec::new())
     }
@@ -207,7 +252,10 @@ impl GongClient {
         let body = serde_json::to_vec(fields).map_err(|e| BuildError::Serialize(e.to_string()))?;
         let url = self.url(
             "/v2/crm/entity-schema",
-            &[("integrationId", id.as_str()), ("objectType", object_type.as_str())],
+            &[
+                ("integrationId", id.as_str()),
+                ("objectType", object_type.as_str()),
+            ],
         );
         Ok(self.request(http::Method::POST, url, Some("application/json"), body))
     }
@@ -219,7 +267,12 @@ impl GongClient {
         if let Some(t) = object_type {
             query.push(("objectType", t.as_str()));
         }
-        self.request(http::Method::GET, self.url("/v2/crm/entity-schema", &query), None, Vec::new())
+        self.request(
+            http::Method::GET,
+            self.url("/v2/crm/entity-schema", &query),
+            None,
+            Vec::new(),
+        )
     }
 
     /// 6. `POST /v2/crm/entities?integrationId&objectType&clientRequestId`, multipart/form-data
@@ -241,13 +294,29 @@ impl GongClient {
             ],
         );
         let boundary = multipart_boundary();
-        let body = multipart_body(&boundary, "dataFile", &format!("{}.ldjson", object_type.as_str()), "application/x-ndjson", ldjson);
-        self.request(http::Method::POST, url, Some(&format!("multipart/form-data; boundary={boundary}")), body)
+        let body = multipart_body(
+            &boundary,
+            "dataFile",
+            &format!("{}.ldjson", object_type.as_str()),
+            "application/x-ndjson",
+            ldjson,
+        );
+        self.request(
+            http::Method::POST,
+            url,
+            Some(&format!("multipart/form-data; boundary={boundary}")),
+            body,
+        )
     }
 
     /// 7. `GET /v2/crm/entities?integrationId&objectType&objectsCrmIds=a,b` with the ids also as
     /// a JSON array body: the prose says body, the spec says query (API-NOTES §1.7).
-    pub fn get_entities(&self, integration_id: i64, object_type: ObjectType, ids: &[String]) -> Result<Request, BuildError> {
+    pub fn get_entities(
+        &self,
+        integration_id: i64,
+        object_type: ObjectType,
+        ids: &[String],
+    ) -> Result<Request, BuildError> {
         let id = integration_id.to_string();
         let csv = ids.join(",");
         let body = serde_json::to_vec(ids).map_err(|e| BuildError::Serialize(e.to_string()))?;
@@ -267,7 +336,10 @@ impl GongClient {
         let id = integration_id.to_string();
         let url = self.url(
             "/v2/crm/request-status",
-            &[("integrationId", id.as_str()), ("clientRequestId", client_request_id)],
+            &[
+                ("integrationId", id.as_str()),
+                ("clientRequestId", client_request_id),
+            ],
         );
         self.request(http::Method::GET, url, None, Vec::new())
     }
@@ -279,7 +351,13 @@ fn multipart_boundary() -> String {
     format!("gong-crm-bridge-{}", uuid::Uuid::new_v4().simple())
 }
 
-fn multipart_body(boundary: &str, name: &str, filename: &str, content_type: &str, content: &[u8]) -> Vec<u8> {
+fn multipart_body(
+    boundary: &str,
+    name: &str,
+    filename: &str,
+    content_type: &str,
+    content: &[u8],
+) -> Vec<u8> {
     let head = format!(
         "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\nContent-Type: {content_type}\r\n\r\n"
     );
@@ -293,17 +371,30 @@ fn multipart_body(boundary: &str, name: &str, filename: &str, content_type: &str
 
 /// `Retry-After` in seconds (Gong sends seconds; an HTTP-date is not expected and is ignored).
 pub fn retry_after_seconds(response: &Response) -> Option<u64> {
-    let value = response.headers().get(http::header::RETRY_AFTER).or_else(|| response.headers().get("x-retry-after"))?;
+    let value = response
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .or_else(|| response.headers().get("x-retry-after"))?;
     value.to_str().ok()?.trim().parse::<u64>().ok()
 }
 
 /// Classifies Gong's answer: the expected success statuses parse into `T`; anything else is a
 /// typed [`GongError`] carrying what Gong said.
-pub fn parse_response<T: DeserializeOwned>(response: &Response, success: &[u16]) -> Result<T, GongError> {
+pub fn parse_response<T: DeserializeOwned>(
+    response: &Response,
+    success: &[u16],
+) -> Result<T, GongError> {
     let status = response.status().as_u16();
     if success.contains(&status) {
-        let body: &[u8] = if response.body().iter().all(u8::is_ascii_whitespace) { b"{}" } else { response.body() };
-        return serde_json::from_slice(body).map_err(|e| GongError::BadBody { status, detail: e.to_string() });
+        let body: &[u8] = if response.body().iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            response.body()
+        };
+        return serde_json::from_slice(body).map_err(|e| GongError::BadBody {
+            status,
+            detail: e.to_string(),
+        });
     }
     Err(classify_error(response))
 }
@@ -316,7 +407,10 @@ pub fn classify_error(response: &Response) -> GongError {
         401 | 403 => GongError::Unauthorized { status, error },
         404 => GongError::NotFound { error },
         409 => GongError::Conflict { error },
-        429 => GongError::RateLimited { retry_after: retry_after_seconds(response), error },
+        429 => GongError::RateLimited {
+            retry_after: retry_after_seconds(response),
+            error,
+        },
         500..=599 => GongError::ServerError { status, error },
         _ => GongError::Unexpected { status, error },
     }
@@ -328,11 +422,20 @@ mod tests {
     use crate::gong::models::*;
 
     fn client() -> GongClient {
-        GongClient::new("https://us-55616.api.gong.io/", Auth::Basic { access_key: "key".into(), secret: "sec".into() }).unwrap()
+        GongClient::new(
+            "https://us-55616.api.gong.io/",
+            Auth::Basic {
+                access_key: "key".into(),
+                secret: "sec".into(),
+            },
+        )
+        .unwrap()
     }
 
     fn query(req: &Request) -> Vec<(String, String)> {
-        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect()
+        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect()
     }
 
     #[test]
@@ -341,47 +444,107 @@ mod tests {
         // base64("key:sec")
         assert_eq!(req.headers()["authorization"], "Basic a2V5OnNlYw==");
         let bearer = GongClient::new("https://api.gong.io", Auth::Bearer("tok".into())).unwrap();
-        assert_eq!(bearer.list_integrations().headers()["authorization"], "Bearer tok");
+        assert_eq!(
+            bearer.list_integrations().headers()["authorization"],
+            "Bearer tok"
+        );
         assert!(!format!("{:?}", bearer).contains("tok"));
     }
 
     #[test]
     fn rejects_non_http_base_urls() {
-        for bad in ["ftp://x", "not a url", "https://", "/v2", "https://user:pass@api.gong.io", ""] {
-            assert!(GongClient::new(bad, Auth::Bearer("t".into())).is_err(), "{bad:?}");
+        for bad in [
+            "ftp://x",
+            "not a url",
+            "https://",
+            "/v2",
+            "https://user:pass@api.gong.io",
+            "",
+        ] {
+            assert!(
+                GongClient::new(bad, Auth::Bearer("t".into())).is_err(),
+                "{bad:?}"
+            );
         }
     }
 
     #[test]
     fn a_refused_base_url_is_shown_without_its_password() {
-        let error = GongClient::new("https://bob:s3cret@api.gong.io/x", Auth::Bearer("t".into())).unwrap_err().to_string();
-        assert!(error.contains("https://<redacted>@api.gong.io/x") && !error.contains("s3cret") && !error.contains("bob"), "{error}");
-        let error = GongClient::new("ftp://api.gong.io/a@b", Auth::Bearer("t".into())).unwrap_err().to_string();
+        let error = GongClient::new("https://bob:s3cret@api.gong.io/x", Auth::Bearer("t".into()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("https://<redacted>@api.gong.io/x")
+                && !error.contains("s3cret")
+                && !error.contains("bob"),
+            "{error}"
+        );
+        let error = GongClient::new("ftp://api.gong.io/a@b", Auth::Bearer("t".into()))
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("ftp://api.gong.io/a@b"), "{error}");
     }
 
     #[test]
     fn a_base_url_keeps_its_port_and_path_prefix() {
-        let uri = |base: &str| GongClient::new(base, Auth::Bearer("t".into())).unwrap().list_integrations().uri().to_string();
-        assert_eq!(uri("https://us-55616.api.gong.io"), "https://us-55616.api.gong.io/v2/crm/integrations");
-        assert_eq!(uri(" HTTPS://us-55616.api.gong.io/ "), "https://us-55616.api.gong.io/v2/crm/integrations");
-        assert_eq!(uri("http://127.0.0.1:8080/gong/"), "http://127.0.0.1:8080/gong/v2/crm/integrations");
+        let uri = |base: &str| {
+            GongClient::new(base, Auth::Bearer("t".into()))
+                .unwrap()
+                .list_integrations()
+                .uri()
+                .to_string()
+        };
+        assert_eq!(
+            uri("https://us-55616.api.gong.io"),
+            "https://us-55616.api.gong.io/v2/crm/integrations"
+        );
+        assert_eq!(
+            uri(" HTTPS://us-55616.api.gong.io/ "),
+            "https://us-55616.api.gong.io/v2/crm/integrations"
+        );
+        assert_eq!(
+            uri("http://127.0.0.1:8080/gong/"),
+            "http://127.0.0.1:8080/gong/v2/crm/integrations"
+        );
         // A query or fragment on the base is not Gong's: each operation sets its own query.
-        assert_eq!(uri("https://proxy.example/gong?x=1"), "https://proxy.example/gong/v2/crm/integrations");
-        let delete = GongClient::new("https://api.gong.io/p", Auth::Bearer("t".into())).unwrap().delete_integration(5, "a b&c");
-        assert_eq!(query(&delete), vec![("integrationId".to_owned(), "5".to_owned()), ("clientRequestId".to_owned(), "a b&c".to_owned())]);
-        assert!(delete.uri().to_string().starts_with("https://api.gong.io/p/v2/crm/integrations?"));
+        assert_eq!(
+            uri("https://proxy.example/gong?x=1"),
+            "https://proxy.example/gong/v2/crm/integrations"
+        );
+        let delete = GongClient::new("https://api.gong.io/p", Auth::Bearer("t".into()))
+            .unwrap()
+            .delete_integration(5, "a b&c");
+        assert_eq!(
+            query(&delete),
+            vec![
+                ("integrationId".to_owned(), "5".to_owned()),
+                ("clientRequestId".to_owned(), "a b&c".to_owned())
+            ]
+        );
+        assert!(delete
+            .uri()
+            .to_string()
+            .starts_with("https://api.gong.io/p/v2/crm/integrations?"));
     }
 
     #[test]
     fn register_is_a_put_with_json_body() {
         let req = client()
-            .register_integration(&RegistrationRequest { name: "ACME".into(), owner_email: "o@acme.com".into() })
+            .register_integration(&RegistrationRequest {
+                name: "ACME".into(),
+                owner_email: "o@acme.com".into(),
+            })
             .unwrap();
         assert_eq!(req.method(), http::Method::PUT);
-        assert_eq!(req.uri().to_string(), "https://us-55616.api.gong.io/v2/crm/integrations");
+        assert_eq!(
+            req.uri().to_string(),
+            "https://us-55616.api.gong.io/v2/crm/integrations"
+        );
         let body: serde_json::Value = serde_json::from_slice(req.body()).unwrap();
-        assert_eq!(body, serde_json::json!({"name":"ACME","ownerEmail":"o@acme.com"}));
+        assert_eq!(
+            body,
+            serde_json::json!({"name":"ACME","ownerEmail":"o@acme.com"})
+        );
     }
 
     #[test]
@@ -391,7 +554,10 @@ mod tests {
         assert_eq!(req.uri().path(), "/v2/crm/integrations");
         assert_eq!(
             query(&req),
-            vec![("integrationId".into(), "5517027188234205706".into()), ("clientRequestId".into(), "abc-1".into())]
+            vec![
+                ("integrationId".into(), "5517027188234205706".into()),
+                ("clientRequestId".into(), "abc-1".into())
+            ]
         );
     }
 
@@ -403,17 +569,29 @@ mod tests {
             field_type: Some("STRING".into()),
             ..Default::default()
         }];
-        let req = client().upload_schema(7, ObjectType::Account, &fields).unwrap();
-        assert_eq!(query(&req), vec![("integrationId".into(), "7".into()), ("objectType".into(), "ACCOUNT".into())]);
+        let req = client()
+            .upload_schema(7, ObjectType::Account, &fields)
+            .unwrap();
+        assert_eq!(
+            query(&req),
+            vec![
+                ("integrationId".into(), "7".into()),
+                ("objectType".into(), "ACCOUNT".into())
+            ]
+        );
         let body: serde_json::Value = serde_json::from_slice(req.body()).unwrap();
-        assert_eq!(body, serde_json::json!([{"uniqueName":"Tier","label":"Tier","type":"STRING"}]));
+        assert_eq!(
+            body,
+            serde_json::json!([{"uniqueName":"Tier","label":"Tier","type":"STRING"}])
+        );
         let list = client().list_schema(7, None);
         assert_eq!(query(&list), vec![("integrationId".into(), "7".into())]);
     }
 
     #[test]
     fn upload_is_multipart_with_datafile_part_and_query() {
-        let req = client().upload_entities(7, ObjectType::Deal, "crid_1", b"{\"objectId\":\"a\"}\n");
+        let req =
+            client().upload_entities(7, ObjectType::Deal, "crid_1", b"{\"objectId\":\"a\"}\n");
         assert_eq!(
             query(&req),
             vec![
@@ -424,12 +602,18 @@ mod tests {
         );
         let ct = req.headers()["content-type"].to_str().unwrap().to_owned();
         let boundary = ct.strip_prefix("multipart/form-data; boundary=").unwrap();
-        assert!(boundary.len() <= 70, "RFC 2046 caps boundaries at 70 characters");
+        assert!(
+            boundary.len() <= 70,
+            "RFC 2046 caps boundaries at 70 characters"
+        );
         let body = String::from_utf8(req.body().clone()).unwrap();
         assert!(body.starts_with(&format!("--{boundary}\r\nContent-Disposition: form-data; name=\"dataFile\"; filename=\"DEAL.ldjson\"\r\n")));
         assert!(body.contains("\r\n\r\n{\"objectId\":\"a\"}\n\r\n"));
         assert!(body.ends_with(&format!("--{boundary}--\r\n")));
-        assert_eq!(req.headers()["content-length"], body.len().to_string().as_str());
+        assert_eq!(
+            req.headers()["content-length"],
+            body.len().to_string().as_str()
+        );
     }
 
     #[test]
@@ -444,7 +628,13 @@ mod tests {
     #[test]
     fn request_status_query() {
         let req = client().request_status(-5, "x");
-        assert_eq!(query(&req), vec![("integrationId".into(), "-5".into()), ("clientRequestId".into(), "x".into())]);
+        assert_eq!(
+            query(&req),
+            vec![
+                ("integrationId".into(), "-5".into()),
+                ("clientRequestId".into(), "x".into())
+            ]
+        );
     }
 
     fn response(status: u16, headers: &[(&str, &str)], body: &str) -> Response {
@@ -466,13 +656,20 @@ mod tests {
         assert!(matches!(e(500), GongError::ServerError { status: 500, .. }));
         assert!(matches!(e(418), GongError::Unexpected { .. }));
         let limited = classify_error(&response(429, &[("retry-after", "7")], ""));
-        assert!(matches!(limited, GongError::RateLimited { retry_after: Some(7), .. }));
+        assert!(matches!(
+            limited,
+            GongError::RateLimited {
+                retry_after: Some(7),
+                ..
+            }
+        ));
         assert!(limited.to_string().contains("retry after 7 s"));
     }
 
     #[test]
     fn parses_success_and_reports_garbage() {
-        let ok: RegisterResponse = parse_response(&response(200, &[], r#"{"integrationId":1}"#), &[200]).unwrap();
+        let ok: RegisterResponse =
+            parse_response(&response(200, &[], r#"{"integrationId":1}"#), &[200]).unwrap();
         assert_eq!(ok.integration_id, Some(1));
         let empty: BaseResponse = parse_response(&response(201, &[], ""), &[200, 201]).unwrap();
         assert_eq!(empty.request_id, None);

@@ -12,8 +12,14 @@ use serde::{Deserialize, Deserializer, Serialize};
 /// Object types accepted by the schema and get-entities endpoints (case-sensitive).
 pub const SCHEMA_OBJECT_TYPES: [&str; 4] = ["ACCOUNT", "CONTACT", "DEAL", "LEAD"];
 /// Object types accepted by the upload endpoint (case-sensitive).
-pub const UPLOAD_OBJECT_TYPES: [&str; 6] =
-    ["ACCOUNT", "CONTACT", "DEAL", "LEAD", "BUSINESS_USER", "STAGE"];
+pub const UPLOAD_OBJECT_TYPES: [&str; 6] = [
+    "ACCOUNT",
+    "CONTACT",
+    "DEAL",
+    "LEAD",
+    "BUSINESS_USER",
+    "STAGE",
+];
 /// The 14 schema field types.
 pub const FIELD_TYPES: [&str; 14] = [
     "DATE",
@@ -100,11 +106,9 @@ fn i64_lenient<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error>
     match Option::<NumOrString>::deserialize(d)? {
         None => Ok(None),
         Some(NumOrString::Num(n)) => Ok(Some(n)),
-        Some(NumOrString::Str(s)) => s
-            .trim()
-            .parse::<i64>()
-            .map(Some)
-            .map_err(|_| serde::de::Error::custom(format!("integrationId {s:?} is not a 64-bit integer"))),
+        Some(NumOrString::Str(s)) => s.trim().parse::<i64>().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!("integrationId {s:?} is not a 64-bit integer"))
+        }),
     }
 }
 
@@ -122,7 +126,11 @@ pub struct RegistrationRequest {
 pub struct RegisterResponse {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
-    #[serde(default, deserialize_with = "i64_lenient", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "i64_lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub integration_id: Option<i64>,
 }
 
@@ -130,7 +138,11 @@ pub struct RegisterResponse {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Integration {
-    #[serde(default, deserialize_with = "i64_lenient", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "i64_lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub integration_id: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_email: Option<String>,
@@ -284,11 +296,18 @@ pub struct ErrorResponse {
 impl ErrorResponse {
     pub fn parse(body: &[u8]) -> ErrorResponse {
         let raw = String::from_utf8_lossy(body).into_owned();
-        let mut parsed = ErrorResponse { raw, ..Default::default() };
-        let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(body) else {
+        let mut parsed = ErrorResponse {
+            raw,
+            ..Default::default()
+        };
+        let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(body)
+        else {
             return parsed;
         };
-        parsed.request_id = map.get("requestId").and_then(|v| v.as_str()).map(str::to_owned);
+        parsed.request_id = map
+            .get("requestId")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned);
         match map.get("errors") {
             Some(serde_json::Value::Array(items)) => {
                 parsed.errors = items
@@ -335,7 +354,8 @@ mod tests {
     #[test]
     fn integration_id_keeps_all_64_bits_as_number_or_string() {
         let r: RegisterResponse =
-            serde_json::from_str(r#"{"requestId":"r","integrationId":5517027188234205706}"#).unwrap();
+            serde_json::from_str(r#"{"requestId":"r","integrationId":5517027188234205706}"#)
+                .unwrap();
         assert_eq!(r.integration_id, Some(5517027188234205706));
         let r: RegisterResponse =
             serde_json::from_str(r#"{"integrationId":"5517027188234205706","extra":1}"#).unwrap();
@@ -354,7 +374,9 @@ mod tests {
         assert_eq!(fields[0].last_modified, None);
         assert_eq!(fields[1].unique_name.as_deref(), Some("Score"));
         // Serialised for Gong it is always `uniqueName`.
-        assert!(serde_json::to_string(&fields[0]).unwrap().contains("\"uniqueName\":\"Tier\""));
+        assert!(serde_json::to_string(&fields[0])
+            .unwrap()
+            .contains("\"uniqueName\":\"Tier\""));
     }
 
     #[test]

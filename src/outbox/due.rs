@@ -46,7 +46,11 @@ pub struct FlushLimits {
 
 impl Default for FlushLimits {
     fn default() -> FlushLimits {
-        FlushLimits { max_records: 5_000, max_bytes: 8 * 1024 * 1024, interval_seconds: 60 }
+        FlushLimits {
+            max_records: 5_000,
+            max_bytes: 8 * 1024 * 1024,
+            interval_seconds: 60,
+        }
     }
 }
 
@@ -56,14 +60,23 @@ pub fn due_reason(summary: &TypeSummary, limits: FlushLimits, now: i64) -> Optio
         return None;
     }
     if summary.records >= limits.max_records {
-        return Some(format!("{} records pending (batch_max_records {})", summary.records, limits.max_records));
+        return Some(format!(
+            "{} records pending (batch_max_records {})",
+            summary.records, limits.max_records
+        ));
     }
     if summary.bytes >= limits.max_bytes {
-        return Some(format!("{} bytes pending (batch_max_bytes {})", summary.bytes, limits.max_bytes));
+        return Some(format!(
+            "{} bytes pending (batch_max_bytes {})",
+            summary.bytes, limits.max_bytes
+        ));
     }
     let age = now - summary.oldest_received.unwrap_or(now);
     if age >= limits.interval_seconds {
-        return Some(format!("oldest pending record is {age} s old (flush_interval_seconds {})", limits.interval_seconds));
+        return Some(format!(
+            "oldest pending record is {age} s old (flush_interval_seconds {})",
+            limits.interval_seconds
+        ));
     }
     None
 }
@@ -77,18 +90,50 @@ pub fn is_due(summary: &TypeSummary, limits: FlushLimits, force: bool, now: i64)
 mod tests {
     use super::*;
 
-
     #[test]
     fn each_trigger_makes_a_type_due() {
-        let limits = FlushLimits { max_records: 3, max_bytes: 100, interval_seconds: 60 };
-        let base = TypeSummary { records: 1, versions: 1, bytes: 10, oldest_received: Some(1_000) };
+        let limits = FlushLimits {
+            max_records: 3,
+            max_bytes: 100,
+            interval_seconds: 60,
+        };
+        let base = TypeSummary {
+            records: 1,
+            versions: 1,
+            bytes: 10,
+            oldest_received: Some(1_000),
+        };
         assert_eq!(due_reason(&base, limits, 1_010), None);
-        assert!(due_reason(&TypeSummary { records: 3, ..base.clone() }, limits, 1_010).unwrap().contains("records"));
-        assert!(due_reason(&TypeSummary { bytes: 100, ..base.clone() }, limits, 1_010).unwrap().contains("bytes"));
+        assert!(due_reason(
+            &TypeSummary {
+                records: 3,
+                ..base.clone()
+            },
+            limits,
+            1_010
+        )
+        .unwrap()
+        .contains("records"));
+        assert!(due_reason(
+            &TypeSummary {
+                bytes: 100,
+                ..base.clone()
+            },
+            limits,
+            1_010
+        )
+        .unwrap()
+        .contains("bytes"));
         assert!(due_reason(&base, limits, 1_060).unwrap().contains("old"));
         assert_eq!(due_reason(&TypeSummary::default(), limits, 9_999), None);
-        assert!(!is_due(&base, limits, false, 1_010) && is_due(&base, limits, true, 1_010), "force sends what is pending");
-        assert!(!is_due(&TypeSummary::default(), limits, true, 9_999), "force with nothing pending sends nothing");
+        assert!(
+            !is_due(&base, limits, false, 1_010) && is_due(&base, limits, true, 1_010),
+            "force sends what is pending"
+        );
+        assert!(
+            !is_due(&TypeSummary::default(), limits, true, 9_999),
+            "force with nothing pending sends nothing"
+        );
     }
 
     #[test]

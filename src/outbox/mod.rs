@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::gong::models::ObjectType;
 
+pub mod commands;
 pub mod due;
 pub mod failures;
 pub mod flush;
@@ -21,9 +22,10 @@ pub mod overview;
 mod pending;
 pub mod requests;
 mod retention;
+pub mod sent;
 pub mod shards;
 
-pub use failures::{discard_failure, list_failures, retry_failures};
+pub use failures::list_failures;
 pub use flush::{check, run};
 pub use inbox::{buffer_records, compact_inbox_now};
 pub use locate::{locate, Location};
@@ -33,8 +35,9 @@ mod model_tests;
 #[cfg(test)]
 mod tests;
 
-
 const INFLIGHT_PREFIX: &str = "inflight/";
+/// How the clientRequestId of every file flushed from the buffer begins (`fl-{type}-{uuid}`).
+const FLUSH_FILE_PREFIX: &str = "fl-";
 /// Deliveries listed in a flushed file's request record (the rest are counted only).
 const MAX_DELIVERIES_LISTED: usize = 1_000;
 
@@ -83,6 +86,17 @@ pub struct Failure {
     /// a second look after `inbox_release_seconds` finds the record in the pending shards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retried_at: Option<i64>,
+    /// Discarded by an operator at this time (Unix seconds): hidden, kept for
+    /// `idempotency_ttl_seconds` only so that the record's status can say so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discarded_at: Option<i64>,
+}
+
+impl Failure {
+    /// Listed, and open to a retry or discard: neither re-queued nor discarded.
+    pub fn is_open(&self) -> bool {
+        self.retried_at.is_none() && self.discarded_at.is_none()
+    }
 }
 
 /// What accepting one delivery did.

@@ -84,25 +84,42 @@ pub fn overview(bridge: &Bridge) -> Result<Overview, Fault> {
     }
     // Inbox keys are `inbox/{TYPE}/{received}/{unique}`; those merged already wait only to be
     // released, and their records are counted in the shards.
-    let merged: std::collections::HashSet<String> = super::inbox::settling(bridge)?.into_keys().collect();
-    for key in keys.iter().filter(|k| k.starts_with(INBOX_PREFIX) && !merged.contains(*k)) {
+    let merged: std::collections::HashSet<String> =
+        super::inbox::settling(bridge)?.into_keys().collect();
+    for key in keys
+        .iter()
+        .filter(|k| k.starts_with(INBOX_PREFIX) && !merged.contains(*k))
+    {
         let mut parts = key[INBOX_PREFIX.len()..].split('/');
-        let (Some(object_type), Some(received)) = (parts.next(), parts.next().and_then(|r| r.parse::<i64>().ok())) else { continue };
+        let (Some(object_type), Some(received)) = (
+            parts.next(),
+            parts.next().and_then(|r| r.parse::<i64>().ok()),
+        ) else {
+            continue;
+        };
         let t = types.entry(object_type.to_owned()).or_default();
         t.inbox_deliveries += 1;
-        t.oldest_pending_received = Some(t.oldest_pending_received.map_or(received, |o| o.min(received)));
+        t.oldest_pending_received = Some(
+            t.oldest_pending_received
+                .map_or(received, |o| o.min(received)),
+        );
     }
 
     let mut files = Vec::new();
     for key in keys.iter().filter(|k| k.starts_with(INFLIGHT_PREFIX)) {
         let id = &key[INFLIGHT_PREFIX.len()..];
-        let Some(marker) = bridge.store().get_json::<InFlight>(&inflight_key(id))? else { continue };
+        let Some(marker) = bridge.store().get_json::<InFlight>(&inflight_key(id))? else {
+            continue;
+        };
         let record = match super::requests::load(bridge, id) {
             Ok(record) => record,
             Err(Fault::NoSuchRequest(_)) => continue,
             Err(e) => return Err(e),
         };
-        types.entry(marker.object_type.as_str().to_owned()).or_default().files_in_flight += 1;
+        types
+            .entry(marker.object_type.as_str().to_owned())
+            .or_default()
+            .files_in_flight += 1;
         files.push(FileOverview {
             client_request_id: id.to_owned(),
             object_type: marker.object_type,
@@ -118,8 +135,11 @@ pub fn overview(bridge: &Bridge) -> Result<Overview, Fault> {
 
     for key in keys.iter().filter(|k| k.starts_with(FAILURE_SHARD_PREFIX)) {
         let shard: BTreeMap<String, Failure> = read_map(bridge.kv, key)?;
-        for failure in shard.values().filter(|f| f.retried_at.is_none()) {
-            types.entry(failure.object_type.as_str().to_owned()).or_default().failures += 1;
+        for failure in shard.values().filter(|f| f.is_open()) {
+            types
+                .entry(failure.object_type.as_str().to_owned())
+                .or_default()
+                .failures += 1;
         }
     }
     for t in types.values_mut() {
@@ -131,7 +151,10 @@ pub fn overview(bridge: &Bridge) -> Result<Overview, Fault> {
         types,
         files_in_flight: files,
         quota: quota::usage(&state, settings::quota_limits(bridge.config), now_ms),
-        keys: Keys { total: keys.len(), budget: settings::layout(bridge.config).max_keys },
+        keys: Keys {
+            total: keys.len(),
+            budget: settings::layout(bridge.config).max_keys,
+        },
     })
 }
 

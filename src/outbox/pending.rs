@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
-use super::shards::{self, pending_shard_key, read_map, shard_of, write_map, Layout, Merge, Shard, Slot, Summary, SHARD_BUDGET_BYTES, SUMMARY_KEY};
+use super::shards::{
+    self, pending_shard_key, read_map, shard_of, write_map, Layout, Merge, Shard, Slot, Summary,
+    SHARD_BUDGET_BYTES, SUMMARY_KEY,
+};
 use crate::bridge::Bridge;
 use crate::fault::Fault;
 use crate::gong::models::ObjectType;
@@ -65,12 +68,20 @@ pub(super) struct Merged {
 
 /// Merges versions into a type's pending shards (the caller holds the flush lease). A version
 /// that does not fit its shard's budget is left unconfirmed (its source keeps it).
-pub(super) fn merge_into_pending(bridge: &Bridge, layout: Layout, object_type: ObjectType, incoming: Vec<Incoming>) -> Result<Vec<Merged>, Fault> {
+pub(super) fn merge_into_pending(
+    bridge: &Bridge,
+    layout: Layout,
+    object_type: ObjectType,
+    incoming: Vec<Incoming>,
+) -> Result<Vec<Merged>, Fault> {
     let now = bridge.clock.now().unix_timestamp();
     let keep = settings::idempotency_ttl(bridge.config).as_secs() as i64;
     let mut by_shard: BTreeMap<u32, Vec<Incoming>> = BTreeMap::new();
     for item in incoming {
-        by_shard.entry(shard_of(&item.object_id, layout.pending_shards)).or_default().push(item);
+        by_shard
+            .entry(shard_of(&item.object_id, layout.pending_shards))
+            .or_default()
+            .push(item);
     }
     let mut out = Vec::new();
     let mut written = Vec::new();
@@ -81,12 +92,25 @@ pub(super) fn merge_into_pending(bridge: &Bridge, layout: Layout, object_type: O
         let mut expected = Vec::with_capacity(items.len());
         for item in items {
             let bytes = item.slot.estimated_bytes(&item.object_id);
-            if size + bytes > SHARD_BUDGET_BYTES && shard.get(&item.object_id).is_none_or(|s| s.modified <= item.slot.modified) {
-                out.push(Merged { tag: item.tag, outcome: Merge::Added, confirmed: false });
+            if size + bytes > SHARD_BUDGET_BYTES
+                && shard
+                    .get(&item.object_id)
+                    .is_none_or(|s| s.modified <= item.slot.modified)
+            {
+                out.push(Merged {
+                    tag: item.tag,
+                    outcome: Merge::Added,
+                    confirmed: false,
+                });
                 continue;
             }
             let (modified, requeue) = (item.slot.modified, item.requeue);
-            let digest = item.slot.line.as_ref().map(|l| shards::line_digest(l.get().as_bytes())).unwrap_or_default();
+            let digest = item
+                .slot
+                .line
+                .as_ref()
+                .map(|l| shards::line_digest(l.get().as_bytes()))
+                .unwrap_or_default();
             let outcome = shards::merge(&mut shard, &item.object_id, item.slot, item.requeue);
             if matches!(outcome, Merge::Added | Merge::Replaced) {
                 size += bytes;
@@ -108,12 +132,24 @@ pub(super) fn merge_into_pending(bridge: &Bridge, layout: Layout, object_type: O
             let confirmed = stored.get(&object_id).is_some_and(|s| {
                 // A re-queued version must be pending again, not just known to have been sent;
                 // an arrival held as sent must be the edit that was sent.
-                let sent_this = s.sent.as_ref().is_some_and(|sent| sent.h.is_empty() || sent.h == digest);
+                let sent_this = s
+                    .sent
+                    .as_ref()
+                    .is_some_and(|sent| sent.h.is_empty() || sent.h == digest);
                 // A re-queue kept out by another edit of the same modifiedDate, sent since, is done too.
-                let sent_other = s.sent.as_ref().is_some_and(|sent| !sent.h.is_empty() && sent.h != digest);
-                s.modified > modified || (s.modified == modified && (s.is_pending() || if requeue { sent_other } else { sent_this }))
+                let sent_other = s
+                    .sent
+                    .as_ref()
+                    .is_some_and(|sent| !sent.h.is_empty() && sent.h != digest);
+                s.modified > modified
+                    || (s.modified == modified
+                        && (s.is_pending() || if requeue { sent_other } else { sent_this }))
             });
-            out.push(Merged { tag, outcome, confirmed });
+            out.push(Merged {
+                tag,
+                outcome,
+                confirmed,
+            });
         }
         set_stat(&mut summary, object_type, n, &stored);
     }

@@ -24,9 +24,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
+use crate::fault::{encoding, Fault};
 use crate::gong::models::ObjectType;
 use crate::ports::Kv;
-use crate::fault::{encoding, Fault};
 
 pub const INBOX_PREFIX: &str = "inbox/";
 pub const PENDING_SHARD_PREFIX: &str = "pbuf/";
@@ -115,12 +115,28 @@ pub struct Sent {
 
 /// A short digest of one LDJSON line (64 bits of SHA-256, hex).
 pub fn line_digest(line: &[u8]) -> String {
-    Sha256::digest(line)[..8].iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(line)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl Slot {
-    pub fn pending(modified: i64, received: i64, attempt: u32, delivery: &str, line: Box<RawValue>) -> Slot {
-        Slot { modified, received, attempt, delivery: delivery.to_owned(), line: Some(line), sent: None }
+    pub fn pending(
+        modified: i64,
+        received: i64,
+        attempt: u32,
+        delivery: &str,
+        line: Box<RawValue>,
+    ) -> Slot {
+        Slot {
+            modified,
+            received,
+            attempt,
+            delivery: delivery.to_owned(),
+            line: Some(line),
+            sent: None,
+        }
     }
 
     pub fn is_pending(&self) -> bool {
@@ -139,8 +155,10 @@ impl Slot {
 
 /// A line as stored in a shard: the validated JSON text, kept as is.
 pub fn raw_line(line: &[u8]) -> Result<Box<RawValue>, Fault> {
-    let text = String::from_utf8(line.to_vec()).map_err(|e| Fault::Corrupt(format!("a validated line is not UTF-8: {e}")))?;
-    RawValue::from_string(text).map_err(|e| Fault::Corrupt(format!("a validated line is not JSON: {e}")))
+    let text = String::from_utf8(line.to_vec())
+        .map_err(|e| Fault::Corrupt(format!("a validated line is not UTF-8: {e}")))?;
+    RawValue::from_string(text)
+        .map_err(|e| Fault::Corrupt(format!("a validated line is not JSON: {e}")))
 }
 
 pub type Shard = BTreeMap<String, Slot>;
@@ -172,7 +190,8 @@ pub fn merge(shard: &mut Shard, object_id: &str, incoming: Slot, requeue: bool) 
         // The same modifiedDate: the same edit again is a duplicate; another edit (a CRM that
         // stamps seconds) is newer by arrival, so a later arrival wins, waiting or sent. A
         // re-queue brings back an edit that was sent before, so it never wins over another.
-        let digest = |line: &Option<Box<RawValue>>| line.as_ref().map(|l| line_digest(l.get().as_bytes()));
+        let digest =
+            |line: &Option<Box<RawValue>>| line.as_ref().map(|l| line_digest(l.get().as_bytes()));
         let incoming_digest = digest(&incoming.line);
         if existing.is_pending() {
             existing.attempt = existing.attempt.max(incoming.attempt);
@@ -184,7 +203,11 @@ pub fn merge(shard: &mut Shard, object_id: &str, incoming: Slot, requeue: bool) 
             return Merge::Replaced;
         }
         // A tombstone without a digest predates digests: treated as the same edit.
-        let same_as_sent = existing.sent.as_ref().map(|s| s.h.as_str()).is_none_or(|h| h.is_empty() || Some(h) == incoming_digest.as_deref());
+        let same_as_sent = existing
+            .sent
+            .as_ref()
+            .map(|s| s.h.as_str())
+            .is_none_or(|h| h.is_empty() || Some(h) == incoming_digest.as_deref());
         match (requeue, same_as_sent) {
             (false, true) => return Merge::Duplicate,
             (true, false) => return Merge::Superseded,
@@ -192,23 +215,77 @@ pub fn merge(shard: &mut Shard, object_id: &str, incoming: Slot, requeue: bool) 
         }
     }
     // A record already waiting keeps its place in the queue (its age counts from then).
-    let received = if existing.is_pending() { existing.received.min(incoming.received) } else { incoming.received };
-    *existing = Slot { received, ..incoming };
+    let received = if existing.is_pending() {
+        existing.received.min(incoming.received)
+    } else {
+        incoming.received
+    };
+    *existing = Slot {
+        received,
+        ..incoming
+    };
     Merge::Replaced
 }
 
 /// Marks a sent version as sent, unless a newer one took its place meanwhile (that one stays
 /// pending). Returns whether the slot was marked.
-pub fn mark_sent(shard: &mut Shard, object_id: &str, modified: i64, digest: &str, sent: Sent) -> bool {
+pub fn mark_sent(
+    shard: &mut Shard,
+    object_id: &str,
+    modified: i64,
+    digest: &str,
+    sent: Sent,
+) -> bool {
     match shard.get_mut(object_id) {
-        Some(slot) if slot.modified == modified && slot.line.as_ref().is_some_and(|l| line_digest(l.get().as_bytes()) == digest) => {
+        Some(slot)
+            if slot.modified == modified
+                && slot
+                    .line
+                    .as_ref()
+                    .is_some_and(|l| line_digest(l.get().as_bytes()) == digest) =>
+        {
             slot.line = None;
             slot.delivery.clear();
             slot.attempt = 0;
-            slot.sent = Some(Sent { h: digest.to_owned(), ..sent });
+            slot.sent = Some(Sent {
+                h: digest.to_owned(),
+                ..sent
+            });
             true
         }
         _ => false,
+    }
+}
+
+/// Records that a version was sent by another path (a bulk upload): a tombstone with its file
+/// and line, unless the shard holds something newer. A pending older version is dropped (Gong
+/// has a newer one), as is a pending copy of this very edit (it would go twice); a pending
+/// other edit of the same modifiedDate stays and goes (which one is later is unknown here).
+pub fn record_sent(shard: &mut Shard, object_id: &str, modified: i64, digest: &str, sent: Sent) {
+    let sent = Sent {
+        h: digest.to_owned(),
+        ..sent
+    };
+    let tombstone = |received| Slot {
+        modified,
+        received,
+        attempt: 0,
+        delivery: String::new(),
+        line: None,
+        sent: Some(sent.clone()),
+    };
+    match shard.get_mut(object_id) {
+        None => {
+            shard.insert(object_id.to_owned(), tombstone(sent.at));
+        }
+        Some(slot) if slot.modified > modified => {}
+        Some(slot)
+            if slot.modified == modified
+                && slot
+                    .line
+                    .as_ref()
+                    .is_some_and(|l| line_digest(l.get().as_bytes()) != digest) => {}
+        Some(slot) => *slot = tombstone(slot.received),
     }
 }
 
@@ -220,7 +297,12 @@ pub fn prune(shard: &mut Shard, now: i64, keep_seconds: i64, budget: usize) -> u
     if size > budget {
         let mut tombstones: Vec<(i64, String)> = shard
             .iter()
-            .filter_map(|(id, slot)| slot.sent.as_ref().filter(|_| !slot.is_pending()).map(|s| (s.at, id.clone())))
+            .filter_map(|(id, slot)| {
+                slot.sent
+                    .as_ref()
+                    .filter(|_| !slot.is_pending())
+                    .map(|s| (s.at, id.clone()))
+            })
             .collect();
         crate::sorting::sort(&mut tombstones);
         for (_, id) in tombstones {
@@ -236,7 +318,10 @@ pub fn prune(shard: &mut Shard, now: i64, keep_seconds: i64, budget: usize) -> u
 }
 
 pub fn estimated_bytes(shard: &Shard) -> usize {
-    2 + shard.iter().map(|(id, slot)| slot.estimated_bytes(id)).sum::<usize>()
+    2 + shard
+        .iter()
+        .map(|(id, slot)| slot.estimated_bytes(id))
+        .sum::<usize>()
 }
 
 /// What a pending shard holds, for flush decisions.
@@ -301,7 +386,7 @@ pub fn parse_shard_key(key: &str, prefix: &str) -> Option<(ObjectType, u32)> {
 }
 
 /// One record in an inbox key.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InboxRecord {
     pub id: String,
     pub m: i64,
@@ -318,25 +403,43 @@ pub struct InboxEntry {
 }
 
 pub fn inbox_key(object_type: ObjectType, received: i64, unique: &str) -> String {
-    format!("{INBOX_PREFIX}{}/{received:011}/{unique}", object_type.as_str())
+    format!(
+        "{INBOX_PREFIX}{}/{received:011}/{unique}",
+        object_type.as_str()
+    )
 }
 
 /// Splits a delivery's records into inbox values that each stay within the shard budget.
-pub fn inbox_entries(object_type: ObjectType, delivery: &str, received: i64, records: Vec<InboxRecord>) -> Vec<InboxEntry> {
+pub fn inbox_entries(
+    object_type: ObjectType,
+    delivery: &str,
+    received: i64,
+    records: Vec<InboxRecord>,
+) -> Vec<InboxEntry> {
     let mut out = Vec::new();
     let mut current = Vec::new();
     let mut size = 128 + 2 * delivery.len();
     for record in records {
         let bytes = 48 + 2 * record.id.len() + record.l.get().len();
         if !current.is_empty() && size + bytes > SHARD_BUDGET_BYTES {
-            out.push(InboxEntry { t: object_type, d: delivery.to_owned(), r: received, records: std::mem::take(&mut current) });
+            out.push(InboxEntry {
+                t: object_type,
+                d: delivery.to_owned(),
+                r: received,
+                records: std::mem::take(&mut current),
+            });
             size = 128 + 2 * delivery.len();
         }
         size += bytes;
         current.push(record);
     }
     if !current.is_empty() {
-        out.push(InboxEntry { t: object_type, d: delivery.to_owned(), r: received, records: current });
+        out.push(InboxEntry {
+            t: object_type,
+            d: delivery.to_owned(),
+            r: received,
+            records: current,
+        });
     }
     out
 }
@@ -345,18 +448,26 @@ pub fn inbox_entries(object_type: ObjectType, delivery: &str, received: i64, rec
 pub fn read_map<V: DeserializeOwned>(kv: &dyn Kv, key: &str) -> Result<BTreeMap<String, V>, Fault> {
     match kv.get(key)? {
         None => Ok(BTreeMap::new()),
-        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| Fault::Corrupt(format!("stored value under {key:?} is unreadable: {e}"))),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| Fault::Corrupt(format!("stored value under {key:?} is unreadable: {e}"))),
     }
 }
 
 /// Writes a JSON map under `key`; an empty map deletes the key (it frees a key of the budget).
-pub fn write_map<V: Serialize>(kv: &dyn Kv, key: &str, map: &BTreeMap<String, V>) -> Result<(), Fault> {
+pub fn write_map<V: Serialize>(
+    kv: &dyn Kv,
+    key: &str,
+    map: &BTreeMap<String, V>,
+) -> Result<(), Fault> {
     if map.is_empty() {
         return kv.delete(key).map_err(Fault::from);
     }
     let bytes = serde_json::to_vec(map).map_err(encoding)?;
     if bytes.len() > VALUE_LIMIT_BYTES {
-        return Err(Fault::Corrupt(format!("{key} would hold {} bytes, over the 1 MB value limit", bytes.len())));
+        return Err(Fault::Corrupt(format!(
+            "{key} would hold {} bytes, over the 1 MB value limit",
+            bytes.len()
+        )));
     }
     kv.set(key, &bytes).map_err(Fault::from)
 }
@@ -378,17 +489,34 @@ mod tests {
     }
 
     fn sent(at: i64) -> Sent {
-        Sent { at, c: "fl-x".into(), n: 1, h: String::new() }
+        Sent {
+            at,
+            c: "fl-x".into(),
+            n: 1,
+            h: String::new(),
+        }
     }
 
     #[test]
     fn the_newer_version_wins_and_a_waiting_record_keeps_its_place() {
         let mut shard = Shard::new();
-        assert_eq!(merge(&mut shard, "a", pending("a", 10, 100), false), Merge::Added);
-        assert_eq!(merge(&mut shard, "a", pending("a", 5, 200), false), Merge::Superseded);
+        assert_eq!(
+            merge(&mut shard, "a", pending("a", 10, 100), false),
+            Merge::Added
+        );
+        assert_eq!(
+            merge(&mut shard, "a", pending("a", 5, 200), false),
+            Merge::Superseded
+        );
         assert_eq!(shard["a"].modified, 10);
-        assert_eq!(merge(&mut shard, "a", pending("a", 10, 300), false), Merge::Duplicate);
-        assert_eq!(merge(&mut shard, "a", pending("a", 20, 400), false), Merge::Replaced);
+        assert_eq!(
+            merge(&mut shard, "a", pending("a", 10, 300), false),
+            Merge::Duplicate
+        );
+        assert_eq!(
+            merge(&mut shard, "a", pending("a", 20, 400), false),
+            Merge::Replaced
+        );
         assert_eq!((shard["a"].modified, shard["a"].received), (20, 100));
     }
 
@@ -396,18 +524,49 @@ mod tests {
     fn a_sent_version_is_a_tombstone_that_keeps_late_versions_out() {
         let mut shard = Shard::new();
         merge(&mut shard, "a", pending("a", 10, 100), false);
-        assert!(!mark_sent(&mut shard, "a", 9, &digest("a", 9), sent(150)), "only the version that was sent");
+        assert!(
+            !mark_sent(&mut shard, "a", 9, &digest("a", 9), sent(150)),
+            "only the version that was sent"
+        );
         assert!(mark_sent(&mut shard, "a", 10, &digest("a", 10), sent(150)));
         assert!(!shard["a"].is_pending());
-        assert_eq!(merge(&mut shard, "a", pending("a", 10, 200), false), Merge::Duplicate, "a re-delivery is not resent");
-        assert_eq!(merge(&mut shard, "a", pending("a", 8, 200), false), Merge::Superseded);
+        assert_eq!(
+            merge(&mut shard, "a", pending("a", 10, 200), false),
+            Merge::Duplicate,
+            "a re-delivery is not resent"
+        );
+        assert_eq!(
+            merge(&mut shard, "a", pending("a", 8, 200), false),
+            Merge::Superseded
+        );
         assert!(!shard["a"].is_pending());
         // A requeue puts the same version back, waiting from now.
-        assert_eq!(merge(&mut shard, "a", Slot { attempt: 1, ..pending("a", 10, 300) }, true), Merge::Replaced);
-        assert_eq!((shard["a"].received, shard["a"].attempt, shard["a"].is_pending()), (300, 1, true));
+        assert_eq!(
+            merge(
+                &mut shard,
+                "a",
+                Slot {
+                    attempt: 1,
+                    ..pending("a", 10, 300)
+                },
+                true
+            ),
+            Merge::Replaced
+        );
+        assert_eq!(
+            (
+                shard["a"].received,
+                shard["a"].attempt,
+                shard["a"].is_pending()
+            ),
+            (300, 1, true)
+        );
         // A newer version after a send is pending again.
         mark_sent(&mut shard, "a", 10, &digest("a", 10), sent(350));
-        assert_eq!(merge(&mut shard, "a", pending("a", 11, 400), false), Merge::Replaced);
+        assert_eq!(
+            merge(&mut shard, "a", pending("a", 11, 400), false),
+            Merge::Replaced
+        );
         assert_eq!(shard["a"].received, 400);
     }
 
@@ -416,22 +575,72 @@ mod tests {
     /// of the first does not mark the second as sent.
     #[test]
     fn equal_modified_dates_the_later_arrival_wins() {
-        let edit = |text: &str| raw_line(format!(r#"{{"objectId":"a","name":"{text}"}}"#).as_bytes()).unwrap();
+        let edit = |text: &str| {
+            raw_line(format!(r#"{{"objectId":"a","name":"{text}"}}"#).as_bytes()).unwrap()
+        };
         let mut shard = Shard::new();
-        merge(&mut shard, "a", Slot::pending(10, 100, 0, "d1", edit("first")), false);
-        assert_eq!(merge(&mut shard, "a", Slot::pending(10, 101, 0, "d2", edit("second")), false), Merge::Replaced);
+        merge(
+            &mut shard,
+            "a",
+            Slot::pending(10, 100, 0, "d1", edit("first")),
+            false,
+        );
+        assert_eq!(
+            merge(
+                &mut shard,
+                "a",
+                Slot::pending(10, 101, 0, "d2", edit("second")),
+                false
+            ),
+            Merge::Replaced
+        );
         assert!(shard["a"].line.as_ref().unwrap().get().contains("second"));
         assert_eq!(shard["a"].received, 100, "it keeps its place in the queue");
-        assert_eq!(merge(&mut shard, "a", Slot::pending(10, 102, 0, "d2", edit("second")), false), Merge::Duplicate, "the same edit again");
+        assert_eq!(
+            merge(
+                &mut shard,
+                "a",
+                Slot::pending(10, 102, 0, "d2", edit("second")),
+                false
+            ),
+            Merge::Duplicate,
+            "the same edit again"
+        );
         // A file carried "second"; "third" arrived meanwhile with the same modifiedDate.
         let carried = line_digest(edit("second").get().as_bytes());
-        merge(&mut shard, "a", Slot::pending(10, 103, 0, "d3", edit("third")), false);
-        assert!(!mark_sent(&mut shard, "a", 10, &carried, sent(150)), "the file did not carry this edit");
+        merge(
+            &mut shard,
+            "a",
+            Slot::pending(10, 103, 0, "d3", edit("third")),
+            false,
+        );
+        assert!(
+            !mark_sent(&mut shard, "a", 10, &carried, sent(150)),
+            "the file did not carry this edit"
+        );
         assert!(shard["a"].is_pending());
         let carried = line_digest(edit("third").get().as_bytes());
         assert!(mark_sent(&mut shard, "a", 10, &carried, sent(160)));
-        assert_eq!(merge(&mut shard, "a", Slot::pending(10, 170, 0, "d3", edit("third")), false), Merge::Duplicate, "a re-delivery of what was sent");
-        assert_eq!(merge(&mut shard, "a", Slot::pending(10, 180, 0, "d4", edit("fourth")), false), Merge::Replaced, "a later edit after the send");
+        assert_eq!(
+            merge(
+                &mut shard,
+                "a",
+                Slot::pending(10, 170, 0, "d3", edit("third")),
+                false
+            ),
+            Merge::Duplicate,
+            "a re-delivery of what was sent"
+        );
+        assert_eq!(
+            merge(
+                &mut shard,
+                "a",
+                Slot::pending(10, 180, 0, "d4", edit("fourth")),
+                false
+            ),
+            Merge::Replaced,
+            "a later edit after the send"
+        );
         assert!(shard["a"].is_pending());
     }
 
@@ -439,17 +648,69 @@ mod tests {
     /// with the same modifiedDate, waiting or already sent.
     #[test]
     fn a_requeued_edit_does_not_replace_a_later_one_with_the_same_modified_date() {
-        let edit = |text: &str| raw_line(format!(r#"{{"objectId":"a","name":"{text}"}}"#).as_bytes()).unwrap();
+        let edit = |text: &str| {
+            raw_line(format!(r#"{{"objectId":"a","name":"{text}"}}"#).as_bytes()).unwrap()
+        };
         let mut shard = Shard::new();
-        merge(&mut shard, "a", Slot::pending(10, 100, 0, "d1", edit("first")), false);
-        assert!(mark_sent(&mut shard, "a", 10, &line_digest(edit("first").get().as_bytes()), sent(110)));
-        assert_eq!(merge(&mut shard, "a", Slot::pending(10, 120, 0, "d2", edit("second")), false), Merge::Replaced);
-        assert_eq!(merge(&mut shard, "a", Slot::pending(10, 130, 1, "", edit("first")), true), Merge::Duplicate);
+        merge(
+            &mut shard,
+            "a",
+            Slot::pending(10, 100, 0, "d1", edit("first")),
+            false,
+        );
+        assert!(mark_sent(
+            &mut shard,
+            "a",
+            10,
+            &line_digest(edit("first").get().as_bytes()),
+            sent(110)
+        ));
+        assert_eq!(
+            merge(
+                &mut shard,
+                "a",
+                Slot::pending(10, 120, 0, "d2", edit("second")),
+                false
+            ),
+            Merge::Replaced
+        );
+        assert_eq!(
+            merge(
+                &mut shard,
+                "a",
+                Slot::pending(10, 130, 1, "", edit("first")),
+                true
+            ),
+            Merge::Duplicate
+        );
         assert!(shard["a"].line.as_ref().unwrap().get().contains("second"));
-        assert!(mark_sent(&mut shard, "a", 10, &line_digest(edit("second").get().as_bytes()), sent(140)));
-        assert_eq!(merge(&mut shard, "a", Slot::pending(10, 150, 1, "", edit("first")), true), Merge::Superseded);
+        assert!(mark_sent(
+            &mut shard,
+            "a",
+            10,
+            &line_digest(edit("second").get().as_bytes()),
+            sent(140)
+        ));
+        assert_eq!(
+            merge(
+                &mut shard,
+                "a",
+                Slot::pending(10, 150, 1, "", edit("first")),
+                true
+            ),
+            Merge::Superseded
+        );
         assert!(!shard["a"].is_pending());
-        assert_eq!(merge(&mut shard, "a", Slot::pending(10, 160, 1, "", edit("second")), true), Merge::Replaced, "the sent edit itself is re-queued");
+        assert_eq!(
+            merge(
+                &mut shard,
+                "a",
+                Slot::pending(10, 160, 1, "", edit("second")),
+                true
+            ),
+            Merge::Replaced,
+            "the sent edit itself is re-queued"
+        );
     }
 
     #[test]
@@ -471,7 +732,11 @@ mod tests {
         }
         merge(&mut shard, "p", pending("p", 1, 1), false);
         prune(&mut shard, 1_030, 20, usize::MAX);
-        assert_eq!(shard.len(), 1 + 39, "tombstones sent at 1011..=1049 are younger than 20 s");
+        assert_eq!(
+            shard.len(),
+            1 + 39,
+            "tombstones sent at 1011..=1049 are younger than 20 s"
+        );
         let budget = shard["p"].estimated_bytes("p") + 2 + 3 * shard["t49"].estimated_bytes("t49");
         let size = prune(&mut shard, 1_030, 20, budget);
         assert!(size <= budget);
@@ -492,7 +757,14 @@ mod tests {
         assert_eq!(s.bytes, shard["a"].line.as_ref().unwrap().get().len() + 1);
         let mut per_shard = BTreeMap::new();
         per_shard.insert(0, s);
-        per_shard.insert(1, ShardStat { records: 2, bytes: 10, oldest: Some(30) });
+        per_shard.insert(
+            1,
+            ShardStat {
+                records: 2,
+                bytes: 10,
+                oldest: Some(30),
+            },
+        );
         let t = type_summary(&per_shard);
         assert_eq!((t.records, t.oldest_received), (3, Some(30)));
     }
@@ -505,7 +777,12 @@ mod tests {
             let mut slot = Slot::pending(i, i, 1, "msg_\"q\"", line("x", i));
             if i % 3 == 0 {
                 slot.line = None;
-                slot.sent = Some(Sent { at: i, c: "fl-account-0123456789abcdef".into(), n: 4_999, h: "0123456789abcdef".into() });
+                slot.sent = Some(Sent {
+                    at: i,
+                    c: "fl-account-0123456789abcdef".into(),
+                    n: 4_999,
+                    h: "0123456789abcdef".into(),
+                });
             }
             shard.insert(id, slot);
         }
@@ -515,33 +792,61 @@ mod tests {
     #[test]
     fn shards_are_stable_and_spread() {
         assert_eq!(shard_of("acc-1", 64), shard_of("acc-1", 64));
-        let used: std::collections::BTreeSet<u32> = (0..1_000).map(|i| shard_of(&format!("acc-{i}"), 64)).collect();
+        let used: std::collections::BTreeSet<u32> = (0..1_000)
+            .map(|i| shard_of(&format!("acc-{i}"), 64))
+            .collect();
         assert_eq!(used.len(), 64);
         assert!(used.iter().all(|n| *n < 64));
         let key = pending_shard_key(ObjectType::Account, 7);
         assert_eq!(key, "pbuf/ACCOUNT/007");
-        assert_eq!(parse_shard_key(&key, PENDING_SHARD_PREFIX), Some((ObjectType::Account, 7)));
+        assert_eq!(
+            parse_shard_key(&key, PENDING_SHARD_PREFIX),
+            Some((ObjectType::Account, 7))
+        );
         assert_eq!(parse_shard_key("pbuf/NOPE/1", PENDING_SHARD_PREFIX), None);
     }
 
     #[test]
     fn the_layout_fits_the_key_budget() {
         let l = Layout::for_max_keys(1_024);
-        assert_eq!((l.pending_shards, l.failure_shards, l.request_retention, l.inbox_compact_at, l.admit_below), (64, 16, 64, 128, 896));
+        assert_eq!(
+            (
+                l.pending_shards,
+                l.failure_shards,
+                l.request_retention,
+                l.inbox_compact_at,
+                l.admit_below
+            ),
+            (64, 16, 64, 128, 896)
+        );
         // All shards full, retained requests with a line map and an in-flight file each,
         // a full inbox, and the fixed keys: still under the admission line.
-        let worst = 6 * l.pending_shards as usize + 6 * l.failure_shards as usize + 3 * l.request_retention + l.inbox_compact_at + 16;
+        let worst = 6 * l.pending_shards as usize
+            + 6 * l.failure_shards as usize
+            + 3 * l.request_retention
+            + l.inbox_compact_at
+            + 16;
         assert!(worst < l.admit_below, "{worst}");
     }
 
     #[test]
     fn large_deliveries_split_into_several_inbox_values() {
         let records: Vec<InboxRecord> = (0..3_000)
-            .map(|i| InboxRecord { id: format!("r{i}"), m: i, l: raw_line(format!(r#"{{"objectId":"r{i}","pad":"{}"}}"#, "x".repeat(500)).as_bytes()).unwrap() })
+            .map(|i| InboxRecord {
+                id: format!("r{i}"),
+                m: i,
+                l: raw_line(
+                    format!(r#"{{"objectId":"r{i}","pad":"{}"}}"#, "x".repeat(500)).as_bytes(),
+                )
+                .unwrap(),
+            })
             .collect();
         let entries = inbox_entries(ObjectType::Deal, "msg_1", 7, records);
         assert!(entries.len() >= 2);
-        assert_eq!(entries.iter().map(|e| e.records.len()).sum::<usize>(), 3_000);
+        assert_eq!(
+            entries.iter().map(|e| e.records.len()).sum::<usize>(),
+            3_000
+        );
         for e in &entries {
             assert!(serde_json::to_vec(e).unwrap().len() <= SHARD_BUDGET_BYTES);
         }

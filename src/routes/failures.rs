@@ -1,4 +1,5 @@
-//! `POST /flush`, `GET /failures`, `POST /failures/retry`, `DELETE /failures/{type}/{id}`.
+//! `POST /flush`, `GET /failures`, `POST /failures/retry`, `DELETE /failures/{type}/{id}` (the
+//! last two record operator commands that the engine applies: `outbox::commands`).
 
 use serde::Deserialize;
 use serde_json::json;
@@ -6,9 +7,10 @@ use serde_json::json;
 use crate::app::{json_body, query_flag, query_pairs};
 use crate::bridge::Bridge;
 use crate::gong::models::{ObjectType, UPLOAD_OBJECT_TYPES};
+use crate::outbox;
+use crate::outbox::commands::{self, Action};
 use crate::ports::{Request, Response};
 use crate::problem::{json_response, ApiError};
-use crate::outbox;
 
 fn object_type_param(raw: &str) -> Result<ObjectType, ApiError> {
     ObjectType::parse_upload(raw).ok_or_else(|| {
@@ -32,7 +34,10 @@ pub fn flush_now(bridge: &Bridge, request: &Request) -> Result<Response, ApiErro
     }
     if let Some(detail) = report.failed.clone() {
         // A scheduler needs a failure to be a failure: 502, with the report of what was done.
-        return Err(ApiError::FlushFailed { detail, report: body });
+        return Err(ApiError::FlushFailed {
+            detail,
+            report: body,
+        });
     }
     let mut response = json_response(200, &body);
     if let Some(until) = report.throttled_until {
@@ -51,11 +56,30 @@ pub fn list(bridge: &Bridge, request: &Request) -> Result<Response, ApiError> {
         None => None,
     };
     let limit = match query.iter().find(|(k, _)| k == "limit") {
-        Some((_, v)) => v.parse::<usize>().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(|| ApiError::bad_request("limit must be 1 to 1000"))?,
+        Some((_, v)) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| ApiError::bad_request("limit must be 1 to 1000"))?,
         None => 100,
     };
     let (failures, total) = outbox::list_failures(bridge, object_type, limit)?;
-    Ok(json_response(200, &json!({"failures": failures, "total": total})))
+    // A failure an operator command waits for says which, until the engine applies it.
+    let waiting = commands::waiting(bridge)?;
+    let listed: Vec<serde_json::Value> = failures
+        .iter()
+        .map(|f| {
+            let mut value = serde_json::to_value(f).unwrap_or_default();
+            if let Some(command) = commands::requested_for(&waiting, f) {
+                value["requested"] = json!(command.action.requested());
+            }
+            value
+        })
+        .collect();
+    Ok(json_response(
+        200,
+        &json!({"failures": listed, "total": total}),
+    ))
 }
 
 #[derive(Deserialize, Default)]
@@ -65,20 +89,78 @@ struct RetryBody {
     ids: Option<Vec<String>>,
 }
 
+/// `POST /failures/retry`: recorded for the engine and answered 202, whatever it is doing.
 pub fn retry(bridge: &Bridge, request: &Request) -> Result<Response, ApiError> {
-    let body: RetryBody = if request.body().iter().all(u8::is_ascii_whitespace) { RetryBody::default() } else { json_body(request)? };
-    let object_type = body.object_type.as_deref().map(object_type_param).transpose()?;
+    let body: RetryBody = if request.body().iter().all(u8::is_ascii_whitespace) {
+        RetryBody::default()
+    } else {
+        json_body(request)?
+    };
+    let object_type = body
+        .object_type
+        .as_deref()
+        .map(object_type_param)
+        .transpose()?;
     if body.ids.is_some() && object_type.is_none() {
-        return Err(ApiError::bad_request("ids need an objectType: {\"objectType\": \"ACCOUNT\", \"ids\": [...]}"));
+        return Err(ApiError::bad_request(
+            "ids need an objectType: {\"objectType\": \"ACCOUNT\", \"ids\": [...]}",
+        ));
     }
-    let requeued = outbox::retry_failures(bridge, object_type, body.ids.as_deref())?;
-    Ok(json_response(200, &json!({"requeued": requeued})))
+    // What it covers now; the engine looks again when it applies it.
+    let (open, _) = outbox::list_failures(bridge, object_type, usize::MAX)?;
+    let covered = open
+        .iter()
+        .filter(|f| {
+            body.ids
+                .as_ref()
+                .is_none_or(|ids| ids.contains(&f.object_id))
+        })
+        .count();
+    if covered == 0 {
+        return Ok(json_response(
+            200,
+            &json!({"status": "nothing to retry", "failures": 0}),
+        ));
+    }
+    let command = commands::record(bridge, Action::Retry, object_type, body.ids)?;
+    Ok(requested(command, covered))
 }
 
-pub fn discard(bridge: &Bridge, object_type_raw: &str, object_id: &str) -> Result<Response, ApiError> {
+/// `DELETE /failures/{type}/{id}`: recorded for the engine and answered 202.
+pub fn discard(
+    bridge: &Bridge,
+    object_type_raw: &str,
+    object_id: &str,
+) -> Result<Response, ApiError> {
     let object_type = object_type_param(object_type_raw)?;
-    if !outbox::discard_failure(bridge, object_type, object_id)? {
-        return Err(ApiError::NotFoundResource(format!("no failure stored for {object_type} {object_id}")));
+    match commands::failure_of(bridge, object_type, object_id)? {
+        Some(f) if f.is_open() => {
+            let command = commands::record(bridge, Action::Discard, Some(object_type), Some(vec![object_id.to_owned()]))?;
+            Ok(requested(command, 1))
+        }
+        Some(f) if f.discarded_at.is_some() => Ok(json_response(200, &json!({"status": "discarded", "objectType": object_type, "objectId": object_id}))),
+        Some(_) => Err(ApiError::Conflict(format!(
+            "{object_type} {object_id} was re-queued by a retry and waits to go to Gong; it is no longer in the failure store (GET /records/{object_type}/{object_id}/status)"
+        ))),
+        None => Err(ApiError::NotFoundResource(format!("no failure stored for {object_type} {object_id}"))),
     }
-    Ok(json_response(200, &json!({"discarded": {"objectType": object_type, "objectId": object_id}})))
+}
+
+/// 202: what the command will do, applied right after this answer (or by the lease holder's
+/// next run); until then the records' status says so.
+fn requested(command: commands::Command, failures: usize) -> Response {
+    let status = command.action.requested();
+    let mut response = json_response(
+        202,
+        &json!({
+            "status": status,
+            "failures": failures,
+            "command": command,
+            "detail": format!("the engine applies it right after this answer, or in its next run if a flush holds its lease; until then each record's status says \"{status}\""),
+        }),
+    );
+    response
+        .extensions_mut()
+        .insert(crate::app::FollowUp::ApplyCommands);
+    response
 }

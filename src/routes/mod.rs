@@ -13,7 +13,12 @@ use crate::problem::ApiError;
 use crate::validation::{Violation, MAX_VIOLATIONS};
 
 /// A 422 listing validation violations (at most [`MAX_VIOLATIONS`], with the total).
-pub fn violations_to_problem(title: &'static str, detail: &str, violations: Vec<Violation>, total: Option<usize>) -> ApiError {
+pub fn violations_to_problem(
+    title: &'static str,
+    detail: &str,
+    violations: Vec<Violation>,
+    total: Option<usize>,
+) -> ApiError {
     let total = total.unwrap_or(violations.len());
     let listed: Vec<serde_json::Value> = violations
         .into_iter()
@@ -23,11 +28,20 @@ pub fn violations_to_problem(title: &'static str, detail: &str, violations: Vec<
     let mut extra = serde_json::Map::new();
     extra.insert("totalErrors".into(), serde_json::json!(total));
     extra.insert("truncated".into(), serde_json::json!(total > listed.len()));
-    let detail = match listed.first().and_then(|v| v.get("message")).and_then(|m| m.as_str()) {
+    let detail = match listed
+        .first()
+        .and_then(|v| v.get("message"))
+        .and_then(|m| m.as_str())
+    {
         Some(first) if total == 1 => format!("{detail}: {first}"),
         _ => format!("{detail} ({total} error(s))"),
     };
-    ApiError::Unprocessable { title, detail, errors: listed, extra }
+    ApiError::Unprocessable {
+        title,
+        detail,
+        errors: listed,
+        extra,
+    }
 }
 
 #[cfg(test)]

@@ -6,10 +6,12 @@ use serde_json::{json, Map};
 use crate::app::{client_request_id, query_flag, query_pairs};
 use crate::bridge::Bridge;
 use crate::gong::client::{Operation, MAX_GET_IDS};
-use crate::gong::models::{GetObjectsResponse, ObjectType, SCHEMA_OBJECT_TYPES, UPLOAD_OBJECT_TYPES};
+use crate::gong::models::{
+    GetObjectsResponse, ObjectType, SCHEMA_OBJECT_TYPES, UPLOAD_OBJECT_TYPES,
+};
+use crate::outbox::requests::{submit_tracked, Submission};
 use crate::ports::{Request, Response};
 use crate::problem::{json_response, ApiError};
-use crate::outbox::requests::{submit_tracked, Submission};
 use crate::routes::requests::accepted_response;
 use crate::routes::violations_to_problem;
 use crate::tracking::RequestOperation;
@@ -18,7 +20,10 @@ use crate::validation::{self, BodyFormat, RecordOptions, MAX_BODY_BYTES};
 fn invalid_object_type(raw: &str, allowed: &[&str]) -> ApiError {
     ApiError::unprocessable(
         "Invalid object type",
-        format!("objectType {raw:?} is not one of {} (case-sensitive)", allowed.join(", ")),
+        format!(
+            "objectType {raw:?} is not one of {} (case-sensitive)",
+            allowed.join(", ")
+        ),
         vec![json!({"field": "objectType", "rule": "objectType.enum", "allowed": allowed})],
     )
 }
@@ -29,7 +34,12 @@ fn body_format(request: &Request) -> Result<BodyFormat, ApiError> {
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     match essence.as_str() {
         "" | "application/json" => Ok(BodyFormat::Json),
         "application/x-ndjson" | "application/ndjson" | "application/jsonl" | "application/x-ldjson" | "application/ldjson" => {
@@ -41,7 +51,11 @@ fn body_format(request: &Request) -> Result<BodyFormat, ApiError> {
     }
 }
 
-pub fn upload(bridge: &Bridge, request: &mut Request, object_type_raw: &str) -> Result<Response, ApiError> {
+pub fn upload(
+    bridge: &Bridge,
+    request: &mut Request,
+    object_type_raw: &str,
+) -> Result<Response, ApiError> {
     let format = body_format(request)?;
     let options = RecordOptions {
         normalize: query_flag(request, "normalize")?,
@@ -51,7 +65,17 @@ pub fn upload(bridge: &Bridge, request: &mut Request, object_type_raw: &str) -> 
     let client_request_id = client_request_id(request)?;
     // The body is taken, so validation can free it before it builds the file.
     let body = std::mem::take(request.body_mut());
-    upload_records(bridge, UploadInput { object_type_raw, body, format, options, client_request_id, delivery: None })
+    upload_records(
+        bridge,
+        UploadInput {
+            object_type_raw,
+            body,
+            format,
+            options,
+            client_request_id,
+            delivery: None,
+        },
+    )
 }
 
 pub struct UploadInput<'b> {
@@ -67,17 +91,33 @@ pub struct UploadInput<'b> {
 /// Validates records, builds one sorted, de-duplicated LDJSON file and submits it as one
 /// tracked upload (202 + Location). Shared by `POST /records` and record webhooks.
 pub fn upload_records(bridge: &Bridge, input: UploadInput) -> Result<Response, ApiError> {
-    let object_type =
-        ObjectType::parse_upload(input.object_type_raw).ok_or_else(|| invalid_object_type(input.object_type_raw, &UPLOAD_OBJECT_TYPES))?;
+    let object_type = ObjectType::parse_upload(input.object_type_raw)
+        .ok_or_else(|| invalid_object_type(input.object_type_raw, &UPLOAD_OBJECT_TYPES))?;
     if input.body.len() > MAX_BODY_BYTES {
-        return Err(ApiError::PayloadTooLarge { size: input.body.len(), limit: MAX_BODY_BYTES, variable: None });
+        return Err(ApiError::PayloadTooLarge {
+            size: input.body.len(),
+            limit: MAX_BODY_BYTES,
+            variable: None,
+        });
     }
     let integration_id = bridge.integration_id()?;
-    let schema = if object_type.has_schema() { bridge.store().schema(object_type)? } else { None };
+    let schema = if object_type.has_schema() {
+        bridge.store().schema(object_type)?
+    } else {
+        None
+    };
     let options = input.options;
-    let batch = validation::validate_records_owned(object_type, input.body, input.format, schema.as_deref(), options).map_err(|rejection| {
+    let batch = validation::validate_records_owned(
+        object_type,
+        input.body,
+        input.format,
+        schema.as_deref(),
+        options,
+    )
+    .map_err(|rejection| {
         let detail = if rejection.received == 0 {
-            "the body was refused before any record could be read; nothing was sent to Gong".to_owned()
+            "the body was refused before any record could be read; nothing was sent to Gong"
+                .to_owned()
         } else {
             format!(
                 "{} of {} record(s) failed validation; nothing was sent to Gong",
@@ -93,6 +133,7 @@ pub fn upload_records(bridge: &Bridge, input: UploadInput) -> Result<Response, A
     })?;
     let gong = bridge.gong()?;
     let line_count = batch.line_object_ids.len();
+    let sent_lines = crate::outbox::sent::lines_of(&batch.ldjson);
     let tracked = submit_tracked(
         bridge,
         &gong,
@@ -109,6 +150,22 @@ pub fn upload_records(bridge: &Bridge, input: UploadInput) -> Result<Response, A
         },
     )?;
     let mut extra = Map::new();
+    let index = !tracked.replayed && tracked.record.gong_request_id.is_some();
+    if index {
+        // Where each record went, for "where is my record" (one blob per file).
+        if let Err(e) = crate::outbox::sent::record_bulk(
+            bridge,
+            &tracked.record.client_request_id,
+            object_type,
+            &sent_lines,
+        ) {
+            crate::log::warn(format!(
+                "the records of {} cannot be looked up one by one: {e}",
+                tracked.record.client_request_id
+            ))
+            .emit();
+        }
+    }
     if !tracked.replayed {
         extra.insert("received".into(), json!(batch.received));
         extra.insert("mergedDuplicates".into(), json!(batch.merged_duplicates));
@@ -118,22 +175,42 @@ pub fn upload_records(bridge: &Bridge, input: UploadInput) -> Result<Response, A
             extra.insert("rejected".into(), json!(batch.rejected));
         }
     }
-    Ok(accepted_response(&tracked.record, tracked.replayed, extra))
+    let mut response = accepted_response(&tracked.record, tracked.replayed, extra);
+    if index {
+        response
+            .extensions_mut()
+            .insert(crate::app::FollowUp::IndexBulk);
+    }
+    Ok(response)
 }
 
-pub fn get(bridge: &Bridge, request: &Request, object_type_raw: &str) -> Result<Response, ApiError> {
-    let object_type = ObjectType::parse_schema(object_type_raw).ok_or_else(|| invalid_object_type(object_type_raw, &SCHEMA_OBJECT_TYPES))?;
+pub fn get(
+    bridge: &Bridge,
+    request: &Request,
+    object_type_raw: &str,
+) -> Result<Response, ApiError> {
+    let object_type = ObjectType::parse_schema(object_type_raw)
+        .ok_or_else(|| invalid_object_type(object_type_raw, &SCHEMA_OBJECT_TYPES))?;
     let ids: Vec<String> = query_pairs(request)
         .into_iter()
         .filter(|(k, _)| k == "ids")
-        .flat_map(|(_, v)| v.split(',').map(|s| s.trim().to_owned()).collect::<Vec<_>>())
+        .flat_map(|(_, v)| {
+            v.split(',')
+                .map(|s| s.trim().to_owned())
+                .collect::<Vec<_>>()
+        })
         .collect();
     if ids.is_empty() {
-        return Err(ApiError::bad_request("give the objectIds to look up: ?ids=a,b,c"));
+        return Err(ApiError::bad_request(
+            "give the objectIds to look up: ?ids=a,b,c",
+        ));
     }
     // Dropping empty ones silently would let a malformed list pass (and past the bound below).
     if let Some(position) = ids.iter().position(String::is_empty) {
-        return Err(ApiError::bad_request(format!("ids has an empty objectId at position {} (ids=a,b,c, none empty)", position + 1)));
+        return Err(ApiError::bad_request(format!(
+            "ids has an empty objectId at position {} (ids=a,b,c, none empty)",
+            position + 1
+        )));
     }
     if ids.len() > MAX_GET_IDS {
         return Err(ApiError::bad_request(format!(
@@ -143,9 +220,14 @@ pub fn get(bridge: &Bridge, request: &Request, object_type_raw: &str) -> Result<
     }
     let integration_id = bridge.integration_id()?;
     let gong = bridge.gong()?;
-    let req = gong.get_entities(integration_id, object_type, &ids).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let req = gong
+        .get_entities(integration_id, object_type, &ids)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let found: GetObjectsResponse = bridge.call(Operation::GetEntities, req, &[200])?;
-    let missing: Vec<&String> = ids.iter().filter(|id| !matches!(found.crm_objects_map.get(*id), Some(Some(_)))).collect();
+    let missing: Vec<&String> = ids
+        .iter()
+        .filter(|id| !matches!(found.crm_objects_map.get(*id), Some(Some(_))))
+        .collect();
     Ok(json_response(
         200,
         &json!({

@@ -23,9 +23,16 @@ fn record_body(record: &RequestRecord) -> Map<String, Value> {
 }
 
 /// 202 Accepted with `Location: /requests/{id}` and the record.
-pub fn accepted_response(record: &RequestRecord, replayed: bool, extra: Map<String, Value>) -> Response {
+pub fn accepted_response(
+    record: &RequestRecord,
+    replayed: bool,
+    extra: Map<String, Value>,
+) -> Response {
     let mut body = record_body(record);
-    body.insert("location".into(), json!(format!("/requests/{}", record.client_request_id)));
+    body.insert(
+        "location".into(),
+        json!(format!("/requests/{}", record.client_request_id)),
+    );
     body.insert("replayed".into(), json!(replayed));
     body.extend(extra);
     let mut response = json_response(202, &Value::Object(body));
@@ -33,7 +40,10 @@ pub fn accepted_response(record: &RequestRecord, replayed: bool, extra: Map<Stri
         response.headers_mut().insert(http::header::LOCATION, v);
     }
     if replayed {
-        response.headers_mut().insert("idempotency-replayed", http::HeaderValue::from_static("true"));
+        response.headers_mut().insert(
+            "idempotency-replayed",
+            http::HeaderValue::from_static("true"),
+        );
     }
     response
 }
@@ -58,10 +68,19 @@ pub fn retry(bridge: &Bridge, id: &str) -> Result<Response, ApiError> {
 /// `GET /requests?status=&limit=&after=`: newest first.
 pub fn list(bridge: &Bridge, request: &Request) -> Result<Response, ApiError> {
     let query = query_pairs(request);
-    let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
     let limit = match param("limit") {
         None => 50,
-        Some(v) => v.parse::<usize>().ok().filter(|n| (1..=500).contains(n)).ok_or_else(|| ApiError::bad_request("limit must be 1 to 500"))?,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=500).contains(n))
+            .ok_or_else(|| ApiError::bad_request("limit must be 1 to 500"))?,
     };
     let status = match param("status") {
         None => None,
@@ -81,13 +100,23 @@ pub fn list(bridge: &Bridge, request: &Request) -> Result<Response, ApiError> {
 }
 
 /// `GET /records/{objectType}/{objectId}/status`: where the newest version of one record is.
-pub fn record_status(bridge: &Bridge, object_type_raw: &str, object_id: &str) -> Result<Response, ApiError> {
-    let object_type = ObjectType::parse_upload(object_type_raw)
-        .ok_or_else(|| ApiError::NotFoundResource(format!("objectType {object_type_raw:?} is not a Gong upload type")))?;
+pub fn record_status(
+    bridge: &Bridge,
+    object_type_raw: &str,
+    object_id: &str,
+) -> Result<Response, ApiError> {
+    let object_type = ObjectType::parse_upload(object_type_raw).ok_or_else(|| {
+        ApiError::NotFoundResource(format!(
+            "objectType {object_type_raw:?} is not a Gong upload type"
+        ))
+    })?;
     let location = outbox::locate(bridge, object_type, object_id)?.ok_or_else(|| {
         ApiError::NotFoundResource(format!(
             "the bridge has no webhook delivery of {object_type} {object_id} on record (files of POST /records are tracked per request: see GET /requests)"
         ))
     })?;
-    Ok(json_response(200, &serde_json::to_value(&location).unwrap_or_default()))
+    Ok(json_response(
+        200,
+        &serde_json::to_value(&location).unwrap_or_default(),
+    ))
 }

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::app::{query_flag};
+use crate::app::query_flag;
 use crate::bridge::Bridge;
 use crate::gong::client::Operation;
 use crate::gong::models::{BaseResponse, ListSchemaResponse, ObjectType, SCHEMA_OBJECT_TYPES};
@@ -13,27 +13,55 @@ use crate::routes::violations_to_problem;
 use crate::store::schema_key;
 use crate::validation;
 
-pub fn upload(bridge: &Bridge, request: &Request, object_type_raw: &str) -> Result<Response, ApiError> {
-    upload_schema(bridge, object_type_raw, request.body(), query_flag(request, "allowTypeChange")?)
+pub fn upload(
+    bridge: &Bridge,
+    request: &Request,
+    object_type_raw: &str,
+) -> Result<Response, ApiError> {
+    upload_schema(
+        bridge,
+        object_type_raw,
+        request.body(),
+        query_flag(request, "allowTypeChange")?,
+    )
 }
 
 /// Validates a schema against Gong's rules and the last accepted one, sends it, and keeps it
 /// once Gong accepts. Shared by `POST /schema` and `schema.updated` webhooks.
-pub fn upload_schema(bridge: &Bridge, object_type_raw: &str, body: &[u8], allow_type_change: bool) -> Result<Response, ApiError> {
+pub fn upload_schema(
+    bridge: &Bridge,
+    object_type_raw: &str,
+    body: &[u8],
+    allow_type_change: bool,
+) -> Result<Response, ApiError> {
     let object_type = ObjectType::parse_schema(object_type_raw);
     let previous = match object_type {
         Some(t) => bridge.store().schema(t)?,
         None => None,
     };
-    let valid = validation::validate_schema(object_type_raw, body, previous.as_deref(), allow_type_change)
-        .map_err(|violations| violations_to_problem("Invalid schema", "the schema was not sent to Gong", violations, None))?;
+    let valid = validation::validate_schema(
+        object_type_raw,
+        body,
+        previous.as_deref(),
+        allow_type_change,
+    )
+    .map_err(|violations| {
+        violations_to_problem(
+            "Invalid schema",
+            "the schema was not sent to Gong",
+            violations,
+            None,
+        )
+    })?;
     let integration_id = bridge.integration_id()?;
     let gong = bridge.gong()?;
     let req = gong
         .upload_schema(integration_id, valid.object_type, &valid.fields)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let accepted: BaseResponse = bridge.call(Operation::UploadSchema, req, &[200, 201])?;
-    bridge.store().put_json(&schema_key(valid.object_type), &valid.stored_after_accept)?;
+    bridge
+        .store()
+        .put_json(&schema_key(valid.object_type), &valid.stored_after_accept)?;
     let deleted: Vec<_> = valid
         .fields
         .iter()
@@ -67,7 +95,11 @@ pub fn list(bridge: &Bridge, object_type_raw: Option<&str>) -> Result<Response, 
     };
     let integration_id = bridge.integration_id()?;
     let gong = bridge.gong()?;
-    let listed: ListSchemaResponse = bridge.call(Operation::ListSchema, gong.list_schema(integration_id, object_type), &[200])?;
+    let listed: ListSchemaResponse = bridge.call(
+        Operation::ListSchema,
+        gong.list_schema(integration_id, object_type),
+        &[200],
+    )?;
     Ok(json_response(
         200,
         &json!({

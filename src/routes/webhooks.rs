@@ -6,12 +6,12 @@ use sha2::Digest;
 use subtle::ConstantTimeEq;
 
 use crate::bridge::Bridge;
+use crate::gong::models::{ObjectType, UPLOAD_OBJECT_TYPES};
 use crate::idempotency::{self, Begin};
 use crate::ports::{Request, Response};
 use crate::problem::ApiError;
 use crate::routes::{integration, schema, violations_to_problem};
 use crate::settings;
-use crate::gong::models::{ObjectType, UPLOAD_OBJECT_TYPES};
 use crate::validation::{self, RecordOptions};
 use crate::webhooks::signature::WebhookSecret;
 use crate::webhooks::{parse_event, Event};
@@ -25,15 +25,24 @@ fn authenticate(bridge: &Bridge, request: &Request) -> Result<String, ApiError> 
     let secret = bridge.config.get(settings::WEBHOOK_SECRET);
     let bearer = bridge.config.get(settings::WEBHOOK_BEARER_TOKEN);
     if secret.is_none() && bearer.is_none() {
-        return Err(ApiError::NotConfigured(vec![format!("{} (or {})", settings::WEBHOOK_SECRET, settings::WEBHOOK_BEARER_TOKEN)]));
+        return Err(ApiError::NotConfigured(vec![format!(
+            "{} (or {})",
+            settings::WEBHOOK_SECRET,
+            settings::WEBHOOK_BEARER_TOKEN
+        )]));
     }
     let signed = header(request, "webhook-signature").is_some();
     if let (Some(token), false) = (&bearer, signed) {
-        let given = header(request, "authorization").and_then(|v| v.strip_prefix("Bearer ")).map(str::trim).unwrap_or("");
+        let given = header(request, "authorization")
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .unwrap_or("");
         let a = sha2::Sha256::digest(given.as_bytes());
         let b = sha2::Sha256::digest(token.as_bytes());
         if !bool::from(a.as_slice().ct_eq(b.as_slice())) {
-            return Err(ApiError::Unauthorized("webhook: missing or wrong bearer token".into()));
+            return Err(ApiError::Unauthorized(
+                "webhook: missing or wrong bearer token".into(),
+            ));
         }
         // Unsigned deliveries are keyed by webhook-id or Idempotency-Key, else by the body.
         let id = header(request, "webhook-id").or_else(|| header(request, "idempotency-key"));
@@ -43,7 +52,9 @@ fn authenticate(bridge: &Bridge, request: &Request) -> Result<String, ApiError> 
         });
     }
     let Some(secret) = secret else {
-        return Err(ApiError::Unauthorized("webhook: signed deliveries are not configured (no webhook_secret)".into()));
+        return Err(ApiError::Unauthorized(
+            "webhook: signed deliveries are not configured (no webhook_secret)".into(),
+        ));
     };
     let now = bridge.clock.now().unix_timestamp();
     WebhookSecret::parse(&secret)
@@ -60,7 +71,9 @@ fn authenticate(bridge: &Bridge, request: &Request) -> Result<String, ApiError> 
 
 pub fn receive(bridge: &Bridge, request: &Request) -> Result<Response, ApiError> {
     let delivery = authenticate(bridge, request)?;
-    let event = parse_event(request.body()).map_err(|v| violations_to_problem("Invalid webhook", "the webhook payload is invalid", v, None))?;
+    let event = parse_event(request.body()).map_err(|v| {
+        violations_to_problem("Invalid webhook", "the webhook payload is invalid", v, None)
+    })?;
     if matches!(event, Event::Records { .. }) {
         // A record delivery gets no idempotency key of its own (two keys for a week per webhook
         // would make the store grow without bound). A re-delivery is harmless without one: the
@@ -68,32 +81,61 @@ pub fn receive(bridge: &Bridge, request: &Request) -> Result<Response, ApiError>
         return act(bridge, event, String::new(), delivery);
     }
     let idem = bridge.idempotency();
-    let claim = match idem.begin_checked("webhooks", &delivery, &idempotency::fingerprint(request.body()))? {
+    let claim = match idem.begin_checked(
+        "webhooks",
+        &delivery,
+        &idempotency::fingerprint(request.body()),
+    )? {
         Begin::Replay(response) => return Ok(response),
         Begin::Proceed(claim) => claim,
     };
     let client_request_id = claim.client_request_id("wh-");
-    let response = act(bridge, event, client_request_id, delivery).unwrap_or_else(ApiError::into_response);
+    let response =
+        act(bridge, event, client_request_id, delivery).unwrap_or_else(ApiError::into_response);
     if let Err(e) = idem.complete(claim, &response) {
         // The work is done; only its replay record is missing, and a re-delivery maps to the
         // same clientRequestId, which Gong (409) and the request record both recognise.
-        crate::log::warn(format!("could not store the webhook's idempotency record: {e}")).emit();
+        crate::log::warn(format!(
+            "could not store the webhook's idempotency record: {e}"
+        ))
+        .emit();
     }
     Ok(response)
 }
 
-fn act(bridge: &Bridge, event: Event, client_request_id: String, delivery: String) -> Result<Response, ApiError> {
+fn act(
+    bridge: &Bridge,
+    event: Event,
+    client_request_id: String,
+    delivery: String,
+) -> Result<Response, ApiError> {
     match event {
-        Event::Records { object_type, records_json, .. } => buffer(bridge, &object_type, &records_json, &delivery),
-        Event::Schema { object_type, fields_json } => schema::upload_schema(bridge, &object_type, &fields_json, false),
-        Event::IntegrationRegistered { name, owner_email } => integration::register_integration(bridge, name, owner_email),
-        Event::IntegrationDeleted => integration::delete_integration(bridge, client_request_id, Some(delivery)),
+        Event::Records {
+            object_type,
+            records_json,
+            ..
+        } => buffer(bridge, &object_type, &records_json, &delivery),
+        Event::Schema {
+            object_type,
+            fields_json,
+        } => schema::upload_schema(bridge, &object_type, &fields_json, false),
+        Event::IntegrationRegistered { name, owner_email } => {
+            integration::register_integration(bridge, name, owner_email)
+        }
+        Event::IntegrationDeleted => {
+            integration::delete_integration(bridge, client_request_id, Some(delivery))
+        }
     }
 }
 
 /// Validates a delivery's records and writes them to the pending buffer: 202 once they are
 /// stored; from then on delivering them to Gong is the bridge's job (see `outbox`).
-fn buffer(bridge: &Bridge, object_type_raw: &str, records_json: &[u8], delivery: &str) -> Result<Response, ApiError> {
+fn buffer(
+    bridge: &Bridge,
+    object_type_raw: &str,
+    records_json: &[u8],
+    delivery: &str,
+) -> Result<Response, ApiError> {
     let object_type = ObjectType::parse_upload(object_type_raw).ok_or_else(|| {
         ApiError::unprocessable(
             "Invalid object type",
@@ -101,21 +143,43 @@ fn buffer(bridge: &Bridge, object_type_raw: &str, records_json: &[u8], delivery:
             vec![serde_json::json!({"field": "data.objectType", "rule": "objectType.enum", "allowed": UPLOAD_OBJECT_TYPES})],
         )
     })?;
-    let schema = if object_type.has_schema() { bridge.store().schema(object_type)? } else { None };
-    let records: Vec<serde_json::Value> = serde_json::from_slice(records_json).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let schema = if object_type.has_schema() {
+        bridge.store().schema(object_type)?
+    } else {
+        None
+    };
+    let records: Vec<serde_json::Value> =
+        serde_json::from_slice(records_json).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let mut valid = Vec::with_capacity(records.len());
     let mut violations = Vec::new();
     let mut warnings = Vec::new();
     for (index, record) in records.into_iter().enumerate() {
-        match validation::validate_record(object_type, record, index, None, schema.as_deref(), RecordOptions::default(), &mut warnings) {
+        match validation::validate_record(
+            object_type,
+            record,
+            index,
+            None,
+            schema.as_deref(),
+            RecordOptions::default(),
+            &mut warnings,
+        ) {
             Ok(record) => valid.push(record),
             Err(mut v) => violations.append(&mut v),
         }
     }
     if !violations.is_empty() {
-        return Err(violations_to_problem("Invalid records", "the delivery's records are invalid; nothing was accepted", violations, None));
+        return Err(violations_to_problem(
+            "Invalid records",
+            "the delivery's records are invalid; nothing was accepted",
+            violations,
+            None,
+        ));
     }
-    let status_urls: Vec<String> = valid.iter().take(100).map(|r| format!("/records/{}/{}/status", object_type.as_str(), r.object_id)).collect();
+    let status_urls: Vec<String> = valid
+        .iter()
+        .take(100)
+        .map(|r| format!("/records/{}/{}/status", object_type.as_str(), r.object_id))
+        .collect();
     let buffered = crate::outbox::buffer_records(bridge, object_type, valid, delivery)?;
     let mut response = crate::problem::json_response(
         202,
@@ -129,11 +193,16 @@ fn buffer(bridge: &Bridge, object_type_raw: &str, records_json: &[u8], delivery:
             "statusUrls": status_urls,
         }),
     );
-    if let Some(first) = status_urls.first().and_then(|u| http::HeaderValue::from_str(u).ok()) {
+    if let Some(first) = status_urls
+        .first()
+        .and_then(|u| http::HeaderValue::from_str(u).ok())
+    {
         response.headers_mut().insert(http::header::LOCATION, first);
     }
     if buffered.compact_inbox {
-        response.extensions_mut().insert(crate::app::FollowUp::CompactInbox);
+        response
+            .extensions_mut()
+            .insert(crate::app::FollowUp::CompactInbox);
     }
     Ok(response)
 }

@@ -474,12 +474,40 @@ mod tests {
 
     #[test]
     fn the_owned_variant_gives_the_same_file_and_refusals() {
-        let body = ldjson(&[rec("b", "2024-02-01T00:00:00Z"), rec("a", "2024-01-01T00:00:00Z"), rec("b", "2024-01-15T00:00:00Z")]);
+        let body = ldjson(&[
+            rec("b", "2024-02-01T00:00:00Z"),
+            rec("a", "2024-01-01T00:00:00Z"),
+            rec("b", "2024-01-15T00:00:00Z"),
+        ]);
         let borrowed = ok(&body, BodyFormat::Ldjson);
-        let owned = validate_records_owned(ObjectType::Account, body.clone(), BodyFormat::Ldjson, None, opts()).unwrap();
-        assert_eq!((owned.ldjson, owned.line_object_ids, owned.merged_duplicates), (borrowed.ldjson, borrowed.line_object_ids, borrowed.merged_duplicates));
-        let refused = validate_records_owned(ObjectType::Account, b"{not json}\n".to_vec(), BodyFormat::Ldjson, None, opts()).unwrap_err();
-        assert_eq!(refused.violations[0].rule, err(b"{not json}\n", BodyFormat::Ldjson).violations[0].rule);
+        let owned = validate_records_owned(
+            ObjectType::Account,
+            body.clone(),
+            BodyFormat::Ldjson,
+            None,
+            opts(),
+        )
+        .unwrap();
+        assert_eq!(
+            (owned.ldjson, owned.line_object_ids, owned.merged_duplicates),
+            (
+                borrowed.ldjson,
+                borrowed.line_object_ids,
+                borrowed.merged_duplicates
+            )
+        );
+        let refused = validate_records_owned(
+            ObjectType::Account,
+            b"{not json}\n".to_vec(),
+            BodyFormat::Ldjson,
+            None,
+            opts(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            refused.violations[0].rule,
+            err(b"{not json}\n", BodyFormat::Ldjson).violations[0].rule
+        );
     }
 
     #[test]

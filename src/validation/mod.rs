@@ -26,7 +26,9 @@ pub use datetime::{
     format_gong_datetime, normalize_gong_datetime, parse_gong_date, parse_gong_datetime,
     DateTimeProblem,
 };
-pub use ldjson::{build_ldjson, validate_records, validate_records_owned, BodyFormat, RecordBatch, Rejection};
+pub use ldjson::{
+    build_ldjson, validate_records, validate_records_owned, BodyFormat, RecordBatch, Rejection,
+};
 pub use records::{looks_like_email, validate_record, RecordOptions, ValidRecord};
 pub use schema::{validate_schema, ValidSchema};
 

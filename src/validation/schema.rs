@@ -731,7 +731,12 @@ mod tests {
         let v = validate(Value::Array(many)).unwrap_err();
         // All are returned (the HTTP layer lists 1,000 and reports the total).
         assert_eq!(v.len(), 1500);
-        assert!(v.iter().all(|x| x.rule == "label.required" || x.rule == "type.required"), "{:?}", &v[..3]);
+        assert!(
+            v.iter()
+                .all(|x| x.rule == "label.required" || x.rule == "type.required"),
+            "{:?}",
+            &v[..3]
+        );
     }
 
     fn field_value() -> impl Strategy<Value = Value> {

@@ -12,20 +12,43 @@ pub const RECORD_DELETED: &str = "record.deleted";
 pub const SCHEMA_UPDATED: &str = "schema.updated";
 pub const INTEGRATION_REGISTERED: &str = "integration.registered";
 pub const INTEGRATION_DELETED: &str = "integration.deleted";
-pub const KNOWN_TYPES: [&str; 5] = [RECORD_UPSERTED, RECORD_DELETED, SCHEMA_UPDATED, INTEGRATION_REGISTERED, INTEGRATION_DELETED];
+pub const KNOWN_TYPES: [&str; 5] = [
+    RECORD_UPSERTED,
+    RECORD_DELETED,
+    SCHEMA_UPDATED,
+    INTEGRATION_REGISTERED,
+    INTEGRATION_DELETED,
+];
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// Records to upsert (deleted ones carry `isDeleted: true`), as a JSON array body ready for
     /// record validation.
-    Records { object_type: String, records_json: Vec<u8>, deleted: bool },
-    Schema { object_type: String, fields_json: Vec<u8> },
-    IntegrationRegistered { name: Option<String>, owner_email: Option<String> },
+    Records {
+        object_type: String,
+        records_json: Vec<u8>,
+        deleted: bool,
+    },
+    Schema {
+        object_type: String,
+        fields_json: Vec<u8>,
+    },
+    IntegrationRegistered {
+        name: Option<String>,
+        owner_email: Option<String>,
+    },
     IntegrationDeleted,
 }
 
 fn violation(field: &str, rule: &str, message: impl Into<String>) -> Violation {
-    Violation { index: None, line: None, object_id: None, field: Some(field.to_owned()), rule: rule.to_owned(), message: message.into() }
+    Violation {
+        index: None,
+        line: None,
+        object_id: None,
+        field: Some(field.to_owned()),
+        rule: rule.to_owned(),
+        message: message.into(),
+    }
 }
 
 fn string_field(data: &Map<String, Value>, name: &str) -> Option<String> {
@@ -34,25 +57,49 @@ fn string_field(data: &Map<String, Value>, name: &str) -> Option<String> {
 
 /// Parses a verified delivery's body.
 pub fn parse_event(body: &[u8]) -> Result<Event, Vec<Violation>> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| vec![violation("body", "body.json", format!("the body is not JSON: {e}"))])?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        vec![violation(
+            "body",
+            "body.json",
+            format!("the body is not JSON: {e}"),
+        )]
+    })?;
     let Value::Object(envelope) = value else {
-        return Err(vec![violation("body", "body.object", "the body must be a JSON object {\"type\", \"timestamp\", \"data\"}")]);
+        return Err(vec![violation(
+            "body",
+            "body.object",
+            "the body must be a JSON object {\"type\", \"timestamp\", \"data\"}",
+        )]);
     };
     let Some(kind) = envelope.get("type").and_then(Value::as_str) else {
-        return Err(vec![violation("type", "type.required", format!("type is required; one of {}", KNOWN_TYPES.join(", ")))]);
+        return Err(vec![violation(
+            "type",
+            "type.required",
+            format!("type is required; one of {}", KNOWN_TYPES.join(", ")),
+        )]);
     };
     let empty = Map::new();
     let data = match envelope.get("data") {
         Some(Value::Object(map)) => map,
         None | Some(Value::Null) if kind == INTEGRATION_DELETED => &empty,
-        _ => return Err(vec![violation("data", "data.object", "data must be a JSON object")]),
+        _ => {
+            return Err(vec![violation(
+                "data",
+                "data.object",
+                "data must be a JSON object",
+            )])
+        }
     };
     match kind {
         RECORD_UPSERTED | RECORD_DELETED => {
             let deleted = kind == RECORD_DELETED;
-            let object_type = string_field(data, "objectType")
-                .ok_or_else(|| vec![violation("data.objectType", "objectType.required", "data.objectType is required")])?;
+            let object_type = string_field(data, "objectType").ok_or_else(|| {
+                vec![violation(
+                    "data.objectType",
+                    "objectType.required",
+                    "data.objectType is required",
+                )]
+            })?;
             let mut records = match (data.get("record"), data.get("records")) {
                 (Some(Value::Object(one)), None) => vec![Value::Object(one.clone())],
                 (None, Some(Value::Array(many))) => many.clone(),
@@ -72,17 +119,35 @@ pub fn parse_event(body: &[u8]) -> Result<Event, Vec<Violation>> {
                     }
                 }
             }
-            let records_json = serde_json::to_vec(&records).map_err(|e| vec![violation("data", "body.json", e.to_string())])?;
-            Ok(Event::Records { object_type, records_json, deleted })
+            let records_json = serde_json::to_vec(&records)
+                .map_err(|e| vec![violation("data", "body.json", e.to_string())])?;
+            Ok(Event::Records {
+                object_type,
+                records_json,
+                deleted,
+            })
         }
         SCHEMA_UPDATED => {
-            let object_type = string_field(data, "objectType")
-                .ok_or_else(|| vec![violation("data.objectType", "objectType.required", "data.objectType is required")])?;
-            let fields = data
-                .get("fields")
-                .ok_or_else(|| vec![violation("data.fields", "fields.required", "data.fields (an array) is required")])?;
-            let fields_json = serde_json::to_vec(fields).map_err(|e| vec![violation("data.fields", "body.json", e.to_string())])?;
-            Ok(Event::Schema { object_type, fields_json })
+            let object_type = string_field(data, "objectType").ok_or_else(|| {
+                vec![violation(
+                    "data.objectType",
+                    "objectType.required",
+                    "data.objectType is required",
+                )]
+            })?;
+            let fields = data.get("fields").ok_or_else(|| {
+                vec![violation(
+                    "data.fields",
+                    "fields.required",
+                    "data.fields (an array) is required",
+                )]
+            })?;
+            let fields_json = serde_json::to_vec(fields)
+                .map_err(|e| vec![violation("data.fields", "body.json", e.to_string())])?;
+            Ok(Event::Schema {
+                object_type,
+                fields_json,
+            })
         }
         INTEGRATION_REGISTERED => Ok(Event::IntegrationRegistered {
             name: string_field(data, "name"),
@@ -92,7 +157,10 @@ pub fn parse_event(body: &[u8]) -> Result<Event, Vec<Violation>> {
         other => Err(vec![violation(
             "type",
             "type.unknown",
-            format!("unknown event type {other:?}; known: {}", KNOWN_TYPES.join(", ")),
+            format!(
+                "unknown event type {other:?}; known: {}",
+                KNOWN_TYPES.join(", ")
+            ),
         )]),
     }
 }
@@ -106,10 +174,21 @@ mod tests {
         let one = parse_event(br#"{"type":"record.upserted","data":{"objectType":"ACCOUNT","record":{"objectId":"a"}}}"#).unwrap();
         assert_eq!(
             one,
-            Event::Records { object_type: "ACCOUNT".into(), records_json: br#"[{"objectId":"a"}]"#.to_vec(), deleted: false }
+            Event::Records {
+                object_type: "ACCOUNT".into(),
+                records_json: br#"[{"objectId":"a"}]"#.to_vec(),
+                deleted: false
+            }
         );
         let many = parse_event(br#"{"type":"record.deleted","data":{"objectType":"DEAL","records":[{"objectId":"a","modifiedDate":"2024-01-01T00:00:00Z"}]}}"#).unwrap();
-        let Event::Records { records_json, deleted, .. } = many else { panic!() };
+        let Event::Records {
+            records_json,
+            deleted,
+            ..
+        } = many
+        else {
+            panic!()
+        };
         assert!(deleted);
         let v: Value = serde_json::from_slice(&records_json).unwrap();
         assert_eq!(v[0]["isDeleted"], true);
@@ -126,12 +205,23 @@ mod tests {
     fn shape_errors() {
         assert_eq!(parse_event(b"[1]").unwrap_err()[0].rule, "body.object");
         assert_eq!(parse_event(b"{").unwrap_err()[0].rule, "body.json");
-        assert_eq!(parse_event(br#"{"data":{}}"#).unwrap_err()[0].rule, "type.required");
+        assert_eq!(
+            parse_event(br#"{"data":{}}"#).unwrap_err()[0].rule,
+            "type.required"
+        );
         assert_eq!(
             parse_event(br#"{"type":"record.upserted","data":{"objectType":"ACCOUNT","record":{},"records":[]}}"#).unwrap_err()[0].rule,
             "records.shape"
         );
-        assert_eq!(parse_event(br#"{"type":"schema.updated","data":{"objectType":"ACCOUNT"}}"#).unwrap_err()[0].rule, "fields.required");
-        assert_eq!(parse_event(br#"{"type":"integration.deleted"}"#).unwrap(), Event::IntegrationDeleted);
+        assert_eq!(
+            parse_event(br#"{"type":"schema.updated","data":{"objectType":"ACCOUNT"}}"#)
+                .unwrap_err()[0]
+                .rule,
+            "fields.required"
+        );
+        assert_eq!(
+            parse_event(br#"{"type":"integration.deleted"}"#).unwrap(),
+            Event::IntegrationDeleted
+        );
     }
 }

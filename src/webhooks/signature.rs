@@ -55,26 +55,51 @@ impl WebhookSecret {
 
     /// The `v1,<base64>` signature of a delivery (what a sender computes).
     pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
-        let Some(mut mac) = self.mac() else { return "v1,".to_owned() };
+        let Some(mut mac) = self.mac() else {
+            return "v1,".to_owned();
+        };
         feed(&mut mac, id, timestamp, body);
-        format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
+        format!(
+            "v1,{}",
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+        )
     }
 
     /// Verifies one delivery. `now` is Unix seconds.
-    pub fn verify(&self, id: Option<&str>, timestamp: Option<&str>, signatures: Option<&str>, body: &[u8], now: i64) -> Result<(), SignatureError> {
-        let id = id.filter(|s| !s.is_empty()).ok_or(SignatureError::MissingHeader("webhook-id"))?;
-        let timestamp = timestamp.filter(|s| !s.is_empty()).ok_or(SignatureError::MissingHeader("webhook-timestamp"))?;
-        let signatures = signatures.filter(|s| !s.trim().is_empty()).ok_or(SignatureError::MissingHeader("webhook-signature"))?;
-        let ts: i64 = timestamp.trim().parse().map_err(|_| SignatureError::BadTimestamp)?;
+    pub fn verify(
+        &self,
+        id: Option<&str>,
+        timestamp: Option<&str>,
+        signatures: Option<&str>,
+        body: &[u8],
+        now: i64,
+    ) -> Result<(), SignatureError> {
+        let id = id
+            .filter(|s| !s.is_empty())
+            .ok_or(SignatureError::MissingHeader("webhook-id"))?;
+        let timestamp = timestamp
+            .filter(|s| !s.is_empty())
+            .ok_or(SignatureError::MissingHeader("webhook-timestamp"))?;
+        let signatures = signatures
+            .filter(|s| !s.trim().is_empty())
+            .ok_or(SignatureError::MissingHeader("webhook-signature"))?;
+        let ts: i64 = timestamp
+            .trim()
+            .parse()
+            .map_err(|_| SignatureError::BadTimestamp)?;
         let skew = now.saturating_sub(ts);
         if skew.abs() > TOLERANCE_SECONDS {
             return Err(SignatureError::StaleTimestamp(skew));
         }
         let mut saw_v1 = false;
         for candidate in signatures.split_whitespace() {
-            let Some(encoded) = candidate.strip_prefix("v1,") else { continue };
+            let Some(encoded) = candidate.strip_prefix("v1,") else {
+                continue;
+            };
             saw_v1 = true;
-            let Ok(expected) = base64::engine::general_purpose::STANDARD.decode(encoded) else { continue };
+            let Ok(expected) = base64::engine::general_purpose::STANDARD.decode(encoded) else {
+                continue;
+            };
             if expected.is_empty() {
                 continue;
             }
@@ -85,7 +110,11 @@ impl WebhookSecret {
                 return Ok(());
             }
         }
-        Err(if saw_v1 { SignatureError::NoMatch } else { SignatureError::NoV1Signature })
+        Err(if saw_v1 {
+            SignatureError::NoMatch
+        } else {
+            SignatureError::NoV1Signature
+        })
     }
 }
 
@@ -112,32 +141,68 @@ mod tests {
     fn reference_vector_signs_and_verifies() {
         let s = WebhookSecret::parse(SECRET);
         assert_eq!(s.sign(ID, TS, BODY), SIG);
-        assert_eq!(s.verify(Some(ID), Some(&TS.to_string()), Some(SIG), BODY, TS + 10), Ok(()));
+        assert_eq!(
+            s.verify(Some(ID), Some(&TS.to_string()), Some(SIG), BODY, TS + 10),
+            Ok(())
+        );
     }
 
     #[test]
     fn each_failed_check_is_named() {
         let s = WebhookSecret::parse(SECRET);
         let ts = TS.to_string();
-        assert_eq!(s.verify(None, Some(&ts), Some(SIG), BODY, TS), Err(SignatureError::MissingHeader("webhook-id")));
-        assert_eq!(s.verify(Some(ID), None, Some(SIG), BODY, TS), Err(SignatureError::MissingHeader("webhook-timestamp")));
-        assert_eq!(s.verify(Some(ID), Some(&ts), None, BODY, TS), Err(SignatureError::MissingHeader("webhook-signature")));
-        assert_eq!(s.verify(Some(ID), Some("soon"), Some(SIG), BODY, TS), Err(SignatureError::BadTimestamp));
-        assert!(matches!(s.verify(Some(ID), Some(&ts), Some(SIG), BODY, TS + 301), Err(SignatureError::StaleTimestamp(301))));
-        assert!(matches!(s.verify(Some(ID), Some(&ts), Some(SIG), BODY, TS - 301), Err(SignatureError::StaleTimestamp(-301))));
-        assert_eq!(s.verify(Some(ID), Some(&ts), Some(SIG), b"{}", TS), Err(SignatureError::NoMatch));
-        assert_eq!(s.verify(Some(ID), Some(&ts), Some("v2,abc"), BODY, TS), Err(SignatureError::NoV1Signature));
+        assert_eq!(
+            s.verify(None, Some(&ts), Some(SIG), BODY, TS),
+            Err(SignatureError::MissingHeader("webhook-id"))
+        );
+        assert_eq!(
+            s.verify(Some(ID), None, Some(SIG), BODY, TS),
+            Err(SignatureError::MissingHeader("webhook-timestamp"))
+        );
+        assert_eq!(
+            s.verify(Some(ID), Some(&ts), None, BODY, TS),
+            Err(SignatureError::MissingHeader("webhook-signature"))
+        );
+        assert_eq!(
+            s.verify(Some(ID), Some("soon"), Some(SIG), BODY, TS),
+            Err(SignatureError::BadTimestamp)
+        );
+        assert!(matches!(
+            s.verify(Some(ID), Some(&ts), Some(SIG), BODY, TS + 301),
+            Err(SignatureError::StaleTimestamp(301))
+        ));
+        assert!(matches!(
+            s.verify(Some(ID), Some(&ts), Some(SIG), BODY, TS - 301),
+            Err(SignatureError::StaleTimestamp(-301))
+        ));
+        assert_eq!(
+            s.verify(Some(ID), Some(&ts), Some(SIG), b"{}", TS),
+            Err(SignatureError::NoMatch)
+        );
+        assert_eq!(
+            s.verify(Some(ID), Some(&ts), Some("v2,abc"), BODY, TS),
+            Err(SignatureError::NoV1Signature)
+        );
         // An empty v1 signature never matches.
-        assert_eq!(s.verify(Some(ID), Some(&ts), Some("v1,"), BODY, TS), Err(SignatureError::NoMatch));
+        assert_eq!(
+            s.verify(Some(ID), Some(&ts), Some("v1,"), BODY, TS),
+            Err(SignatureError::NoMatch)
+        );
     }
 
     #[test]
     fn any_of_several_signatures_may_match_for_key_rotation() {
         let s = WebhookSecret::parse(SECRET);
         let header = format!("v1,Zm9vYmFy v1a,xyz {SIG}");
-        assert_eq!(s.verify(Some(ID), Some(&TS.to_string()), Some(&header), BODY, TS), Ok(()));
+        assert_eq!(
+            s.verify(Some(ID), Some(&TS.to_string()), Some(&header), BODY, TS),
+            Ok(())
+        );
         let other = WebhookSecret::parse("whsec_b3RoZXItc2VjcmV0");
-        assert_eq!(other.verify(Some(ID), Some(&TS.to_string()), Some(SIG), BODY, TS), Err(SignatureError::NoMatch));
+        assert_eq!(
+            other.verify(Some(ID), Some(&TS.to_string()), Some(SIG), BODY, TS),
+            Err(SignatureError::NoMatch)
+        );
         assert!(!format!("{other:?}").contains("b3Ro"));
     }
 }

@@ -14,22 +14,52 @@ use crate::{call, expect, INTEGRATION_ID};
 
 pub(crate) async fn deliver(app: &TestApp, id: &str, body: &[u8]) -> TestResponse {
     let (ts, sig) = signed_now(id, body);
-    app.request("POST", "/webhooks", &[("webhook-id", id), ("webhook-timestamp", &ts), ("webhook-signature", &sig)], body.to_vec()).await
+    app.request(
+        "POST",
+        "/webhooks",
+        &[
+            ("webhook-id", id),
+            ("webhook-timestamp", &ts),
+            ("webhook-signature", &sig),
+        ],
+        body.to_vec(),
+    )
+    .await
 }
 
 pub(crate) fn event(object_type: &str, object_id: &str, version: i64) -> Vec<u8> {
     let modified = time::OffsetDateTime::from_unix_timestamp(1_700_000_000 + version).unwrap();
-    let modified = modified.format(&time::format_description::well_known::Rfc3339).unwrap();
+    let modified = modified
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
     let mut record = json!({"objectId": object_id, "modifiedDate": modified, "name": format!("{object_id} v{version}")});
     if object_type == "BUSINESS_USER" {
         record = json!({"objectId": object_id, "modifiedDate": modified, "emailAddress": format!("{object_id}@acme.com")});
     }
-    serde_json::to_vec(&json!({"type": "record.upserted", "data": {"objectType": object_type, "record": record}})).unwrap()
+    serde_json::to_vec(
+        &json!({"type": "record.upserted", "data": {"objectType": object_type, "record": record}}),
+    )
+    .unwrap()
 }
 
 /// What Gong failed, from the bridge's request records: whole files (line 0) and single lines.
-async fn failed_at_gong(app: &TestApp) -> (std::collections::HashSet<String>, std::collections::HashSet<(String, String)>) {
-    let body = expect(&call(app, "GET", "/requests?status=FAILED&limit=500", &[], Vec::new()).await, 200);
+async fn failed_at_gong(
+    app: &TestApp,
+) -> (
+    std::collections::HashSet<String>,
+    std::collections::HashSet<(String, String)>,
+) {
+    let body = expect(
+        &call(
+            app,
+            "GET",
+            "/requests?status=FAILED&limit=500",
+            &[],
+            Vec::new(),
+        )
+        .await,
+        200,
+    );
     let mut files = std::collections::HashSet::new();
     let mut lines = std::collections::HashSet::new();
     for r in body["requests"].as_array().unwrap() {
@@ -53,12 +83,20 @@ pub(crate) async fn received_in_gong(app: &TestApp) -> HashMap<(String, String),
     let (failed_files, failed_lines) = failed_at_gong(app).await;
     let mut seen: HashMap<(String, String), Vec<String>> = HashMap::new();
     for upload in app.mock().received_on("POST", "/v2/crm/entities") {
-        let object_type = upload.query_param("objectType").unwrap_or_default().to_owned();
-        let crid = upload.query_param("clientRequestId").unwrap_or_default().to_owned();
+        let object_type = upload
+            .query_param("objectType")
+            .unwrap_or_default()
+            .to_owned();
+        let crid = upload
+            .query_param("clientRequestId")
+            .unwrap_or_default()
+            .to_owned();
         if failed_files.contains(&crid) {
             continue;
         }
-        let Some(part) = upload.part("dataFile") else { continue };
+        let Some(part) = upload.part("dataFile") else {
+            continue;
+        };
         for line in part.lines() {
             let v: Value = serde_json::from_str(&line).expect("Gong received valid LDJSON");
             let object_id = v["objectId"].as_str().unwrap().to_owned();
@@ -74,12 +112,23 @@ pub(crate) async fn received_in_gong(app: &TestApp) -> HashMap<(String, String),
 }
 
 pub(crate) async fn failure_store(app: &TestApp) -> HashMap<(String, String), i64> {
-    let body = expect(&call(app, "GET", "/failures?limit=1000", &[], Vec::new()).await, 200);
+    let body = expect(
+        &call(app, "GET", "/failures?limit=1000", &[], Vec::new()).await,
+        200,
+    );
     body["failures"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|f| ((f["objectType"].as_str().unwrap().to_owned(), f["objectId"].as_str().unwrap().to_owned()), f["modified"].as_i64().unwrap()))
+        .map(|f| {
+            (
+                (
+                    f["objectType"].as_str().unwrap().to_owned(),
+                    f["objectId"].as_str().unwrap().to_owned(),
+                ),
+                f["modified"].as_i64().unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -108,17 +157,24 @@ pub(crate) async fn drain(app: &TestApp) -> usize {
         }
         if let Some(wait) = r.header("retry-after").and_then(|v| v.parse::<u64>().ok()) {
             tokio::time::sleep(Duration::from_secs(wait.min(3))).await;
-        } else if report["files"].as_array().is_some_and(|f| f.is_empty()) && report["polled"] == 0 {
+        } else if report["files"].as_array().is_some_and(|f| f.is_empty()) && report["polled"] == 0
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    panic!("the buffer did not drain: {:?} {:?}", app.kv().keys_with_prefix("inbox/"), app.kv().keys_with_prefix("pbuf/"));
+    panic!(
+        "the buffer did not drain: {:?} {:?}",
+        app.kv().keys_with_prefix("inbox/"),
+        app.kv().keys_with_prefix("pbuf/")
+    );
 }
 
 pub(crate) fn report(lines: &[String]) {
     let text = lines.join("\n");
     println!("{text}");
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target").join("nothing-lost-report.txt");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("nothing-lost-report.txt");
     let mut previous = std::fs::read_to_string(&path).unwrap_or_default();
     previous.push_str(&text);
     previous.push('\n');
@@ -142,7 +198,11 @@ impl Layout {
     }
 
     /// Applies the store to a builder; the capped one also caps the test store at 1,024 keys.
-    pub(crate) fn apply(self, builder: crate::support::TestAppBuilder, kv: &crate::support::MemKv) -> crate::support::TestAppBuilder {
+    pub(crate) fn apply(
+        self,
+        builder: crate::support::TestAppBuilder,
+        kv: &crate::support::MemKv,
+    ) -> crate::support::TestAppBuilder {
         match self {
             Layout::Uncapped => builder.kv(kv.clone()),
             Layout::Compact => {
@@ -194,16 +254,51 @@ async fn nothing_lost_suite(layout: Layout) {
     let mut kv_refusals = 0;
     let mut requeued_once = 0;
     let faults: Vec<Box<dyn Fn(&TestApp)>> = vec![
-        Box::new(|a| a.mock().on("POST", "/v2/crm/entities", MockResponse::json(500, json!({"errors": ["internal"]})))),
-        Box::new(|a| a.mock().on("POST", "/v2/crm/entities", MockResponse::json(429, json!({"errors": ["slow"]})).header("retry-after", "1"))),
-        Box::new(|a| a.mock().on("POST", "/v2/crm/entities", MockResponse::json(201, json!({})).delay(Duration::from_secs(2)))),
-        Box::new(|a| a.mock().on("POST", "/v2/crm/entities", MockResponse::close())),
-        Box::new(|a| a.mock().on("POST", "/v2/crm/entities", MockResponse::text(201, "<<garbage>>"))),
+        Box::new(|a| {
+            a.mock().on(
+                "POST",
+                "/v2/crm/entities",
+                MockResponse::json(500, json!({"errors": ["internal"]})),
+            )
+        }),
+        Box::new(|a| {
+            a.mock().on(
+                "POST",
+                "/v2/crm/entities",
+                MockResponse::json(429, json!({"errors": ["slow"]})).header("retry-after", "1"),
+            )
+        }),
+        Box::new(|a| {
+            a.mock().on(
+                "POST",
+                "/v2/crm/entities",
+                MockResponse::json(201, json!({})).delay(Duration::from_secs(2)),
+            )
+        }),
+        Box::new(|a| {
+            a.mock()
+                .on("POST", "/v2/crm/entities", MockResponse::close())
+        }),
+        Box::new(|a| {
+            a.mock().on(
+                "POST",
+                "/v2/crm/entities",
+                MockResponse::text(201, "<<garbage>>"),
+            )
+        }),
         Box::new(|a| {
             a.mock().on("GET", "/v2/crm/request-status", MockResponse::json(200, json!({"status": "FAILED", "errors": [{"line": 2, "description": "rejected by Gong"}, {"line": 5, "description": "bad owner"}]})))
         }),
-        Box::new(|a| a.mock().on("GET", "/v2/crm/request-status", MockResponse::json(200, json!({"status": "FAILED", "errors": [{"line": 0, "description": "file could not be parsed"}]})))),
-        Box::new(|a| a.mock().on("GET", "/v2/crm/request-status", MockResponse::text(500, "status backend down"))),
+        Box::new(|a| {
+            a.mock().on("GET", "/v2/crm/request-status", MockResponse::json(200, json!({"status": "FAILED", "errors": [{"line": 0, "description": "file could not be parsed"}]})))
+        }),
+        Box::new(|a| {
+            a.mock().on(
+                "GET",
+                "/v2/crm/request-status",
+                MockResponse::text(500, "status backend down"),
+            )
+        }),
         Box::new(|a| a.kv().fail_sets_matching("inbox/", 1)),
         Box::new(move |a| a.kv().fail_sets_matching(buffer_writes, 2)),
         Box::new(move |a| a.kv().fail_deletes_matching(buffer_deletes, 2)),
@@ -227,7 +322,12 @@ async fn nothing_lost_suite(layout: Layout) {
                 break;
             }
             kv_refusals += 1;
-            assert!(r.status >= 500 || r.status == 409, "unexpected {}: {}", r.status, r.text());
+            assert!(
+                r.status >= 500 || r.status == 409,
+                "unexpected {}: {}",
+                r.status,
+                r.text()
+            );
             assert!(tries < 5, "delivery {delivery} kept failing: {}", r.text());
         }
         // Some deliveries are duplicated by the CRM.
@@ -241,11 +341,17 @@ async fn nothing_lost_suite(layout: Layout) {
             // A store failure the flush itself hits is a 503 (nothing changed); a Gong or store
             // failure inside the work is a 502 with the report; any other status is a bug.
             assert!(
-                r.status == 200 || r.status == 502 && r.text().contains("flush-failed") || (r.status == 503 && r.text().contains("kv-unavailable")),
+                r.status == 200
+                    || r.status == 502 && r.text().contains("flush-failed")
+                    || (r.status == 503 && r.text().contains("kv-unavailable")),
                 "{}",
                 r.text()
             );
-            let report = if r.status == 502 { r.json()["report"].clone() } else { r.json() };
+            let report = if r.status == 502 {
+                r.json()["report"].clone()
+            } else {
+                r.json()
+            };
             requeued_once += report["requeued"].as_u64().unwrap_or(0);
             if let Some(wait) = r.header("retry-after").and_then(|v| v.parse::<u64>().ok()) {
                 tokio::time::sleep(Duration::from_secs(wait.min(2))).await;
@@ -265,7 +371,10 @@ async fn nothing_lost_suite(layout: Layout) {
     for ((t, id), latest) in &accepted {
         let modified = time::OffsetDateTime::from_unix_timestamp(1_700_000_000 + latest).unwrap();
         let modified = gong_crm_bridge::validation::format_gong_datetime(modified);
-        if in_gong.get(&(t.clone(), id.clone())).is_some_and(|versions| versions.contains(&modified)) {
+        if in_gong
+            .get(&(t.clone(), id.clone()))
+            .is_some_and(|versions| versions.contains(&modified))
+        {
             delivered += 1;
         } else if failed.get(&(t.clone(), id.clone())) == Some(&(1_700_000_000 + latest)) {
             in_failures += 1;
@@ -281,15 +390,40 @@ async fn nothing_lost_suite(layout: Layout) {
         format!("  Gong upload calls: {}; drain rounds: {rounds}", mock.received_on("POST", "/v2/crm/entities").len()),
     ]);
     assert!(missing.is_empty(), "lost: {missing:?}");
-    assert!(in_failures > 0, "the scripted FAILED lines must land in the failure store");
-    assert!(requeued_once > 0, "the scripted file-level failure must put records back once");
-    assert!(app.kv().keys_with_prefix("blob/payload/").is_empty(), "no payload left behind");
+    assert!(
+        in_failures > 0,
+        "the scripted FAILED lines must land in the failure store"
+    );
+    assert!(
+        requeued_once > 0,
+        "the scripted file-level failure must put records back once"
+    );
+    assert!(
+        app.kv().keys_with_prefix("blob/payload/").is_empty(),
+        "no payload left behind"
+    );
     let (peak_keys, peak_value) = kv.peaks();
-    report(&[format!("  {}: at most {peak_keys} keys at once, largest value {peak_value} bytes", layout.name())]);
+    report(&[format!(
+        "  {}: at most {peak_keys} keys at once, largest value {peak_value} bytes",
+        layout.name()
+    )]);
 
     // The failure store can be re-queued and then drains into Gong.
-    let requeued = expect(&call(&app, "POST", "/failures/retry", &[("content-type", "application/json")], "{}").await, 200);
-    assert_eq!(requeued["requeued"].as_u64().unwrap() as usize, failed.len());
+    let requeued = expect(
+        &call(
+            &app,
+            "POST",
+            "/failures/retry",
+            &[("content-type", "application/json")],
+            "{}",
+        )
+        .await,
+        200,
+    );
+    assert_eq!(
+        requeued["requeued"].as_u64().unwrap() as usize,
+        failed.len()
+    );
     drain(&app).await;
     assert!(failure_store(&app).await.is_empty());
 }
@@ -312,25 +446,50 @@ async fn coalescing_suite(layout: Layout) {
         let b = TestApp::builder().var("integration_id", &INTEGRATION_ID.to_string());
         // Per-version: no lease is contended, so no settle is needed. Compact: replicas
         // contend for the flush lease, which needs its settle time (the default, 100 ms).
-        let b = if layout == Layout::Uncapped { b.var("idempotency_settle_ms", "0") } else { b };
+        let b = if layout == Layout::Uncapped {
+            b.var("idempotency_settle_ms", "0")
+        } else {
+            b
+        };
         layout.apply(b, &kv)
     };
     let app = builder().build().await;
     let replicas = match layout {
         Layout::Uncapped => vec![app.clone()],
-        Layout::Compact => vec![app.clone(), builder().mock(app.mock().clone()).build().await],
+        Layout::Compact => vec![
+            app.clone(),
+            builder().mock(app.mock().clone()).build().await,
+        ],
     };
     // 6,000 records, 10,000 deliveries: 1,500 second versions, 1,500 older versions arriving
     // late, and 1,000 re-deliveries of the same webhook.
     let mut deliveries: Vec<(String, Vec<u8>, String, String, i64)> = Vec::new();
     let kind = |i: usize| if i % 2 == 0 { "ACCOUNT" } else { "CONTACT" };
     for i in 0..6_000 {
-        deliveries.push((format!("w{i}-a"), event(kind(i), &format!("o{i}"), 10), kind(i).into(), format!("o{i}"), 10));
+        deliveries.push((
+            format!("w{i}-a"),
+            event(kind(i), &format!("o{i}"), 10),
+            kind(i).into(),
+            format!("o{i}"),
+            10,
+        ));
     }
     for i in 0..1_500 {
-        deliveries.push((format!("w{i}-b"), event(kind(i), &format!("o{i}"), 20), kind(i).into(), format!("o{i}"), 20));
+        deliveries.push((
+            format!("w{i}-b"),
+            event(kind(i), &format!("o{i}"), 20),
+            kind(i).into(),
+            format!("o{i}"),
+            20,
+        ));
         let j = i + 1_500;
-        deliveries.push((format!("w{j}-old"), event(kind(j), &format!("o{j}"), 5), kind(j).into(), format!("o{j}"), 5));
+        deliveries.push((
+            format!("w{j}-old"),
+            event(kind(j), &format!("o{j}"), 5),
+            kind(j).into(),
+            format!("o{j}"),
+            5,
+        ));
     }
     for i in 3_000..4_000 {
         deliveries.push(deliveries[i].clone());
@@ -352,11 +511,17 @@ async fn coalescing_suite(layout: Layout) {
     let mut workers = Vec::new();
     let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for w in 0..8 {
-        let (app, queue, refused) = (replicas[w % replicas.len()].clone(), queue.clone(), refused.clone());
+        let (app, queue, refused) = (
+            replicas[w % replicas.len()].clone(),
+            queue.clone(),
+            refused.clone(),
+        );
         workers.push(tokio::spawn(async move {
             let mut statuses = HashMap::new();
             loop {
-                let Some((id, body, ..)) = queue.lock().await.pop() else { break };
+                let Some((id, body, ..)) = queue.lock().await.pop() else {
+                    break;
+                };
                 // Like a CRM: a refused delivery (503 while the store is near its key cap,
                 // or 409 while the same delivery is in progress) is retried.
                 let mut r = deliver(&app, &id, &body).await;
@@ -380,15 +545,24 @@ async fn coalescing_suite(layout: Layout) {
         }
     }
     let elapsed = started.elapsed();
-    assert_eq!(statuses.get(&202).copied().unwrap_or(0), 10_000, "{statuses:?}");
+    assert_eq!(
+        statuses.get(&202).copied().unwrap_or(0),
+        10_000,
+        "{statuses:?}"
+    );
     drain(&app).await;
     let gong_calls = app.mock().request_count();
     let uploads = app.mock().received_on("POST", "/v2/crm/entities").len();
     let in_gong = received_in_gong(&app).await;
     let mut missing = 0;
     for ((t, id), v) in &latest {
-        let modified = gong_crm_bridge::validation::format_gong_datetime(time::OffsetDateTime::from_unix_timestamp(1_700_000_000 + v).unwrap());
-        if !in_gong.get(&(t.clone(), id.clone())).is_some_and(|vs| vs.contains(&modified)) {
+        let modified = gong_crm_bridge::validation::format_gong_datetime(
+            time::OffsetDateTime::from_unix_timestamp(1_700_000_000 + v).unwrap(),
+        );
+        if !in_gong
+            .get(&(t.clone(), id.clone()))
+            .is_some_and(|vs| vs.contains(&modified))
+        {
             missing += 1;
         }
     }
@@ -400,7 +574,10 @@ async fn coalescing_suite(layout: Layout) {
         format!("  latest versions missing in Gong: {missing}; webhook phase took {:.1} s in the test host (debug build of the host)", elapsed.as_secs_f64()),
     ]);
     assert_eq!(missing, 0);
-    assert!(gong_calls <= 20, "{gong_calls} Gong calls for 10,000 webhooks");
+    assert!(
+        gong_calls <= 20,
+        "{gong_calls} Gong calls for 10,000 webhooks"
+    );
 }
 
 /// A store failure while following a file must not forget the file: its failed line still
@@ -413,14 +590,33 @@ async fn a_store_failure_while_polling_keeps_the_file_in_flight() {
         .var("gong_calls_per_second", "0")
         .build()
         .await;
-    assert_eq!(deliver(&app, "poll-1", &event("ACCOUNT", "p1", 1)).await.status, 202);
-    let first = expect(&call(&app, "POST", "/flush?force=true", &[], Vec::new()).await, 200);
+    assert_eq!(
+        deliver(&app, "poll-1", &event("ACCOUNT", "p1", 1))
+            .await
+            .status,
+        202
+    );
+    let first = expect(
+        &call(&app, "POST", "/flush?force=true", &[], Vec::new()).await,
+        200,
+    );
     assert_eq!(first["files"].as_array().unwrap().len(), 1, "{first}");
-    app.mock().on("GET", "/v2/crm/request-status", MockResponse::json(200, json!({"status": "FAILED", "errors": [{"line": 1, "description": "bad"}]})));
+    app.mock().on(
+        "GET",
+        "/v2/crm/request-status",
+        MockResponse::json(
+            200,
+            json!({"status": "FAILED", "errors": [{"line": 1, "description": "bad"}]}),
+        ),
+    );
     app.kv().fail_gets_matching("request/fl-", 1);
     let r = call(&app, "POST", "/flush", &[], Vec::new()).await;
     assert_eq!(r.status, 503, "{}", r.text());
-    assert_eq!(app.kv().keys_with_prefix("inflight/").len(), 1, "the file is still followed");
+    assert_eq!(
+        app.kv().keys_with_prefix("inflight/").len(),
+        1,
+        "the file is still followed"
+    );
     let second = expect(&call(&app, "POST", "/flush", &[], Vec::new()).await, 200);
     assert_eq!(second["failuresAdded"], 1, "{second}");
     let failures = expect(&call(&app, "GET", "/failures", &[], Vec::new()).await, 200);

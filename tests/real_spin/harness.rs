@@ -36,16 +36,27 @@ pub fn find_spin(env_name: &str, program: &str) -> Result<(PathBuf, String), Str
         .output()
         .map_err(|e| format!("{} --version could not run: {e}", candidate.display()))?;
     if !output.status.success() {
-        return Err(format!("{} --version failed: {}", candidate.display(), String::from_utf8_lossy(&output.stderr).trim()));
+        return Err(format!(
+            "{} --version failed: {}",
+            candidate.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
     }
-    let version = String::from_utf8_lossy(&output.stdout).lines().next().unwrap_or_default().trim().to_owned();
+    let version = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
     Ok((candidate, version))
 }
 
 /// The first executable `program` in `PATH`.
 pub fn find_on_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join(program)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
 }
 
 /// A free 127.0.0.1 port (bound, then released for the process that will listen on it).
@@ -64,14 +75,20 @@ impl AppDir {
     /// Copies the manifest and the component (at the manifest's `source` path) into `dir`.
     pub fn create(dir: &Path, wasm: &Path) -> anyhow::Result<AppDir> {
         let root = crate::support::component::manifest_dir();
-        let manifest_text = std::fs::read_to_string(root.join("spin.toml")).context("reading spin.toml")?;
+        let manifest_text =
+            std::fs::read_to_string(root.join("spin.toml")).context("reading spin.toml")?;
         let source = manifest_text
             .lines()
-            .find_map(|l| l.trim().strip_prefix("source = \"").and_then(|rest| rest.strip_suffix('"')))
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("source = \"")
+                    .and_then(|rest| rest.strip_suffix('"'))
+            })
             .ok_or_else(|| anyhow!("spin.toml has no `source = \"...\"` line"))?;
         let target = dir.join(source);
         std::fs::create_dir_all(target.parent().unwrap_or(dir))?;
-        std::fs::copy(wasm, &target).with_context(|| format!("copying {} to {}", wasm.display(), target.display()))?;
+        std::fs::copy(wasm, &target)
+            .with_context(|| format!("copying {} to {}", wasm.display(), target.display()))?;
         let manifest = dir.join("spin.toml");
         std::fs::write(&manifest, manifest_text)?;
         Ok(AppDir { manifest })
@@ -111,7 +128,12 @@ impl SpinOptions {
         ] {
             vars.insert(name.to_owned(), value);
         }
-        SpinOptions { spin: spin.to_owned(), vars, store: Store::Sqlite, args: Vec::new() }
+        SpinOptions {
+            spin: spin.to_owned(),
+            vars,
+            store: Store::Sqlite,
+            args: Vec::new(),
+        }
     }
 
     pub fn var(mut self, name: &str, value: &str) -> Self {
@@ -147,7 +169,11 @@ pub struct SpinProcess {
 
 impl SpinProcess {
     /// Starts `spin up` for `app` with its state in `state_dir` and waits for `/healthz`.
-    pub async fn start(app: &AppDir, options: &SpinOptions, state_dir: &Path) -> anyhow::Result<SpinProcess> {
+    pub async fn start(
+        app: &AppDir,
+        options: &SpinOptions,
+        state_dir: &Path,
+    ) -> anyhow::Result<SpinProcess> {
         std::fs::create_dir_all(state_dir)?;
         let port = free_port()?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
@@ -173,7 +199,10 @@ impl SpinProcess {
             }
         }
         for (name, value) in &options.vars {
-            command.env(format!("SPIN_VARIABLE_{}", name.to_ascii_uppercase()), value);
+            command.env(
+                format!("SPIN_VARIABLE_{}", name.to_ascii_uppercase()),
+                value,
+            );
         }
         if let Store::Redis(url) = &options.store {
             let config = state_dir.join("runtime-config.toml");
@@ -183,8 +212,16 @@ impl SpinProcess {
         // `spin up` serves from a `spin trigger http` child: a group of their own lets one
         // signal stop both (killing only `spin up` would leave the server running).
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        let child = command.spawn().with_context(|| format!("spawning {}", options.spin.display()))?;
-        let mut process = SpinProcess { child: Some(child), bridge: Bridge { addr }, state_dir: state_dir.to_owned(), log, ready_after: Duration::ZERO };
+        let child = command
+            .spawn()
+            .with_context(|| format!("spawning {}", options.spin.display()))?;
+        let mut process = SpinProcess {
+            child: Some(child),
+            bridge: Bridge { addr },
+            state_dir: state_dir.to_owned(),
+            log,
+            ready_after: Duration::ZERO,
+        };
         process.wait_ready().await?;
         Ok(process)
     }
@@ -194,10 +231,22 @@ impl SpinProcess {
         while started.elapsed() < STARTUP_TIMEOUT {
             if let Some(child) = self.child.as_mut() {
                 if let Some(status) = child.try_wait()? {
-                    bail!("spin up exited ({status}) before answering; its log:\n{}", self.log_tail(40));
+                    bail!(
+                        "spin up exited ({status}) before answering; its log:\n{}",
+                        self.log_tail(40)
+                    );
                 }
             }
-            if let Ok(reply) = send(self.bridge.addr, "GET", "/healthz", &[], Vec::new(), Duration::from_secs(2)).await {
+            if let Ok(reply) = send(
+                self.bridge.addr,
+                "GET",
+                "/healthz",
+                &[],
+                Vec::new(),
+                Duration::from_secs(2),
+            )
+            .await
+            {
                 if reply.status == 200 {
                     self.ready_after = started.elapsed();
                     return Ok(());
@@ -205,7 +254,10 @@ impl SpinProcess {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        bail!("spin up did not answer /healthz within {STARTUP_TIMEOUT:?}; its log:\n{}", self.log_tail(40))
+        bail!(
+            "spin up did not answer /healthz within {STARTUP_TIMEOUT:?}; its log:\n{}",
+            self.log_tail(40)
+        )
     }
 
     /// Kills `spin up` and its server at once (SIGKILL to the process group: no chance to
@@ -232,12 +284,26 @@ impl Drop for SpinProcess {
 /// with only its `url` pointed at this suite's Redis: the Redis cases run the documented file.
 pub fn redis_runtime_config(url: &str) -> anyhow::Result<String> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/deploy/runtime-config.redis.toml");
-    let documented = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let url_lines = documented.lines().filter(|l| l.trim_start().starts_with("url = ")).count();
-    anyhow::ensure!(url_lines == 1, "{} must have exactly one `url = ...` line, has {url_lines}", path.display());
+    let documented =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let url_lines = documented
+        .lines()
+        .filter(|l| l.trim_start().starts_with("url = "))
+        .count();
+    anyhow::ensure!(
+        url_lines == 1,
+        "{} must have exactly one `url = ...` line, has {url_lines}",
+        path.display()
+    );
     Ok(documented
         .lines()
-        .map(|l| if l.trim_start().starts_with("url = ") { format!("url = \"{url}\"") } else { l.to_owned() })
+        .map(|l| {
+            if l.trim_start().starts_with("url = ") {
+                format!("url = \"{url}\"")
+            } else {
+                l.to_owned()
+            }
+        })
         .collect::<Vec<_>>()
         .join("\n")
         + "\n")
@@ -282,8 +348,14 @@ impl Redis {
 
     /// An empty Redis database: database `db` of the given server, flushed first, or an own server.
     pub async fn start(dir: &Path, db: u8) -> anyhow::Result<Redis> {
-        if let Some(url) = std::env::var("REAL_SPIN_REDIS_URL").ok().filter(|u| !u.is_empty()) {
-            let redis = Redis { url: format!("{}/{db}", url.trim_end_matches('/')), own: None };
+        if let Some(url) = std::env::var("REAL_SPIN_REDIS_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        {
+            let redis = Redis {
+                url: format!("{}/{db}", url.trim_end_matches('/')),
+                own: None,
+            };
             redis.cli(&["FLUSHDB"])?;
             return Ok(redis);
         }
@@ -293,7 +365,16 @@ impl Redis {
         let mut command = Command::new("redis-server");
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let child = command
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(dir)
             .stdin(Stdio::null())
@@ -301,7 +382,10 @@ impl Redis {
             .stderr(log)
             .spawn()
             .context("spawning redis-server")?;
-        let redis = Redis { url: format!("redis://127.0.0.1:{port}/{db}"), own: Some(child) };
+        let redis = Redis {
+            url: format!("redis://127.0.0.1:{port}/{db}"),
+            own: Some(child),
+        };
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(20) {
             if redis.cli(&["PING"]).is_ok_and(|r| r == "PONG") {
@@ -314,9 +398,18 @@ impl Redis {
 
     /// Runs one `redis-cli -u URL` command; returns its trimmed output.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
-        let output = Command::new("redis-cli").arg("-u").arg(&self.url).args(args).stdin(Stdio::null()).output().context("running redis-cli")?;
+        let output = Command::new("redis-cli")
+            .arg("-u")
+            .arg(&self.url)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("running redis-cli")?;
         if !output.status.success() {
-            bail!("redis-cli {args:?}: {}", String::from_utf8_lossy(&output.stderr).trim());
+            bail!(
+                "redis-cli {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
         }
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
     }
@@ -345,6 +438,12 @@ pub fn sqlite_key_count(state_dir: &Path) -> Option<u64> {
 pub fn sqlite_keys_with_prefix(state_dir: &Path, prefix: &str) -> Option<u64> {
     let db = state_dir.join("sqlite_key_value.db");
     let script = "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from spin_key_value where substr(key, 1, length(?)) = ?', (sys.argv[2], sys.argv[2])).fetchone()[0])";
-    let output = Command::new("python3").args(["-c", script]).arg(&db).arg(prefix).stdin(Stdio::null()).output().ok()?;
+    let output = Command::new("python3")
+        .args(["-c", script])
+        .arg(&db)
+        .arg(prefix)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
     String::from_utf8_lossy(&output.stdout).trim().parse().ok()
 }

@@ -56,4 +56,3 @@ pub fn build_component() -> anyhow::Result<Duration> {
     }
     Ok(started.elapsed())
 }
-

@@ -277,10 +277,18 @@ impl MemKv {
     pub(crate) fn guest_set(&self, key: &str, value: Vec<u8>) -> Result<(), KvError> {
         let mut inner = self.lock();
         inner.stats.sets += 1;
-        let full = inner.max_keys.is_some_and(|max| inner.data.len() >= max && !inner.data.contains_key(key));
+        let full = inner
+            .max_keys
+            .is_some_and(|max| inner.data.len() >= max && !inner.data.contains_key(key));
         let result = check_key(key)
             .and_then(|()| check_value(&value))
-            .and_then(|()| if full { Err(KvError::Other("too many keys in the store".to_owned())) } else { Ok(()) })
+            .and_then(|()| {
+                if full {
+                    Err(KvError::Other("too many keys in the store".to_owned()))
+                } else {
+                    Ok(())
+                }
+            })
             .and_then(|()| inner.take_injected(Op::Set, key))
             .map(|()| {
                 inner.peak_value_bytes = inner.peak_value_bytes.max(value.len());

@@ -21,8 +21,8 @@
 pub mod component;
 pub mod kv;
 pub mod mock_gong;
-pub mod signing;
 pub mod outbound;
+pub mod signing;
 pub mod spin;
 
 use std::collections::HashMap;
@@ -43,6 +43,8 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 
 // Re-exports for the tests; not every test binary uses every item.
 #[allow(unused_imports)]
+pub use component::{build_component, component_path, manifest_dir, target_dir, WASM_ENV};
+#[allow(unused_imports)]
 pub use kv::{KvStats, MemKv, INJECTED_FAILURE, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 #[allow(unused_imports)]
 pub use mock_gong::{
@@ -51,10 +53,8 @@ pub use mock_gong::{
 };
 #[allow(unused_imports)]
 pub use outbound::{is_allowed, Origin, OutboundAttempt, OutboundLog};
-pub use spin::HostState;
-#[allow(unused_imports)]
-pub use component::{build_component, component_path, manifest_dir, target_dir, WASM_ENV};
 pub use signing::*;
+pub use spin::HostState;
 
 // ----- defaults ------------------------------------------------------------------------------
 
@@ -519,11 +519,15 @@ impl TestApp {
     /// The largest linear memory (bytes) any request's instance reached since the last reset:
     /// the guest's whole-request memory high-water, as the platform would see it.
     pub fn memory_peak(&self) -> usize {
-        self.inner.memory_peak.load(std::sync::atomic::Ordering::Relaxed)
+        self.inner
+            .memory_peak
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn reset_memory_peak(&self) {
-        self.inner.memory_peak.store(0, std::sync::atomic::Ordering::Relaxed);
+        self.inner
+            .memory_peak
+            .store(0, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn kv(&self) -> &MemKv {
@@ -667,7 +671,9 @@ impl TestApp {
             wasi.inherit_stderr();
         }
         let state = HostState {
-            memory: spin::MemoryWatch { peak: inner.memory_peak.clone() },
+            memory: spin::MemoryWatch {
+                peak: inner.memory_peak.clone(),
+            },
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),

@@ -24,10 +24,14 @@ pub fn webhook_secret() -> String {
 /// independently of the component's own code).
 pub fn sign_webhook_with(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
     use hmac::Mac as _;
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
     mac.update(format!("{id}.{timestamp}.").as_bytes());
     mac.update(body);
-    format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    )
 }
 
 /// The `webhook-timestamp` (now) and `webhook-signature` headers for a delivery signed with
@@ -37,6 +41,8 @@ pub fn signed_now(id: &str, body: &[u8]) -> (String, String) {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock after 1970")
         .as_secs() as i64;
-    (now.to_string(), sign_webhook_with(WEBHOOK_SECRET_BYTES, id, now, body))
+    (
+        now.to_string(),
+        sign_webhook_with(WEBHOOK_SECRET_BYTES, id, now, body),
+    )
 }
-

@@ -81,7 +81,12 @@ async fn kv_wait(latency: std::time::Duration) {
     }
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
     let fraction = (hasher.finish() % 1_000) as u32;
     tokio::time::sleep(latency * fraction / 1_000).await;
 }
@@ -181,12 +186,23 @@ pub struct MemoryWatch {
 }
 
 impl wasmtime::ResourceLimiter for MemoryWatch {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        self.peak.fetch_max(desired, std::sync::atomic::Ordering::Relaxed);
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.peak
+            .fetch_max(desired, std::sync::atomic::Ordering::Relaxed);
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, _desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        _desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(true)
     }
 }
