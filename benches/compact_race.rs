@@ -109,7 +109,7 @@ async fn run(latency_ms: u64, settle_ms: u64) -> Outcome {
     let done = Arc::new(AtomicBool::new(false));
     // Both replicas flush now and then while the webhooks arrive.
     let mut flushers = Vec::new();
-    for app in replicas.iter().cloned() {
+    for app in replicas.clone() {
         let done = done.clone();
         flushers.push(tokio::spawn(async move {
             while !done.load(Ordering::Relaxed) {

@@ -10,7 +10,6 @@
 mod support;
 
 #[path = "../examples/validation_probe.rs"]
-#[allow(dead_code)]
 mod probe;
 
 use std::time::Duration;

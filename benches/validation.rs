@@ -20,7 +20,6 @@
 //! (default 5), `VALIDATION_BENCH_SKIP_WASM=1`. Every sample is printed on stderr.
 
 #[path = "../examples/validation_probe.rs"]
-#[allow(dead_code)]
 mod probe;
 // For its linker: the probe links the crate, whose Spin edge imports wasi:http and Spin's
 // key-value and variables (never called by the probe, but they must resolve).

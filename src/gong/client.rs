@@ -276,7 +276,7 @@ impl GongClient {
     }
 
     /// 6. `POST /v2/crm/entities?integrationId&objectType&clientRequestId`, multipart/form-data
-    /// with one part `dataFile` holding the LDJSON file.
+    ///    with one part `dataFile` holding the LDJSON file.
     pub fn upload_entities(
         &self,
         integration_id: i64,
@@ -310,7 +310,7 @@ impl GongClient {
     }
 
     /// 7. `GET /v2/crm/entities?integrationId&objectType&objectsCrmIds=a,b` with the ids also as
-    /// a JSON array body: the prose says body, the spec says query (API-NOTES §1.7).
+    ///    a JSON array body: the prose says body, the spec says query (API-NOTES §1.7).
     pub fn get_entities(
         &self,
         integration_id: i64,

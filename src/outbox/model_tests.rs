@@ -227,6 +227,21 @@ enum Step {
     Retry {
         engine: usize,
     },
+    /// An operator's retry or discard of one record (issue 18), applied right after its answer
+    /// (`apply`) or left to the engine's next run.
+    Operator {
+        engine: usize,
+        id: u8,
+        discard: bool,
+        apply: bool,
+    },
+    /// A bulk edit (issue 18): `count` single-record deliveries answered before any work after
+    /// an answer runs, as concurrent handlers are; every one must be accepted.
+    Burst {
+        engine: usize,
+        count: u16,
+        version: u8,
+    },
     Advance {
         seconds: u16,
     },
@@ -255,6 +270,8 @@ fn step() -> impl Strategy<Value = Step> {
         3 => engine.clone().prop_map(|engine| Step::FollowUp { engine }),
         1 => (engine.clone(), any::<bool>()).prop_map(|(engine, force)| Step::Flush { engine, force }),
         1 => engine.clone().prop_map(|engine| Step::Retry { engine }),
+        2 => (engine.clone(), 0u8..IDS, any::<bool>(), any::<bool>()).prop_map(|(engine, id, discard, apply)| Step::Operator { engine, id, discard, apply }),
+        1 => (engine.clone(), 100u16..400, 0u8..4).prop_map(|(engine, count, version)| Step::Burst { engine, count, version }),
         2 => (1u16..900).prop_map(|seconds| Step::Advance { seconds }),
         2 => prop_oneof![
             Just(GongFault::ServerError),
@@ -356,6 +373,8 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
     let mut accepted: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
     let mut sent_bodies: Vec<(Vec<u8>, Vec<String>, String)> = Vec::new();
     let mut most_keys = 0;
+    // Records an operator discarded a failure of (their status may then say so).
+    let mut discarded: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     let bridges = [
         engine(kv, config, gong, clock),
         engine(kv, config, gong, clock),
@@ -430,6 +449,81 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                         b"",
                     ),
                 );
+            }
+            Step::Operator {
+                engine,
+                id,
+                discard,
+                apply,
+            } => {
+                let auth = [("authorization", "Bearer token")];
+                let id = object_id(id);
+                let handled = if discard {
+                    handle(
+                        &bridges[engine],
+                        request("DELETE", &format!("/failures/ACCOUNT/{id}"), &auth, b""),
+                    )
+                } else {
+                    let body = format!(r#"{{"objectType":"ACCOUNT","ids":["{id}"]}}"#);
+                    handle(
+                        &bridges[engine],
+                        request("POST", "/failures/retry", &auth, body.as_bytes()),
+                    )
+                };
+                let status = handled.response.status().as_u16();
+                // Never refused because a flush holds the lease: recorded (202), nothing to do
+                // (200), no such failure (404), or already re-queued (409).
+                prop_assert!(
+                    matches!(status, 200 | 202 | 404 | 409),
+                    "operator command answered {status}: {}",
+                    String::from_utf8_lossy(handled.response.body())
+                );
+                if status == 202 && discard {
+                    discarded.insert(id.clone());
+                }
+                if apply {
+                    follow_up(&bridges[engine].with_budget(clock.now()), handled.first);
+                }
+            }
+            Step::Burst {
+                engine,
+                count,
+                version,
+            } => {
+                let mut firsts = Vec::new();
+                for i in 0..count {
+                    let n = (i % u16::from(IDS)) as u8;
+                    clock.advance(Duration::from_millis(1));
+                    let body = delivery(&[n], version, &format!("v{version}-burst-s{n}-{i}"));
+                    let handled = handle(
+                        &bridges[engine],
+                        webhook(
+                            &format!("burst-{i}-{}", uuid::Uuid::new_v4().simple()),
+                            &body,
+                        ),
+                    );
+                    prop_assert_eq!(
+                        handled.response.status().as_u16(),
+                        202,
+                        "delivery {} of a burst of {} was refused: {}",
+                        i,
+                        count,
+                        String::from_utf8_lossy(handled.response.body())
+                    );
+                    let name = serde_json::from_slice::<serde_json::Value>(&body)
+                        .unwrap_or_default()["data"]["records"][0]["name"]
+                        .to_string();
+                    accepted
+                        .entry(object_id(n))
+                        .or_default()
+                        .push((modified(version), name));
+                    firsts.push(handled.first);
+                    most_keys = most_keys.max(kv.inner.map.borrow().len());
+                }
+                // Then the work after those answers, some of it.
+                for first in firsts.into_iter().step_by(37) {
+                    follow_up(&bridges[engine].with_budget(clock.now()), first);
+                }
             }
             Step::Advance { seconds } => clock.advance(Duration::from_secs(seconds.into())),
             Step::Gong(fault) => gong.faults.borrow_mut().push_back(fault),
@@ -600,6 +694,12 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 object_id,
                 status
             ),
+            // Its failure was discarded by an operator: neither in Gong at its newest version
+            // nor in the failure store.
+            "discarded" => prop_assert!(
+                discarded.contains(object_id) && !failed.contains_key(object_id),
+                "{object_id} is discarded without a discard: {status}"
+            ),
             "failed" => {
                 prop_assert!(
                     failed.contains_key(object_id),
@@ -620,7 +720,7 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 "{object_id} is {state} after the quiet period: {status}"
             ),
         }
-        if object_id.starts_with(BAD) {
+        if object_id.starts_with(BAD) && state != "discarded" {
             prop_assert_eq!(
                 state.as_str(),
                 "failed",

@@ -1147,3 +1147,110 @@ fn where_is_my_record_does_not_read_merged_inbox_keys() {
         "inbox keys read for one lookup"
     );
 }
+
+/// Issue 18 item 3: a record sent by `POST /records` answers "where is my record" through its
+/// whole life (it was 404): sent in which file and line, then done, or failed with Gong's reason,
+/// and an older webhook version after it is kept out.
+#[test]
+fn a_bulk_uploaded_record_has_a_true_status_at_every_stage() {
+    doubles!(
+        kv,
+        clock,
+        gong,
+        config,
+        bridge,
+        &[("gong_calls_per_second", "0")]
+    );
+    let records: Vec<String> = (0..150)
+        .map(|i| {
+            format!(
+                r#"{{"objectId":"b-{i}","modifiedDate":"2024-05-01T10:00:00Z","name":"Bulk {i}"}}"#
+            )
+        })
+        .collect();
+    let body = format!("[{}]", records.join(","));
+    let answer = handle(&bridge, upload("/records/ACCOUNT", "bulk-1", &body));
+    assert_eq!(
+        answer.response.status(),
+        202,
+        "{}",
+        String::from_utf8_lossy(answer.response.body())
+    );
+    let status = |id: &str| -> serde_json::Value {
+        let r = handle(
+            &bridge,
+            request(
+                "GET",
+                &format!("/records/ACCOUNT/{id}/status"),
+                &[("authorization", "Bearer token")],
+                b"",
+            ),
+        )
+        .response;
+        assert_eq!(
+            r.status(),
+            200,
+            "{id}: {}",
+            String::from_utf8_lossy(r.body())
+        );
+        serde_json::from_slice(r.body()).unwrap()
+    };
+    // Before the engine folds the file into the shards, and after.
+    gong.queue.borrow_mut().push_back(scripted(
+        200,
+        r#"{"requestId":"r","status":"IN_PROGRESS","errors":[]}"#,
+    ));
+    let before = status("b-7");
+    assert_eq!(
+        (
+            before["state"].as_str(),
+            before["clientRequestId"].as_str(),
+            before["line"].as_u64()
+        ),
+        (Some("sent"), Some("bulk-1"), Some(8)),
+        "{before}"
+    );
+    follow_up(&bridge.with_budget(clock.now()), answer.first);
+    assert!(
+        !kv.map.borrow().keys().any(|k| k.starts_with("blob/sent/")),
+        "the file's index was folded into the shards"
+    );
+    gong.queue.borrow_mut().push_back(scripted(200, r#"{"requestId":"r","status":"FAILED","errors":[{"line":3,"description":"name is too long"}],"totalErrorCount":1}"#));
+    clock.advance(std::time::Duration::from_secs(30));
+    let failed = status("b-2");
+    assert_eq!(failed["state"], "failed", "{failed}");
+    assert!(
+        failed["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("name is too long"),
+        "{failed}"
+    );
+    let done = status("b-149");
+    assert_eq!(
+        (done["state"].as_str(), done["line"].as_u64()),
+        (Some("done"), Some(150)),
+        "{done}"
+    );
+    // An older version by webhook is kept out; a newer one waits, then goes.
+    let older = String::from_utf8(upsert("b-5"))
+        .unwrap()
+        .replace("2024-05-01T10:00:00Z", "2024-04-01T10:00:00Z");
+    assert_eq!(
+        handle(&bridge, webhook("late", older.as_bytes()))
+            .response
+            .status(),
+        202
+    );
+    flush(&bridge, true);
+    let uploads = gong
+        .calls()
+        .iter()
+        .filter(|c| c.path.starts_with("/v2/crm/entities"))
+        .count();
+    assert_eq!(
+        uploads, 1,
+        "the older webhook version was not sent after the bulk file"
+    );
+    assert_eq!(status("b-5")["clientRequestId"], "bulk-1");
+}

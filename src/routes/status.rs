@@ -90,13 +90,16 @@ fn escape_label(value: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// One per-type metric: its name, its help text, and how it is read from a type's overview.
+type PerTypeMetric = (
+    &'static str,
+    &'static str,
+    fn(&crate::outbox::overview::TypeOverview) -> Option<i64>,
+);
+
 pub fn render_metrics(o: &Overview, counters: &Counters) -> String {
     let mut out = Exposition(String::new());
-    let per_type: [(
-        &str,
-        &str,
-        fn(&crate::outbox::overview::TypeOverview) -> Option<i64>,
-    ); 5] = [
+    let per_type: [PerTypeMetric; 5] = [
         (
             "gcb_pending_records",
             "Records waiting in the pending buffer",

@@ -253,7 +253,7 @@ async fn nothing_lost_suite(layout: Layout) {
     let mut accepted_versions = 0;
     let mut kv_refusals = 0;
     let mut requeued_once = 0;
-    let faults: Vec<Box<dyn Fn(&TestApp)>> = vec![
+    let faults: Vec<Fault> = vec![
         Box::new(|a| {
             a.mock().on(
                 "POST",
@@ -418,10 +418,12 @@ async fn nothing_lost_suite(layout: Layout) {
             "{}",
         )
         .await,
-        200,
+        202,
     );
+    // Issue 18: recorded, covering every failure, and applied by the engine.
+    assert_eq!(requeued["status"], "retry requested", "{requeued}");
     assert_eq!(
-        requeued["requeued"].as_u64().unwrap() as usize,
+        requeued["failures"].as_u64().unwrap() as usize,
         failed.len()
     );
     drain(&app).await;
@@ -622,3 +624,6 @@ async fn a_store_failure_while_polling_keeps_the_file_in_flight() {
     let failures = expect(&call(&app, "GET", "/failures", &[], Vec::new()).await, 200);
     assert_eq!(failures["failures"][0]["objectId"], "p1", "{failures}");
 }
+
+/// One injected fault: what it does to the app (its store, its mock Gong).
+type Fault = Box<dyn Fn(&TestApp)>;

@@ -159,8 +159,8 @@ pub async fn openapi_validates_and_schemathesis_finds_no_failure(ctx: &Ctx) -> a
     // Its closing line ("N failures, M warnings in T s", or "N passed …") and the count of cases.
     let closing = output
         .lines()
-        .filter(|l| l.starts_with("====") && l.contains(" in "))
-        .last()
+        .rev()
+        .find(|l| l.starts_with("====") && l.contains(" in "))
         .map_or("(no summary line)", |l| {
             l.trim_matches(|c: char| c == '=' || c == ' ')
         });
