@@ -15,6 +15,8 @@ pub(crate) use shared::{client, harness, support};
 
 #[path = "real_spin/burst.rs"]
 mod burst;
+#[path = "real_spin/engine.rs"]
+mod engine;
 #[path = "real_spin/management.rs"]
 mod management;
 #[path = "real_spin/operator.rs"]
@@ -135,6 +137,8 @@ fn cases() -> Vec<Case> {
         case!(replicas::thousand_webhooks_over_two_replicas_keep_every_latest_version, needs: Redis, expected: None),
         case!(replicas::thousand_webhooks_over_two_replicas_within_1024_keys, needs: Redis, expected: None),
         case!(burst::a_burst_of_5000_webhooks_at_1024_keys_is_accepted_on_sqlite),
+        case!(engine::retry_and_discard_while_a_flush_holds_the_lease_are_accepted_and_applied),
+        case!(engine::a_bulk_uploaded_record_has_a_true_status_at_each_stage),
         case!(burst::a_burst_of_5000_webhooks_at_1024_keys_is_accepted_by_two_redis_replicas, needs: Redis, expected: None),
     ]
 }

@@ -320,6 +320,13 @@ pub async fn the_status_page_works_in_chromium(ctx: &Ctx) -> anyhow::Result<()> 
             failures["total"] == 0,
             "the failure store after retry: {failures}"
         );
+        // Issue 18: the click is never refused because a flush holds the lease (the page's own
+        // refresh starts flush work): no error line.
+        let error = browser.find(Locator::Id("error")).await?.text().await?;
+        ensure!(
+            error.is_empty(),
+            "the status page shows an error after Retry: {error}"
+        );
         anyhow::Ok(())
     }
     .await;
