@@ -1254,3 +1254,181 @@ fn a_bulk_uploaded_record_has_a_true_status_at_every_stage() {
     );
     assert_eq!(status("b-5")["clientRequestId"], "bulk-1");
 }
+
+/// A failure of `acc-1` in the failure store (Gong refused its line).
+fn one_failure(bridge: &Bridge, gong: &ScriptedGong) {
+    assert_eq!(
+        handle(bridge, webhook("msg-1", &upsert("acc-1")))
+            .response
+            .status(),
+        202
+    );
+    flush(bridge, true);
+    gong.queue.borrow_mut().push_back(scripted(200, r#"{"requestId":"r","status":"FAILED","errors":[{"line":1,"description":"bad value"}],"totalErrorCount":1}"#));
+    flush(bridge, false);
+}
+
+/// Issue 18 item 2: a retry and then a discard of the same record, both given before either
+/// is applied, and applied by two engines: the later command (discard) wins, and the record is
+/// not sent again.
+#[test]
+fn the_later_operator_command_wins_and_nothing_is_sent_twice() {
+    doubles!(
+        kv,
+        clock,
+        gong,
+        config,
+        bridge,
+        &[("gong_calls_per_second", "0")]
+    );
+    one_failure(&bridge, &gong);
+    let uploads = || {
+        gong.calls()
+            .iter()
+            .filter(|c| c.path.starts_with("/v2/crm/entities"))
+            .count()
+    };
+    let before = uploads();
+    let auth = [("authorization", "Bearer token")];
+    let retry = handle(
+        &bridge,
+        request(
+            "POST",
+            "/failures/retry",
+            &auth,
+            br#"{"objectType":"ACCOUNT","ids":["acc-1"]}"#,
+        ),
+    );
+    assert_eq!(
+        retry.response.status(),
+        202,
+        "{}",
+        String::from_utf8_lossy(retry.response.body())
+    );
+    clock.advance(std::time::Duration::from_millis(5));
+    let discard = handle(
+        &bridge,
+        request("DELETE", "/failures/ACCOUNT/acc-1", &auth, b""),
+    );
+    assert_eq!(
+        discard.response.status(),
+        202,
+        "{}",
+        String::from_utf8_lossy(discard.response.body())
+    );
+    let listed: serde_json::Value = serde_json::from_slice(
+        handle(&bridge, request("GET", "/failures", &auth, b""))
+            .response
+            .body(),
+    )
+    .unwrap();
+    assert_eq!(
+        listed["failures"][0]["requested"], "discard requested",
+        "{listed}"
+    );
+    // Two replicas apply the same waiting commands, one after the other.
+    let replica = crate::testing::bridge(&kv, &config, &gong, &clock);
+    follow_up(&bridge.with_budget(clock.now()), retry.first);
+    follow_up(&replica.with_budget(clock.now()), discard.first);
+    flush(&bridge, true);
+    flush(&replica, true);
+    assert_eq!(uploads(), before, "the discarded record was not sent again");
+    let status: serde_json::Value = serde_json::from_slice(
+        handle(
+            &bridge,
+            request("GET", "/records/ACCOUNT/acc-1/status", &auth, b""),
+        )
+        .response
+        .body(),
+    )
+    .unwrap();
+    assert_eq!(status["state"], "discarded", "{status}");
+    assert!(
+        !kv.map.borrow().keys().any(|k| k.starts_with("command/")),
+        "applied commands are deleted"
+    );
+}
+
+/// Issue 18 item 2: a retry applied first, then a discard: the record is no longer a failure
+/// (it waits to go), which the discard says (409), and it is sent once.
+#[test]
+fn a_discard_after_an_applied_retry_says_the_record_waits_to_go() {
+    doubles!(
+        kv,
+        clock,
+        gong,
+        config,
+        bridge,
+        &[("gong_calls_per_second", "0")]
+    );
+    one_failure(&bridge, &gong);
+    let auth = [("authorization", "Bearer token")];
+    let retry = handle(&bridge, request("POST", "/failures/retry", &auth, b""));
+    assert_eq!(retry.response.status(), 202);
+    follow_up(&bridge.with_budget(clock.now()), retry.first);
+    let discard = handle(
+        &bridge,
+        request("DELETE", "/failures/ACCOUNT/acc-1", &auth, b""),
+    )
+    .response;
+    assert_eq!(
+        discard.status(),
+        409,
+        "{}",
+        String::from_utf8_lossy(discard.body())
+    );
+    let status: serde_json::Value = serde_json::from_slice(
+        handle(
+            &bridge,
+            request("GET", "/records/ACCOUNT/acc-1/status", &auth, b""),
+        )
+        .response
+        .body(),
+    )
+    .unwrap();
+    assert_eq!(status["state"], "waiting", "{status}");
+    let nothing = handle(&bridge, request("POST", "/failures/retry", &auth, b"")).response;
+    assert_eq!(nothing.status(), 200, "nothing left to retry");
+}
+
+/// Issue 18 item 4: `POST /flush?force=true` while the work after an earlier answer holds the
+/// flush lease waits for it within its budget, then flushes; one that cannot get it in time
+/// says what is true (held by other work until when), not "another replica".
+#[test]
+fn a_forced_flush_waits_for_the_lease_and_says_who_holds_it() {
+    doubles!(
+        kv,
+        clock,
+        gong,
+        config,
+        bridge,
+        &[("gong_calls_per_second", "0"), ("work_budget_ms", "8000")]
+    );
+    assert_eq!(
+        handle(&bridge, webhook("msg-1", &upsert("acc-1")))
+            .response
+            .status(),
+        202
+    );
+    let now = clock.now().unix_timestamp();
+    let hold = |until: i64| {
+        kv.map.borrow_mut().insert(
+            "lease/flush".into(),
+            format!(r#"{{"owner":"other","until":{until}}}"#).into_bytes(),
+        )
+    };
+    hold(now + 30);
+    let busy = flush(&bridge, true);
+    let note = busy["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("held by other work")
+            && note.contains("until")
+            && !note.contains("another replica is flushing"),
+        "{busy}"
+    );
+    assert!(busy["files"].as_array().unwrap().is_empty());
+    // Released (expired) within the budget: the forced flush waits and sends.
+    hold(clock.now().unix_timestamp() + 3);
+    let sent = flush(&bridge, true);
+    assert_eq!(sent["files"].as_array().unwrap().len(), 1, "{sent}");
+}
