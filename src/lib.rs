@@ -10,6 +10,7 @@ pub mod calls;
 pub mod fault;
 pub mod gong;
 pub mod idempotency;
+pub mod intake;
 pub mod log;
 pub mod outbox;
 pub mod ports;

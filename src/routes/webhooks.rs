@@ -8,11 +8,12 @@ use subtle::ConstantTimeEq;
 use crate::bridge::Bridge;
 use crate::gong::models::{ObjectType, UPLOAD_OBJECT_TYPES};
 use crate::idempotency::{self, Begin};
+use crate::intake;
 use crate::ports::{Request, Response};
 use crate::problem::ApiError;
 use crate::routes::{integration, schema, violations_to_problem};
 use crate::settings;
-use crate::validation::{self, RecordOptions};
+use crate::validation::RecordOptions;
 use crate::webhooks::signature::WebhookSecret;
 use crate::webhooks::{parse_event, Event};
 
@@ -112,9 +113,8 @@ fn act(
     match event {
         Event::Records {
             object_type,
-            records_json,
-            ..
-        } => buffer(bridge, &object_type, &records_json, &delivery),
+            records,
+        } => buffer(bridge, &object_type, records, &delivery),
         Event::Schema {
             object_type,
             fields_json,
@@ -128,12 +128,12 @@ fn act(
     }
 }
 
-/// Validates a delivery's records and writes them to the pending buffer: 202 once they are
-/// stored; from then on delivering them to Gong is the bridge's job (see `outbox`).
+/// Validates a delivery's records and writes them to the pending buffer (`intake`): 202 once
+/// they are stored; from then on delivering them to Gong is the bridge's job (see `outbox`).
 fn buffer(
     bridge: &Bridge,
     object_type_raw: &str,
-    records_json: &[u8],
+    records: Vec<serde_json::Value>,
     delivery: &str,
 ) -> Result<Response, ApiError> {
     let object_type = ObjectType::parse_upload(object_type_raw).ok_or_else(|| {
@@ -143,53 +143,39 @@ fn buffer(
             vec![serde_json::json!({"field": "data.objectType", "rule": "objectType.enum", "allowed": UPLOAD_OBJECT_TYPES})],
         )
     })?;
-    let schema = if object_type.has_schema() {
-        bridge.store().schema(object_type)?
-    } else {
-        None
-    };
-    let records: Vec<serde_json::Value> =
-        serde_json::from_slice(records_json).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let mut valid = Vec::with_capacity(records.len());
-    let mut violations = Vec::new();
-    let mut warnings = Vec::new();
-    for (index, record) in records.into_iter().enumerate() {
-        match validation::validate_record(
-            object_type,
-            record,
-            index,
-            None,
-            schema.as_deref(),
-            RecordOptions::default(),
-            &mut warnings,
-        ) {
-            Ok(record) => valid.push(record),
-            Err(mut v) => violations.append(&mut v),
+    let accepted = match intake::accept_records(
+        bridge,
+        object_type,
+        records,
+        delivery,
+        RecordOptions::default(),
+    ) {
+        Ok(accepted) => accepted,
+        Err(intake::Refused::Invalid(violations)) => {
+            return Err(violations_to_problem(
+                "Invalid records",
+                "the delivery's records are invalid; nothing was accepted",
+                violations,
+                None,
+            ))
         }
-    }
-    if !violations.is_empty() {
-        return Err(violations_to_problem(
-            "Invalid records",
-            "the delivery's records are invalid; nothing was accepted",
-            violations,
-            None,
-        ));
-    }
-    let status_urls: Vec<String> = valid
+        Err(intake::Refused::Fault(fault)) => return Err(fault.into()),
+    };
+    let status_urls: Vec<String> = accepted
+        .object_ids
         .iter()
         .take(100)
-        .map(|r| format!("/records/{}/{}/status", object_type.as_str(), r.object_id))
+        .map(|id| format!("/records/{}/{id}/status", object_type.as_str()))
         .collect();
-    let buffered = crate::outbox::buffer_records(bridge, object_type, valid, delivery)?;
     let mut response = crate::problem::json_response(
         202,
         &serde_json::json!({
             "status": "BUFFERED",
             "objectType": object_type,
             "delivery": delivery,
-            "accepted": buffered.accepted,
-            "superseded": buffered.superseded,
-            "warnings": warnings,
+            "accepted": accepted.accepted,
+            "superseded": accepted.superseded,
+            "warnings": accepted.warnings,
             "statusUrls": status_urls,
         }),
     );
@@ -199,7 +185,7 @@ fn buffer(
     {
         response.headers_mut().insert(http::header::LOCATION, first);
     }
-    if buffered.compact_inbox {
+    if accepted.compact_inbox {
         response
             .extensions_mut()
             .insert(crate::app::FollowUp::CompactInbox);

@@ -22,12 +22,11 @@ pub const KNOWN_TYPES: [&str; 5] = [
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// Records to upsert (deleted ones carry `isDeleted: true`), as a JSON array body ready for
-    /// record validation.
+    /// Records to upsert (deleted ones carry `isDeleted: true`), moved out of the envelope (the
+    /// body is parsed once).
     Records {
         object_type: String,
-        records_json: Vec<u8>,
-        deleted: bool,
+        records: Vec<Value>,
     },
     Schema {
         object_type: String,
@@ -64,14 +63,18 @@ pub fn parse_event(body: &[u8]) -> Result<Event, Vec<Violation>> {
             format!("the body is not JSON: {e}"),
         )]
     })?;
-    let Value::Object(envelope) = value else {
+    let Value::Object(mut envelope) = value else {
         return Err(vec![violation(
             "body",
             "body.object",
             "the body must be a JSON object {\"type\", \"timestamp\", \"data\"}",
         )]);
     };
-    let Some(kind) = envelope.get("type").and_then(Value::as_str) else {
+    let Some(kind) = envelope
+        .get("type")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+    else {
         return Err(vec![violation(
             "type",
             "type.required",
@@ -90,7 +93,7 @@ pub fn parse_event(body: &[u8]) -> Result<Event, Vec<Violation>> {
             )])
         }
     };
-    match kind {
+    match kind.as_str() {
         RECORD_UPSERTED | RECORD_DELETED => {
             let deleted = kind == RECORD_DELETED;
             let object_type = string_field(data, "objectType").ok_or_else(|| {
@@ -100,9 +103,25 @@ pub fn parse_event(body: &[u8]) -> Result<Event, Vec<Violation>> {
                     "data.objectType is required",
                 )]
             })?;
-            let mut records = match (data.get("record"), data.get("records")) {
-                (Some(Value::Object(one)), None) => vec![Value::Object(one.clone())],
-                (None, Some(Value::Array(many))) => many.clone(),
+            let shape = (data.get("record"), data.get("records"));
+            let well_formed = matches!(
+                shape,
+                (Some(Value::Object(_)), None) | (None, Some(Value::Array(_)))
+            );
+            if !well_formed {
+                return Err(vec![violation(
+                    "data.records",
+                    "records.shape",
+                    "data must carry either \"record\" (an object) or \"records\" (an array of objects)",
+                )]);
+            }
+            // Moved out of the envelope, not copied: a delivery may be a megabyte.
+            let Some(Value::Object(mut data)) = envelope.remove("data") else {
+                return Err(Vec::new());
+            };
+            let mut records = match (data.remove("record"), data.remove("records")) {
+                (Some(one @ Value::Object(_)), None) => vec![one],
+                (None, Some(Value::Array(many))) => many,
                 _ => {
                     return Err(vec![violation(
                         "data.records",
@@ -119,12 +138,9 @@ pub fn parse_event(body: &[u8]) -> Result<Event, Vec<Violation>> {
                     }
                 }
             }
-            let records_json = serde_json::to_vec(&records)
-                .map_err(|e| vec![violation("data", "body.json", e.to_string())])?;
             Ok(Event::Records {
                 object_type,
-                records_json,
-                deleted,
+                records,
             })
         }
         SCHEMA_UPDATED => {
@@ -176,22 +192,14 @@ mod tests {
             one,
             Event::Records {
                 object_type: "ACCOUNT".into(),
-                records_json: br#"[{"objectId":"a"}]"#.to_vec(),
-                deleted: false
+                records: vec![serde_json::json!({"objectId": "a"})],
             }
         );
         let many = parse_event(br#"{"type":"record.deleted","data":{"objectType":"DEAL","records":[{"objectId":"a","modifiedDate":"2024-01-01T00:00:00Z"}]}}"#).unwrap();
-        let Event::Records {
-            records_json,
-            deleted,
-            ..
-        } = many
-        else {
+        let Event::Records { records, .. } = many else {
             panic!()
         };
-        assert!(deleted);
-        let v: Value = serde_json::from_slice(&records_json).unwrap();
-        assert_eq!(v[0]["isDeleted"], true);
+        assert_eq!(records[0]["isDeleted"], true);
     }
 
     #[test]
