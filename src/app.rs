@@ -7,7 +7,7 @@ use subtle::ConstantTimeEq;
 use crate::bridge::Bridge;
 use crate::ports::{Request, Response};
 use crate::problem::ApiError;
-use crate::routes;
+use crate::routes::table::{self, Auth};
 use crate::settings;
 
 /// A request's answer, and whether the buffer check should run once it has been sent.
@@ -32,14 +32,14 @@ pub enum FollowUp {
 /// No flush, compaction or poll runs here: that is [`follow_up`], after the answer is sent.
 pub fn handle(bridge: &Bridge, request: Request) -> Handled {
     let path = request.uri().path().to_owned();
-    let checks_buffer = !matches!(path.as_str(), "/healthz" | "/flush" | "/" | "/openapi.json");
-    match route(bridge, request) {
+    let (result, check_after) = route(bridge, request);
+    match result {
         // Only after a served (2xx) request: an unauthenticated caller cannot make the bridge
         // scan its store.
         Ok(mut response) => {
             let first = response.extensions_mut().remove::<FollowUp>();
             Handled {
-                follow_up: checks_buffer && response.status().is_success(),
+                follow_up: check_after && response.status().is_success(),
                 first,
                 response,
             }
@@ -56,7 +56,7 @@ pub fn handle(bridge: &Bridge, request: Request) -> Handled {
 /// read). A refused webhook is counted here, by sampling: it does no engine work (see `tally`).
 /// The request's log line, written by the edge once the answer is sent, carries status and detail.
 pub fn refuse(bridge: &Bridge, path: &str, error: ApiError) -> Response {
-    if path.split('?').next() == Some("/webhooks") {
+    if table::body_class("POST", path) == table::BodyClass::Webhook {
         bridge
             .tally
             .webhook_refused(error.slug(), uuid::Uuid::new_v4().as_bytes()[0]);
@@ -98,111 +98,55 @@ pub fn follow_up(bridge: &Bridge, first: Option<FollowUp>) {
     }
 }
 
-fn route(bridge: &Bridge, mut request: Request) -> Result<Response, ApiError> {
-    use http::Method;
+/// Finds the request's row, checks who may call it, and runs its handler; also says whether
+/// the engine's check should run after a 2xx answer.
+fn route(bridge: &Bridge, mut request: Request) -> (Result<Response, ApiError>, bool) {
     let path = request.uri().path().to_owned();
-    let segments: Vec<&str> = path
-        .trim_matches('/')
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect();
+    let segments = table::segments(&path);
     let method = request.method().clone();
-
-    // Unauthenticated, and served even when misconfigured: they hold no data.
-    let open = match segments.as_slice() {
-        ["healthz"] => {
-            Some((|bridge, _| routes::health::get(bridge)) as fn(&Bridge, &Request) -> Response)
-        }
-        [] => {
-            Some((|_, request| routes::status::page(request)) as fn(&Bridge, &Request) -> Response)
-        }
-        ["openapi.json"] => Some(
-            (|_, request| routes::embedded::OPENAPI.response(request))
-                as fn(&Bridge, &Request) -> Response,
-        ),
-        _ => None,
+    let rows = table::rows_for(&segments);
+    // Unknown paths are refused by shape alone, before authentication: a scanner learns nothing
+    // more than "unauthorized" for real routes.
+    let Some(first) = rows.first() else {
+        return (
+            Err(ApiError::NotFound {
+                method: method.to_string(),
+                path,
+            }),
+            false,
+        );
     };
-    if let Some(answer) = open {
-        return match method {
-            Method::GET | Method::HEAD => Ok(answer(bridge, &request)),
-            _ => Err(not_allowed(&method, "GET, HEAD")),
-        };
+    let row = rows.iter().find(|r| r.method == method.as_str());
+    let auth = row.map_or(first.auth, |r| r.auth);
+    if auth != Auth::Open {
+        // A malformed number (say `kv_max_keys=1,024`) would otherwise be read as its default.
+        let malformed = settings::malformed(bridge.config);
+        if !malformed.is_empty() {
+            return (Err(ApiError::MalformedVariables(malformed)), false);
+        }
     }
-    // A malformed number (say `kv_max_keys=1,024`) would otherwise be read as its default.
-    let malformed = settings::malformed(bridge.config);
-    if !malformed.is_empty() {
-        return Err(ApiError::MalformedVariables(malformed));
+    if auth == Auth::Bearer {
+        if let Err(e) = authorize(bridge, &request) {
+            return (Err(e), false);
+        }
     }
-
-    // Webhooks authenticate themselves (signature or their own bearer token).
-    if segments.as_slice() == ["webhooks"] {
-        return match method {
-            Method::POST => routes::webhooks::receive(bridge, &request),
-            _ => Err(not_allowed(&method, "POST")),
-        };
-    }
-
-    // Refuse unknown paths before authentication only by shape, so that a scanner learns
-    // nothing more than "unauthorized" for real routes.
-    let allowed = allowed_methods(&segments).ok_or_else(|| ApiError::NotFound {
-        method: method.to_string(),
-        path: path.clone(),
-    })?;
-    authorize(bridge, &request)?;
-
-    let changes_state = !matches!(method, Method::GET | Method::HEAD);
-    if changes_state && request.headers().contains_key("idempotency-key") {
-        return with_idempotency(bridge, &mut request, |request| {
-            dispatch(bridge, request, &method, &segments, &allowed)
-        });
-    }
-    dispatch(bridge, &mut request, &method, &segments, &allowed)
-}
-
-/// Handlers get the request mutably only so that `POST /records` can take its body and free
-/// it once validated (a body-sized copy less at the peak).
-fn dispatch(
-    bridge: &Bridge,
-    request: &mut Request,
-    method: &http::Method,
-    segments: &[&str],
-    allowed: &str,
-) -> Result<Response, ApiError> {
-    use http::Method;
-    match (method, segments) {
-        (&Method::PUT, ["integration"]) => routes::integration::register(bridge, request),
-        (&Method::GET, ["integration"]) => routes::integration::list(bridge),
-        (&Method::DELETE, ["integration"]) => routes::integration::delete(bridge, request),
-        (&Method::POST, ["schema", object_type]) => {
-            routes::schema::upload(bridge, request, object_type)
-        }
-        (&Method::GET, ["schema", object_type]) => routes::schema::list(bridge, Some(object_type)),
-        (&Method::GET, ["schema"]) => routes::schema::list(bridge, None),
-        (&Method::POST, ["records", object_type]) => {
-            routes::records::upload(bridge, request, object_type)
-        }
-        (&Method::GET, ["records", object_type]) => {
-            routes::records::get(bridge, request, object_type)
-        }
-        (&Method::GET, ["records", object_type, object_id, "status"]) => {
-            routes::requests::record_status(bridge, object_type, object_id)
-        }
-        (&Method::GET, ["requests"]) => routes::requests::list(bridge, request),
-        (&Method::GET, ["requests", id]) => routes::requests::get(bridge, id),
-        (&Method::POST, ["requests", id, "retry"]) => routes::requests::retry(bridge, id),
-        (&Method::POST, ["sweep"]) => sweep(bridge),
-        (&Method::GET, ["status"]) => routes::status::status(bridge),
-        (&Method::GET, ["metrics"]) => routes::status::metrics(bridge),
-        (&Method::POST, ["flush"]) => {
-            routes::failures::flush_now(&bridge.with_budget(bridge.clock.now()), request)
-        }
-        (&Method::GET, ["failures"]) => routes::failures::list(bridge, request),
-        (&Method::POST, ["failures", "retry"]) => routes::failures::retry(bridge, request),
-        (&Method::DELETE, ["failures", object_type, object_id]) => {
-            routes::failures::discard(bridge, object_type, object_id)
-        }
-        _ => Err(not_allowed(method, allowed)),
-    }
+    let Some(row) = row else {
+        let allowed: Vec<&str> = rows.iter().map(|r| r.method).collect();
+        return (Err(not_allowed(&method, &allowed.join(", "))), false);
+    };
+    let params = table::params(row, &segments);
+    let changes_state = !matches!(method, http::Method::GET | http::Method::HEAD);
+    let result = if auth == Auth::Bearer
+        && changes_state
+        && request.headers().contains_key("idempotency-key")
+    {
+        with_idempotency(bridge, &mut request, |request| {
+            (row.handler)(bridge, request, &params)
+        })
+    } else {
+        (row.handler)(bridge, &mut request, &params)
+    };
+    (result, row.check_after)
 }
 
 /// Runs a state-changing management request under its `Idempotency-Key`, scoped to the
@@ -245,69 +189,6 @@ fn with_idempotency(
             .emit();
     }
     Ok(response)
-}
-
-/// `POST /sweep`: removes expired idempotency keys (for a Spin cron trigger or any scheduler).
-fn sweep(bridge: &Bridge) -> Result<Response, ApiError> {
-    let idem = bridge.idempotency();
-    let removed = idem.sweep()?;
-    Ok(crate::problem::json_response(
-        200,
-        &serde_json::json!({ "expiredKeysRemoved": removed }),
-    ))
-}
-
-/// Every route the router serves, as `(method, path template)`: the one list the 404/405
-/// answers (and their `Allow`) come from, and the one `docs/openapi.json` is checked against
-/// (`routes::openapi_tests`). A `{name}` segment matches any one segment.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("GET", "/"),
-    ("HEAD", "/"),
-    ("GET", "/healthz"),
-    ("HEAD", "/healthz"),
-    ("GET", "/openapi.json"),
-    ("HEAD", "/openapi.json"),
-    ("POST", "/webhooks"),
-    ("GET", "/status"),
-    ("GET", "/metrics"),
-    ("GET", "/integration"),
-    ("PUT", "/integration"),
-    ("DELETE", "/integration"),
-    ("GET", "/schema"),
-    ("GET", "/schema/{objectType}"),
-    ("POST", "/schema/{objectType}"),
-    ("GET", "/records/{objectType}"),
-    ("POST", "/records/{objectType}"),
-    ("GET", "/records/{objectType}/{objectId}/status"),
-    ("GET", "/requests"),
-    ("GET", "/requests/{clientRequestId}"),
-    ("POST", "/requests/{clientRequestId}/retry"),
-    ("POST", "/sweep"),
-    ("POST", "/flush"),
-    ("GET", "/failures"),
-    ("POST", "/failures/retry"),
-    ("DELETE", "/failures/{objectType}/{objectId}"),
-];
-
-/// Whether `segments` (a path split at `/`) fit `template`. A literal segment wins over a
-/// `{name}` one of another template (`/failures/retry` is not `/failures/{objectType}`).
-fn fits(template: &str, segments: &[&str]) -> bool {
-    let parts: Vec<&str> = template.split('/').filter(|s| !s.is_empty()).collect();
-    parts.len() == segments.len()
-        && parts
-            .iter()
-            .zip(segments)
-            .all(|(p, s)| p.starts_with('{') || p == s)
-}
-
-/// The methods served on this path (`None`: no such route), for 405's `Allow`.
-fn allowed_methods(segments: &[&str]) -> Option<String> {
-    let methods: Vec<&str> = ROUTES
-        .iter()
-        .filter(|(_, t)| fits(t, segments))
-        .map(|(m, _)| *m)
-        .collect();
-    (!methods.is_empty()).then(|| methods.join(", "))
 }
 
 fn not_allowed(method: &http::Method, allowed: &str) -> ApiError {

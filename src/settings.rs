@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::fault::Fault;
 use crate::gong::client::{Auth, GongClient};
 use crate::ports::Config;
+use crate::routes::table::BodyClass;
 
 pub const GONG_BASE_URL: &str = "gong_base_url";
 pub const GONG_ACCESS_KEY: &str = "gong_access_key";
@@ -233,25 +234,20 @@ pub struct BodyLimit {
     pub variable: Option<&'static str>,
 }
 
-/// The body limit of a route, decided from its path before the body is read: webhooks by
-/// `webhook_max_bytes`, `POST /records` by Gong's 200 MB file limit, the rest by
-/// `management_max_bytes`.
-pub fn body_limit(config: &dyn Config, path: &str) -> BodyLimit {
-    let first = path
-        .trim_start_matches('/')
-        .split('/')
-        .next()
-        .unwrap_or_default();
-    match first {
-        "webhooks" => BodyLimit {
+/// The body limit of a route's body class (`routes::table`), decided from its path before the
+/// body is read: webhooks by `webhook_max_bytes`, `POST /records` by Gong's 200 MB file limit, the
+/// rest by `management_max_bytes`.
+pub fn body_limit(config: &dyn Config, class: BodyClass) -> BodyLimit {
+    match class {
+        BodyClass::Webhook => BodyLimit {
             bytes: number(config, WEBHOOK_MAX_BYTES).unwrap_or(DEFAULT_WEBHOOK_MAX_BYTES),
             variable: Some(WEBHOOK_MAX_BYTES),
         },
-        "records" => BodyLimit {
+        BodyClass::Records => BodyLimit {
             bytes: crate::validation::MAX_BODY_BYTES,
             variable: None,
         },
-        _ => BodyLimit {
+        BodyClass::Management => BodyLimit {
             bytes: number(config, MANAGEMENT_MAX_BYTES).unwrap_or(DEFAULT_MANAGEMENT_MAX_BYTES),
             variable: Some(MANAGEMENT_MAX_BYTES),
         },
@@ -317,28 +313,35 @@ mod tests {
 
     #[test]
     fn body_limits_follow_the_route_and_the_variables() {
+        use crate::routes::table::body_class;
         let none = Vars(HashMap::new());
         assert_eq!(
-            body_limit(&none, "/webhooks"),
+            body_limit(&none, body_class("POST", "/webhooks")),
             BodyLimit {
                 bytes: DEFAULT_WEBHOOK_MAX_BYTES,
                 variable: Some(WEBHOOK_MAX_BYTES)
             }
         );
         assert_eq!(
-            body_limit(&none, "/records/ACCOUNT").bytes,
+            body_limit(&none, body_class("POST", "/records/ACCOUNT")).bytes,
             crate::validation::MAX_BODY_BYTES
         );
         assert_eq!(
-            body_limit(&none, "/schema/ACCOUNT").variable,
+            body_limit(&none, body_class("POST", "/schema/ACCOUNT")).variable,
             Some(MANAGEMENT_MAX_BYTES)
         );
         let set = Vars(HashMap::from([
             (WEBHOOK_MAX_BYTES, "2048"),
             (MANAGEMENT_MAX_BYTES, "512"),
         ]));
-        assert_eq!(body_limit(&set, "/webhooks").bytes, 2048);
-        assert_eq!(body_limit(&set, "/integration").bytes, 512);
+        assert_eq!(
+            body_limit(&set, body_class("POST", "/webhooks")).bytes,
+            2048
+        );
+        assert_eq!(
+            body_limit(&set, body_class("POST", "/integration")).bytes,
+            512
+        );
     }
 
     /// Issue 10 item 11: `kv_max_keys=1,024` is named, not silently read as "no cap".

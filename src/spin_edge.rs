@@ -35,7 +35,10 @@ fn handle_request(incoming: IncomingRequest, response_out: ResponseOutparam) {
     };
     let method = http_method(&incoming.method());
     let path = incoming.path_with_query().unwrap_or_default();
-    let limit = settings::body_limit(&SpinConfig, &path);
+    let limit = settings::body_limit(
+        &SpinConfig,
+        crate::routes::table::body_class(method.as_str(), &path),
+    );
     let mut builder = http::Request::builder()
         .method(method.clone())
         .uri(incoming.uri());

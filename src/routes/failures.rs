@@ -1,4 +1,4 @@
-//! `POST /flush`, `GET /failures`, `POST /failures/retry`, `DELETE /failures/{type}/{id}` (the
+//! `POST /flush`, `POST /sweep`, `GET /failures`, `POST /failures/retry`, `DELETE /failures/{type}/{id}` (the
 //! last two record operator commands that the engine applies: `outbox::commands`).
 
 use serde::Deserialize;
@@ -163,4 +163,13 @@ fn requested(command: commands::Command, failures: usize) -> Response {
         .extensions_mut()
         .insert(crate::app::FollowUp::ApplyCommands);
     response
+}
+
+/// `POST /sweep`: removes expired idempotency keys (for a Spin cron trigger or any scheduler).
+pub fn sweep(bridge: &Bridge) -> Result<Response, ApiError> {
+    let removed = bridge.idempotency().sweep()?;
+    Ok(json_response(
+        200,
+        &json!({ "expiredKeysRemoved": removed }),
+    ))
 }

@@ -7,6 +7,7 @@ pub mod records;
 pub mod requests;
 pub mod schema;
 pub mod status;
+pub mod table;
 pub mod webhooks;
 
 use crate::problem::ApiError;
