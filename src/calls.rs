@@ -12,7 +12,7 @@ use crate::quota::{self, Decision, QuotaState};
 use crate::settings;
 
 /// KV key of the shared Gong call budget (`quota::QuotaState`).
-pub const QUOTA_KEY: &str = "quota";
+pub use crate::keys::QUOTA as QUOTA_KEY;
 /// The longest one caller waits for the next second's calls before giving up (throttled).
 const MAX_QUOTA_WAIT_MS: u64 = 3_000;
 

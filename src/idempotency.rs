@@ -26,7 +26,7 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_SETTLE: Duration = Duration::from_millis(100);
 /// An in-progress claim older than this is taken to be abandoned (its replica died).
 pub const LEASE: Duration = Duration::from_secs(120);
-const EXPIRY_PREFIX: &str = "idemexp/";
+use crate::keys::{IDEMPOTENCY_EXPIRY_PREFIX as EXPIRY_PREFIX, IDEMPOTENCY_PREFIX};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -143,7 +143,11 @@ impl<'a> Idempotency<'a> {
 
     /// Starts a request under `scope`/`raw_key` with the body's fingerprint.
     pub fn begin(&self, scope: &str, raw_key: &str, fingerprint: &str) -> Result<Begin, ApiError> {
-        let key = format!("idem/{}/{}", key_part(scope), key_part(raw_key));
+        let key = format!(
+            "{IDEMPOTENCY_PREFIX}{}/{}",
+            key_part(scope),
+            key_part(raw_key)
+        );
         let now = self.now();
         if let Some(existing) = self.read(&key)? {
             let live = existing.expires_at > now;
@@ -201,7 +205,11 @@ impl<'a> Idempotency<'a> {
         raw_key: &str,
         fingerprint: &str,
     ) -> Result<Begin, ApiError> {
-        let key = format!("idem/{}/{}", key_part(scope), key_part(raw_key));
+        let key = format!(
+            "{IDEMPOTENCY_PREFIX}{}/{}",
+            key_part(scope),
+            key_part(raw_key)
+        );
         if let Some(existing) = self.read(&key)? {
             if existing.expires_at > self.now() && existing.fingerprint != fingerprint {
                 return Err(ApiError::unprocessable(
@@ -256,7 +264,7 @@ impl<'a> Idempotency<'a> {
                 continue;
             };
             if expires <= now {
-                self.kv.delete(&format!("idem/{key}"))?;
+                self.kv.delete(&format!("{IDEMPOTENCY_PREFIX}{key}"))?;
                 self.kv.delete(&index_key)?;
                 removed += 1;
             }
@@ -268,7 +276,7 @@ impl<'a> Idempotency<'a> {
 fn expiry_key(expires_at: i64, key: &str) -> String {
     format!(
         "{EXPIRY_PREFIX}{expires_at:012}/{}",
-        key.trim_start_matches("idem/")
+        key.trim_start_matches(IDEMPOTENCY_PREFIX)
     )
 }
 

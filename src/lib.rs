@@ -11,6 +11,7 @@ pub mod fault;
 pub mod gong;
 pub mod idempotency;
 pub mod intake;
+pub mod keys;
 pub mod log;
 pub mod outbox;
 pub mod ports;

@@ -14,21 +14,15 @@ use crate::fault::{encoding, Fault};
 use crate::gong::models::{ObjectType, SchemaField};
 use crate::ports::{Kv, KvError};
 
-pub const INTEGRATION_KEY: &str = "integration";
+pub use crate::keys::INTEGRATION as INTEGRATION_KEY;
 /// Chunk size for large values: under Fermyon Cloud's 1 MB value limit with room to spare.
 pub const CHUNK_BYTES: usize = 512 * 1024;
 
-pub fn schema_key(object_type: ObjectType) -> String {
-    format!("schema/{}", object_type.as_str())
-}
+pub use crate::keys::schema as schema_key;
 
-pub fn request_key(client_request_id: &str) -> String {
-    format!("request/{client_request_id}")
-}
+pub use crate::keys::request as request_key;
 
-fn blob_key(kind: &str, id: &str, n: usize) -> String {
-    format!("blob/{kind}/{id}/{n}")
-}
+use crate::keys::blob as blob_key;
 
 /// The integration the bridge registered or adopted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -24,7 +24,7 @@ use crate::ports::Kv;
 use crate::store::Store;
 
 /// KV key of the saved counters.
-pub const COUNTERS_KEY: &str = "metrics/counters";
+pub use crate::keys::COUNTERS as COUNTERS_KEY;
 /// One refused webhook in this many is counted, with this weight.
 pub const REFUSAL_SAMPLE: u64 = 8;
 

@@ -28,7 +28,7 @@ use crate::fault::{encoding, Fault};
 use crate::gong::models::ObjectType;
 use crate::settings;
 
-pub const COMMAND_PREFIX: &str = "command/";
+pub use crate::keys::COMMAND_PREFIX;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

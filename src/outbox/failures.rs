@@ -63,7 +63,7 @@ pub fn find_failure(
 }
 
 /// Failure shards holding re-queued failures, with the earliest re-queue in each.
-pub(super) const RETRIED_KEY: &str = "buffer/retried";
+pub(super) use crate::keys::RETRIED as RETRIED_KEY;
 
 /// The second look at re-queued failures (caller holds the lease): a failure whose record the
 /// pending shards hold again (or a newer version, or a later send) goes; one whose re-queue was

@@ -26,7 +26,7 @@ use crate::settings;
 use crate::tracking::RequestOperation;
 use crate::validation::{self, ValidRecord};
 
-const NEXT_CHECK_KEY: &str = "flush/next-check";
+use crate::keys::NEXT_CHECK as NEXT_CHECK_KEY;
 /// On ordinary requests the buffer is scanned at most this often (a scan lists every key).
 const CHECK_EVERY_SECONDS: i64 = 5;
 /// Files one `POST /flush` may send, so that one request stays bounded.
@@ -252,7 +252,10 @@ fn run_bounded(bridge: &Bridge, force: bool, max_files: usize) -> Result<FlushRe
         .filter_map(|k| k.strip_prefix(INFLIGHT_PREFIX))
         .map(str::to_owned)
         .collect();
-    let requests_kept = keys.iter().filter(|k| k.starts_with("request/")).count();
+    let requests_kept = keys
+        .iter()
+        .filter(|k| k.starts_with(crate::keys::REQUEST_PREFIX))
+        .count();
     let retried_failures = keys.iter().any(|k| k == failures::RETRIED_KEY);
     let commands_waiting = keys.iter().any(|k| k.starts_with(commands::COMMAND_PREFIX));
     let bulk_waiting = sent::any_waiting(&keys);

@@ -186,7 +186,7 @@ fn inbox_received(key: &str) -> &str {
 
 /// Inbox keys whose records are merged and confirmed, with when (Unix seconds): kept until
 /// `inbox_release_seconds` have passed, then checked against the shards again and deleted.
-const SETTLING_KEY: &str = "buffer/settling";
+use crate::keys::SETTLING as SETTLING_KEY;
 
 /// Inbox keys merged already and waiting to be released (not "waiting" records).
 pub(super) fn settling(bridge: &Bridge) -> Result<BTreeMap<String, i64>, Fault> {

@@ -13,7 +13,7 @@ use crate::ports::{Clock, Kv};
 use crate::settings;
 
 /// KV key of the flush lease.
-pub const FLUSH_LEASE: &str = "lease/flush";
+pub use crate::keys::FLUSH_LEASE;
 /// How long the flush lease lasts without renewal: a replica that dies holding it (a crash,
 /// SIGKILL) blocks flushing for at most this long.
 pub const LEASE_SECONDS: i64 = 30;

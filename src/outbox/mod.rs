@@ -35,15 +35,11 @@ mod model_tests;
 #[cfg(test)]
 mod tests;
 
-const INFLIGHT_PREFIX: &str = "inflight/";
+use crate::keys::{inflight as inflight_key, INFLIGHT_PREFIX};
 /// How the clientRequestId of every file flushed from the buffer begins (`fl-{type}-{uuid}`).
 const FLUSH_FILE_PREFIX: &str = "fl-";
 /// Deliveries listed in a flushed file's request record (the rest are counted only).
 const MAX_DELIVERIES_LISTED: usize = 1_000;
-
-fn inflight_key(client_request_id: &str) -> String {
-    format!("{INFLIGHT_PREFIX}{client_request_id}")
-}
 
 /// A file sent from the buffer whose final status has not been applied yet.
 #[derive(Debug, Clone, Serialize, Deserialize)]

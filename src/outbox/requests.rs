@@ -12,16 +12,9 @@ use crate::gong::models::{AsyncProcessingResponse, ObjectType, RequestStatusResp
 use crate::store::{request_key, schema_key, INTEGRATION_KEY};
 use crate::tracking::{object_id_on_line, RequestOperation, RequestRecord, Totals, TrackedStatus};
 
-pub const PAYLOAD: &str = "payload";
-const REQUEST_INDEX_PREFIX: &str = "reqidx/";
+pub use crate::keys::BLOB_PAYLOAD as PAYLOAD;
 
-/// `reqidx/{inverted unix time}/{clientRequestId}`: sorting key names gives newest first.
-fn request_index_key(unix: i64, client_request_id: &str) -> String {
-    format!(
-        "{REQUEST_INDEX_PREFIX}{:012}/{client_request_id}",
-        999_999_999_999i64.saturating_sub(unix)
-    )
-}
+use crate::keys::{request_index as request_index_key, REQUEST_INDEX_PREFIX};
 
 /// Where the latest upload of one record went.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -31,7 +24,7 @@ pub struct RecordIndexEntry {
     pub line: usize,
     pub at: String,
 }
-pub const LINES: &str = "lines";
+pub use crate::keys::BLOB_LINES as LINES;
 
 pub struct Submission {
     pub client_request_id: String,

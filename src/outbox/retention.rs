@@ -9,7 +9,7 @@ use crate::fault::Fault;
 use crate::tracking::{RequestRecord, TrackedStatus};
 
 /// When the next age sweep of request records is due (Unix seconds).
-const NEXT_AGE_SWEEP_KEY: &str = "retention/next-sweep";
+use crate::keys::NEXT_AGE_SWEEP as NEXT_AGE_SWEEP_KEY;
 /// Age sweeps run at most this often (each reads every request record).
 const AGE_SWEEP_EVERY_SECONDS: i64 = 3_600;
 
@@ -32,7 +32,10 @@ pub(super) fn retain_requests(bridge: &Bridge, layout: Layout) -> Result<usize, 
         .put_json(NEXT_AGE_SWEEP_KEY, &(now + AGE_SWEEP_EVERY_SECONDS))?;
     let max_age = crate::settings::idempotency_ttl(bridge.config).as_secs() as i64;
     let keys = bridge.kv.keys()?;
-    let request_keys: Vec<&String> = keys.iter().filter(|k| k.starts_with("request/")).collect();
+    let request_keys: Vec<&String> = keys
+        .iter()
+        .filter(|k| k.starts_with(crate::keys::REQUEST_PREFIX))
+        .collect();
     let mut finished: Vec<RequestRecord> = Vec::new();
     for key in &request_keys {
         let Some(record) = bridge.store().get_json::<RequestRecord>(key).ok().flatten() else {
@@ -80,7 +83,7 @@ pub(super) fn retain_requests(bridge: &Bridge, layout: Layout) -> Result<usize, 
         let suffix = format!("/{id}");
         for index in keys
             .iter()
-            .filter(|k| k.starts_with("reqidx/") && k.ends_with(&suffix))
+            .filter(|k| k.starts_with(crate::keys::REQUEST_INDEX_PREFIX) && k.ends_with(&suffix))
         {
             store.delete(index)?;
         }

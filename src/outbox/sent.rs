@@ -18,8 +18,12 @@ use crate::gong::models::ObjectType;
 use crate::settings;
 
 /// The blob kind (`blob/sent/…`).
-const KIND: &str = "sent";
-const PREFIX: &str = "blob/sent/";
+use crate::keys::BLOB_SENT as KIND;
+
+/// Where the blobs of this kind start (`blob/sent/`).
+fn prefix() -> String {
+    format!("{}{KIND}/", crate::keys::BLOB_PREFIX)
+}
 
 /// One record of a bulk file.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,9 +99,10 @@ pub fn record_bulk(
 /// Bulk files waiting to be folded in, with their chunk counts.
 fn waiting(keys: &[String]) -> BTreeMap<String, usize> {
     let mut out: BTreeMap<String, usize> = BTreeMap::new();
+    let prefix = prefix();
     for key in keys {
         let Some((id, n)) = key
-            .strip_prefix(PREFIX)
+            .strip_prefix(prefix.as_str())
             .and_then(|rest| rest.rsplit_once('/'))
         else {
             continue;
@@ -110,7 +115,7 @@ fn waiting(keys: &[String]) -> BTreeMap<String, usize> {
 }
 
 pub fn any_waiting(keys: &[String]) -> bool {
-    keys.iter().any(|k| k.starts_with(PREFIX))
+    keys.iter().any(|k| k.starts_with(prefix().as_str()))
 }
 
 /// Where a waiting (not yet folded) bulk file put this record: (clientRequestId, line, at).

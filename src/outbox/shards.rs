@@ -28,10 +28,11 @@ use crate::fault::{encoding, Fault};
 use crate::gong::models::ObjectType;
 use crate::ports::Kv;
 
-pub const INBOX_PREFIX: &str = "inbox/";
-pub const PENDING_SHARD_PREFIX: &str = "pbuf/";
-pub const FAILURE_SHARD_PREFIX: &str = "pfail/";
-pub const SUMMARY_KEY: &str = "buffer/summary";
+pub use crate::keys::{
+    failure_shard as failure_shard_key, inbox as inbox_key, parse_shard as parse_shard_key,
+    pending_shard as pending_shard_key, FAILURE_SHARD_PREFIX, INBOX_PREFIX, PENDING_SHARD_PREFIX,
+    SUMMARY as SUMMARY_KEY,
+};
 /// What a shard or inbox key is planned to hold at most: Fermyon Cloud's value limit is 1 MB,
 /// and the planning uses estimates, so a fifth is kept as headroom.
 pub const SHARD_BUDGET_BYTES: usize = 800 * 1024;
@@ -371,20 +372,6 @@ pub fn shard_of(object_id: &str, shards: u32) -> u32 {
     n % shards.max(1)
 }
 
-pub fn pending_shard_key(object_type: ObjectType, n: u32) -> String {
-    format!("{PENDING_SHARD_PREFIX}{}/{n:03}", object_type.as_str())
-}
-
-pub fn failure_shard_key(object_type: ObjectType, n: u32) -> String {
-    format!("{FAILURE_SHARD_PREFIX}{}/{n:03}", object_type.as_str())
-}
-
-/// (type, shard number) of a `pbuf/` or `pfail/` key.
-pub fn parse_shard_key(key: &str, prefix: &str) -> Option<(ObjectType, u32)> {
-    let (t, n) = key.strip_prefix(prefix)?.split_once('/')?;
-    Some((ObjectType::parse_upload(t)?, n.parse().ok()?))
-}
-
 /// One record in an inbox key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InboxRecord {
@@ -400,13 +387,6 @@ pub struct InboxEntry {
     pub d: String,
     pub r: i64,
     pub records: Vec<InboxRecord>,
-}
-
-pub fn inbox_key(object_type: ObjectType, received: i64, unique: &str) -> String {
-    format!(
-        "{INBOX_PREFIX}{}/{received:011}/{unique}",
-        object_type.as_str()
-    )
 }
 
 /// Splits a delivery's records into inbox values that each stay within the shard budget.
