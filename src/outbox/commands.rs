@@ -80,6 +80,9 @@ fn failed_at_ms(failure: &Failure) -> Option<i64> {
         .map(|t| t.unix_timestamp() * 1_000)
 }
 
+/// How long a command waits for the lease to apply the waiting ones when too many wait.
+const MAKE_ROOM_WAIT: time::Duration = time::Duration::seconds(2);
+
 /// Commands waiting at most at once: a button pressed in a loop must not fill the store.
 fn max_waiting(bridge: &Bridge) -> usize {
     (settings::layout(bridge.config).max_keys / 64).max(4)
@@ -93,15 +96,35 @@ pub fn record(
     object_type: Option<ObjectType>,
     ids: Option<Vec<String>>,
 ) -> Result<Command, Fault> {
-    let waiting = bridge
-        .kv
-        .keys()?
-        .iter()
-        .filter(|k| k.starts_with(COMMAND_PREFIX))
-        .count();
+    let count = |bridge: &Bridge| -> Result<usize, Fault> {
+        Ok(bridge
+            .kv
+            .keys()?
+            .iter()
+            .filter(|k| k.starts_with(COMMAND_PREFIX))
+            .count())
+    };
+    let mut waiting = count(bridge)?;
+    if waiting >= max_waiting(bridge) {
+        // Make room first: apply the waiting ones, waiting briefly for the lease if it is held.
+        let briefly = Bridge {
+            deadline: Some(bridge.clock.now() + MAKE_ROOM_WAIT),
+            ..*bridge
+        };
+        if let Err(e) = super::lease::when_held(&briefly, |_| apply_waiting(bridge)) {
+            crate::log::warn(format!(
+                "applying waiting operator commands to make room: {e}"
+            ))
+            .emit();
+        }
+        waiting = count(bridge)?;
+    }
     if waiting >= max_waiting(bridge) {
         return Err(Fault::StoreFull {
-            detail: format!("{waiting} operator commands are waiting to be applied (at most {} at once); the engine applies them within seconds, send this one again then", max_waiting(bridge)),
+            detail: format!(
+                "{waiting} operator commands are waiting to be applied (at most {} at once) and the engine's lease stayed busy; it applies them within seconds, send this one again then",
+                max_waiting(bridge)
+            ),
             retry_after: 5,
         });
     }
