@@ -5,6 +5,7 @@ use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
 use crate::bridge::Bridge;
+use crate::gong::request_id::{self, ClientRequestId};
 use crate::ports::{Request, Response};
 use crate::problem::ApiError;
 use crate::routes::table::{self, Auth};
@@ -156,18 +157,13 @@ fn with_idempotency(
     request: &mut Request,
     run: impl FnOnce(&mut Request) -> Result<Response, ApiError>,
 ) -> Result<Response, ApiError> {
-    let key = request
-        .headers()
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .trim()
-        .to_owned();
-    if !is_valid_client_request_id(&key) {
-        return Err(ApiError::bad_request(
-            "Idempotency-Key must be 1 to 64 characters of letters, digits, '-' or '_' (Gong's clientRequestId rule)",
-        ));
-    }
+    let key = idempotency_key(
+        request
+            .headers()
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(""),
+    )?;
     let idem = bridge.idempotency();
     let scope = format!("{} {}", request.method(), request.uri().path());
     let claim = match idem.begin_checked(
@@ -259,33 +255,22 @@ pub fn json_body<T: DeserializeOwned>(request: &Request) -> Result<T, ApiError> 
         .map_err(|e| ApiError::bad_request(format!("the body is not the expected JSON: {e}")))
 }
 
-/// A clientRequestId from the `Idempotency-Key` header, when it is one Gong accepts
-/// (letters, digits, `-`, `_`; at most 64), else a new one.
+/// A clientRequestId from the `Idempotency-Key` header, when it is one Gong accepts, else a
+/// new one.
 pub fn client_request_id(request: &Request) -> Result<String, ApiError> {
     match request.headers().get("idempotency-key") {
-        None => Ok(new_client_request_id()),
-        Some(value) => {
-            let key = value.to_str().unwrap_or("").trim();
-            if is_valid_client_request_id(key) {
-                Ok(key.to_owned())
-            } else {
-                Err(ApiError::bad_request(
-                    "Idempotency-Key must be 1 to 64 characters of letters, digits, '-' or '_' (Gong's clientRequestId rule)",
-                ))
-            }
-        }
+        None => Ok(ClientRequestId::random().into_string()),
+        Some(value) => idempotency_key(value.to_str().unwrap_or("")),
     }
 }
 
-pub fn new_client_request_id() -> String {
-    format!("gcb-{}", uuid::Uuid::new_v4().simple())
-}
-
-pub fn is_valid_client_request_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+/// An `Idempotency-Key` is a clientRequestId (400 otherwise).
+fn idempotency_key(raw: &str) -> Result<String, ApiError> {
+    ClientRequestId::parse(raw.trim())
+        .map(ClientRequestId::into_string)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("Idempotency-Key must be {}", request_id::RULE))
+        })
 }
 
 #[cfg(test)]

@@ -107,13 +107,3 @@ fn an_empty_id_in_a_lookup_is_refused() {
     }
     assert!(gong.calls().is_empty());
 }
-
-#[test]
-fn client_request_id_rule() {
-    assert!(is_valid_client_request_id("abc-DEF_123"));
-    assert!(!is_valid_client_request_id(""));
-    assert!(!is_valid_client_request_id("a b"));
-    assert!(!is_valid_client_request_id("a.b"));
-    assert!(!is_valid_client_request_id(&"x".repeat(65)));
-    assert!(is_valid_client_request_id(&new_client_request_id()));
-}

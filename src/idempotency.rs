@@ -70,17 +70,7 @@ impl Claim {
     /// Gong's clientRequestId for the work behind this key: the key itself when it is a valid
     /// one, else derived from its hash, so a re-delivery can never create a second Gong request.
     pub fn client_request_id(&self, prefix: &str) -> String {
-        derive_client_request_id(prefix, &self.key)
-    }
-}
-
-pub fn derive_client_request_id(prefix: &str, key: &str) -> String {
-    let leaf = key.rsplit('/').next().unwrap_or(key);
-    let candidate = format!("{prefix}{leaf}");
-    if crate::app::is_valid_client_request_id(&candidate) {
-        candidate
-    } else {
-        format!("{prefix}{}", &hex(&Sha256::digest(key.as_bytes()))[..40])
+        crate::gong::request_id::ClientRequestId::derive(prefix, &self.key).into_string()
     }
 }
 
@@ -462,20 +452,6 @@ mod tests {
         assert!(matches!(
             idem.begin("s", "new", "f").unwrap(),
             Begin::Proceed(_)
-        ));
-    }
-
-    #[test]
-    fn client_request_ids_derive_from_keys() {
-        assert_eq!(
-            derive_client_request_id("wh-", "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W"),
-            "wh-msg_2KWPBgLlAfxdpx2AI54pPJ85f4W"
-        );
-        let long = derive_client_request_id("wh-", &"x".repeat(100));
-        assert!(crate::app::is_valid_client_request_id(&long));
-        assert_eq!(long, derive_client_request_id("wh-", &"x".repeat(100)));
-        assert!(crate::app::is_valid_client_request_id(
-            &derive_client_request_id("wh-", "a.b/c d")
         ));
     }
 }

@@ -1,2 +1,3 @@
 pub mod client;
 pub mod models;
+pub mod request_id;

@@ -175,7 +175,7 @@ pub fn submit_tracked(
             if matches!(fault, Fault::Kept { .. })
                 && matches!(fault.gong_error(), Some(GongError::Conflict { .. })) =>
         {
-            record.sent_as = Some(crate::app::new_client_request_id());
+            record.sent_as = Some(crate::gong::request_id::ClientRequestId::random().into_string());
             send(
                 bridge,
                 gong,
@@ -326,7 +326,7 @@ fn send(
 }
 
 pub fn load(bridge: &Bridge, id: &str) -> Result<RequestRecord, Fault> {
-    if !crate::app::is_valid_client_request_id(id) {
+    if crate::gong::request_id::ClientRequestId::parse(id).is_none() {
         return Err(Fault::NoSuchRequest(format!("{id:?}")));
     }
     bridge
