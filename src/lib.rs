@@ -12,6 +12,7 @@ pub mod gong;
 pub mod idempotency;
 pub mod intake;
 pub mod keys;
+pub mod lease;
 pub mod log;
 pub mod outbox;
 pub mod ports;

@@ -10,13 +10,14 @@ use serde_json::Value;
 
 use crate::gong::models::ObjectType;
 
+/// The lease lives at crate level (a sync needs one of its own); the engine's is the flush lease.
+pub use crate::lease;
 pub mod commands;
 pub mod due;
 pub mod failures;
 pub mod flush;
 mod follow;
 mod inbox;
-pub mod lease;
 pub mod locate;
 pub mod overview;
 mod pending;

@@ -1,7 +1,7 @@
-//! The flush lease: claim, settle, verify, renewed while work runs and expiring by itself if
-//! its holder dies. It saves work, nothing more: every step under it confirms its own writes
-//! by reading them back, so two holders at once (a slow store, an expired lease) may waste
-//! work but never lose or regress a version.
+//! Leases: claim, settle, verify, renewed while work runs and expiring by itself if its holder
+//! dies (any key; the engine's is the flush lease, `lease/flush`). A lease saves work, nothing
+//! more: every step under it confirms its own writes by reading them back, so two holders at
+//! once (a slow store, an expired lease) may waste work but never lose or regress a version.
 
 use std::time::Duration;
 
