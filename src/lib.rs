@@ -8,6 +8,7 @@ pub mod app;
 pub mod bridge;
 pub mod calls;
 pub mod fault;
+pub mod gateway;
 pub mod gong;
 pub mod idempotency;
 pub mod intake;

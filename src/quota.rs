@@ -109,6 +109,27 @@ pub fn decide(state: &mut QuotaState, limits: QuotaLimits, now_ms: i64) -> Decis
     Decision::Go
 }
 
+/// Counts one call of another upstream (a CRM's API) into the hour window only: the platform's
+/// cap on outbound requests (`per_hour`) is the app's, whoever is called; Gong's per-second and
+/// daily budget stay Gong's.
+pub fn spend_hour(state: &mut QuotaState, per_hour: u32, now_ms: i64) -> Decision {
+    let hour = now_ms.div_euclid(3_600_000);
+    if state.hour != hour {
+        state.hour = hour;
+        state.hour_count = 0;
+    }
+    if per_hour > 0 && state.hour_count >= per_hour {
+        return Decision::Blocked {
+            until_ms: (hour + 1) * 3_600_000,
+            reason: format!(
+                "hourly cap of {per_hour} outbound calls reached (variable outbound_hourly_cap)"
+            ),
+        };
+    }
+    state.hour_count += 1;
+    Decision::Go
+}
+
 /// The budget as seen at `now_ms`: calls spent in this second, hour and day (a window that
 /// has passed counts 0, as [`decide`] would start it afresh), and any pause.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
