@@ -15,6 +15,7 @@ pub mod intake;
 pub mod keys;
 pub mod lease;
 pub mod log;
+pub mod mapping;
 pub mod outbox;
 pub mod ports;
 pub mod problem;
