@@ -162,7 +162,7 @@ fn one(
             let target = rule.object.as_deref().unwrap_or("");
             let id = match found {
                 // Pipedrive sends some references as `{id, name, …}` objects.
-                Value::Object(o) => o.get("id").and_then(|v| text(v)),
+                Value::Object(o) => o.get("id").and_then(&text),
                 v => text(v),
             };
             Value::String(format!(
