@@ -7,6 +7,7 @@
 pub mod app;
 pub mod bridge;
 pub mod calls;
+pub mod crm;
 pub mod fault;
 pub mod gateway;
 pub mod gong;

@@ -188,6 +188,9 @@ pub const WORK_BUDGET_MS: &str = "work_budget_ms";
 pub const POLL_BACKOFF_SECONDS: &str = "poll_backoff_seconds";
 pub const INBOX_RELEASE_SECONDS: &str = "inbox_release_seconds";
 pub const ADMISSION_WAIT_MS: &str = "admission_wait_ms";
+/// Pipedrive's webhook Basic auth (the webhook's `http_auth_user` / `http_auth_password`).
+pub const PIPEDRIVE_WEBHOOK_USER: &str = "pipedrive_webhook_user";
+pub const PIPEDRIVE_WEBHOOK_PASSWORD: &str = "pipedrive_webhook_password";
 
 /// How long a webhook waits for room at the store's admission line before it is refused (503
 /// `store-full`). Default 5 s: half of Pipedrive's 10 s, inside every CRM's timeout, and inside

@@ -49,6 +49,10 @@ pub struct Counters {
     /// Records moved to the failure store.
     #[serde(default)]
     pub records_failed: u64,
+    /// Records of authentic CRM deliveries that could not be mapped or broke Gong's rules (also
+    /// in the failure store; answered 2xx all the same).
+    #[serde(default)]
+    pub records_rejected: u64,
 }
 
 impl Counters {
@@ -61,6 +65,7 @@ impl Counters {
         self.records_accepted += other.records_accepted;
         self.records_delivered += other.records_delivered;
         self.records_failed += other.records_failed;
+        self.records_rejected += other.records_rejected;
         for (k, v) in &other.webhooks_refused {
             *self.webhooks_refused.entry(k.clone()).or_default() += v;
         }
@@ -93,6 +98,10 @@ pub struct Tally {
 impl Tally {
     pub fn new() -> Tally {
         Tally::default()
+    }
+
+    pub fn records_rejected(&self, records: u64) {
+        self.delta.borrow_mut().records_rejected += records;
     }
 
     pub fn records_accepted(&self, deliveries: u64, records: u64) {

@@ -72,6 +72,8 @@ fn secrets_are_marked_secret_and_outbound_is_the_gong_host() {
         "api_token",
         "webhook_secret",
         "webhook_bearer_token",
+        "pipedrive_webhook_user",
+        "pipedrive_webhook_password",
     ] {
         let line = vars
             .iter()

@@ -96,6 +96,11 @@ impl Paths {
         matches!(self, Paths::None)
     }
 
+    /// The first pointer (where the value is looked for first).
+    pub fn first(&self) -> Option<&str> {
+        self.all().first().copied()
+    }
+
     fn all(&self) -> Vec<&str> {
         match self {
             Paths::None => Vec::new(),

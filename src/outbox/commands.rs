@@ -241,14 +241,36 @@ pub(super) fn apply_waiting(bridge: &Bridge) -> Result<(usize, usize), Fault> {
         // Pending shards first, then the failure shard: a crash in between leaves a record in
         // both, never in neither.
         let mut incoming = Vec::with_capacity(to_retry.len());
+        let mut still_failing = Vec::new();
         for (tag, id) in to_retry.iter().enumerate() {
             let f = &shard[id];
+            // A CRM's record is mapped again (the mapping may have been fixed); a record Gong
+            // refused is sent again as it was.
+            let (object_id, modified, line) = match &f.source {
+                None => (id.clone(), f.modified, shards::raw_line(f.line.as_bytes())?),
+                Some(source) => match remapped(source, &f.line, shard_type) {
+                    Ok((object_id, modified, line)) => {
+                        (object_id, modified, shards::raw_line(&line)?)
+                    }
+                    Err(why) => {
+                        still_failing.push((id.clone(), why));
+                        continue;
+                    }
+                },
+            };
             incoming.push(Incoming {
-                object_id: id.clone(),
-                slot: Slot::pending(f.modified, now, 0, "", shards::raw_line(f.line.as_bytes())?),
+                object_id,
+                slot: Slot::pending(modified, now, 0, "", line),
                 requeue: true,
                 tag,
             });
+        }
+        let now_text = crate::validation::format_gong_datetime(bridge.clock.now());
+        for (id, why) in still_failing {
+            if let Some(f) = shard.get_mut(&id) {
+                f.description = format!("{}: {why}", f.source.as_deref().unwrap_or_default());
+                f.failed_at = now_text.clone();
+            }
         }
         let merged = if incoming.is_empty() {
             Vec::new()
@@ -304,4 +326,47 @@ pub fn failure_of(
         &failure_shard_key(object_type, shard_of(object_id, layout.failure_shards)),
     )?;
     Ok(shard.remove(object_id))
+}
+
+/// A CRM's failed change mapped again and validated: (objectId, modifiedDate, line), or why
+/// it still fails.
+fn remapped(
+    source: &str,
+    raw: &str,
+    object_type: ObjectType,
+) -> Result<(String, i64, Vec<u8>), String> {
+    let (mapped_type, record) = crate::crm::remap(source, raw)?;
+    if mapped_type != object_type {
+        return Err(format!(
+            "the mapping now makes it a {mapped_type}, not a {object_type}"
+        ));
+    }
+    let options = crate::validation::RecordOptions {
+        normalize: true,
+        ..Default::default()
+    };
+    let valid = crate::validation::validate_record(
+        object_type,
+        record,
+        0,
+        None,
+        None,
+        options,
+        &mut Vec::new(),
+    )
+    .map_err(|violations| {
+        violations
+            .iter()
+            .map(|v| {
+                format!(
+                    "{}: {} ({})",
+                    v.field.clone().unwrap_or_default(),
+                    v.message,
+                    v.rule
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    })?;
+    Ok((valid.object_id, valid.modified.unix_timestamp(), valid.line))
 }

@@ -148,6 +148,7 @@ fn outcome(
         line: String::from_utf8_lossy(line).into_owned(),
         retried_at: None,
         discarded_at: None,
+        source: None,
     };
     let mut requeue = Vec::new();
     let mut failures = Vec::new();
@@ -446,7 +447,11 @@ fn requeue_records(
 /// Writes failures into the failure shards (caller holds the lease), and confirms them by
 /// reading back after the settle time; an unconfirmed one fails the call, so the file stays in
 /// flight and the step repeats.
-fn add_failures(bridge: &Bridge, layout: Layout, failures: Vec<Failure>) -> Result<(), Fault> {
+pub(super) fn add_failures(
+    bridge: &Bridge,
+    layout: Layout,
+    failures: Vec<Failure>,
+) -> Result<(), Fault> {
     if failures.is_empty() {
         return Ok(());
     }

@@ -27,6 +27,7 @@ pub fn buffer_records(
     bridge: &Bridge,
     object_type: ObjectType,
     records: Vec<ValidRecord>,
+    rejected: Vec<shards::RejectedRecord>,
     delivery: &str,
 ) -> Result<Buffered, Fault> {
     let layout = settings::layout(bridge.config);
@@ -40,7 +41,8 @@ pub fn buffer_records(
             id: r.object_id,
         });
     }
-    let entries = inbox_entries(object_type, delivery, now, inbox_records);
+    let mut entries = inbox_entries(object_type, delivery, now, inbox_records);
+    shards::add_rejected(&mut entries, object_type, delivery, now, rejected);
     let inbox_before = admit(bridge, layout, entries.len())?;
     let written = entries.len();
     // Below the second, arrivals sort by their nanoseconds, so that compaction merges them in
@@ -439,6 +441,52 @@ fn compact_chunk(
     }
     for (_, entry) in &folded {
         per_type.entry(entry.t).or_default();
+    }
+    // Rejected records go to the failure store first; a key whose failures are not confirmed
+    // stays in the inbox (merged again later: duplicates).
+    let now_text = crate::validation::format_gong_datetime(bridge.clock.now());
+    let mut failures = Vec::new();
+    let mut with_failures = Vec::new();
+    for (tag, (key, entry)) in loaded.iter_mut().enumerate() {
+        per_type.entry(entry.t).or_default();
+        if entry.rejected.is_empty() {
+            continue;
+        }
+        with_failures.push(tag);
+        for r in std::mem::take(&mut entry.rejected) {
+            failures.push(super::Failure {
+                object_type: entry.t,
+                object_id: r.id,
+                modified: r.m,
+                description: r.why,
+                client_request_id: format!(
+                    "{}:{}",
+                    r.source,
+                    if entry.d.is_empty() {
+                        key.as_str()
+                    } else {
+                        entry.d.as_str()
+                    }
+                ),
+                failed_at: now_text.clone(),
+                line: r.raw.get().to_owned(),
+                retried_at: None,
+                discarded_at: None,
+                source: Some(r.source),
+            });
+        }
+    }
+    if !failures.is_empty() {
+        let count = failures.len();
+        match super::follow::add_failures(bridge, layout, failures) {
+            Ok(()) => bridge.tally.records_rejected(count as u64),
+            Err(e) => {
+                crate::log::warn(format!("rejected records stay in the inbox for now: {e}")).emit();
+                for tag in with_failures {
+                    complete[tag] = false;
+                }
+            }
+        }
     }
     let (mut compacted, mut superseded) = (0, 0);
     for (object_type, incoming) in per_type {

@@ -87,6 +87,10 @@ pub struct Failure {
     /// `idempotency_ttl_seconds` only so that the record's status can say so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discarded_at: Option<i64>,
+    /// A record of a CRM's delivery that could not be mapped or broke Gong's rules (`line` is
+    /// then the record as the CRM sent it): a retry maps it again with the current mapping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 impl Failure {

@@ -387,6 +387,25 @@ pub struct InboxEntry {
     pub d: String,
     pub r: i64,
     pub records: Vec<InboxRecord>,
+    /// Records of an authentic delivery that could not be mapped or broke Gong's rules: the
+    /// compactor moves them into the failure store (the webhook itself never writes a shard).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected: Vec<RejectedRecord>,
+}
+
+/// A record the bridge could not send, with why, and its source as received.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RejectedRecord {
+    /// Its Gong objectId (or the source's id, when even that could not be mapped).
+    pub id: String,
+    /// Its modification time (Unix seconds), else the arrival's.
+    pub m: i64,
+    /// The field, the rule and the message.
+    pub why: String,
+    /// The source it came from (`pipedrive`, …) and the record as the source sent it
+    /// (`{object, record, event}`), so a retry maps it again.
+    pub source: String,
+    pub raw: Box<RawValue>,
 }
 
 /// Splits a delivery's records into inbox values that each stay within the shard budget.
@@ -407,6 +426,7 @@ pub fn inbox_entries(
                 d: delivery.to_owned(),
                 r: received,
                 records: std::mem::take(&mut current),
+                rejected: Vec::new(),
             });
             size = 128 + 2 * delivery.len();
         }
@@ -419,9 +439,52 @@ pub fn inbox_entries(
             d: delivery.to_owned(),
             r: received,
             records: current,
+            rejected: Vec::new(),
         });
     }
     out
+}
+
+/// Adds a delivery's rejected records to its inbox values, within the same value budget (into
+/// the last value while it has room, else into values of their own).
+pub fn add_rejected(
+    entries: &mut Vec<InboxEntry>,
+    object_type: ObjectType,
+    delivery: &str,
+    received: i64,
+    rejected: Vec<RejectedRecord>,
+) {
+    let estimate = |e: &InboxEntry| {
+        128 + 2 * delivery.len()
+            + e.records
+                .iter()
+                .map(|r| 48 + 2 * r.id.len() + r.l.get().len())
+                .sum::<usize>()
+            + e.rejected
+                .iter()
+                .map(|r| 96 + 2 * (r.id.len() + r.why.len() + r.source.len()) + r.raw.get().len())
+                .sum::<usize>()
+    };
+    for record in rejected {
+        let bytes = 96
+            + 2 * (record.id.len() + record.why.len() + record.source.len())
+            + record.raw.get().len();
+        let fits = entries
+            .last()
+            .is_some_and(|e| estimate(e) + bytes <= SHARD_BUDGET_BYTES);
+        if !fits {
+            entries.push(InboxEntry {
+                t: object_type,
+                d: delivery.to_owned(),
+                r: received,
+                records: Vec::new(),
+                rejected: Vec::new(),
+            });
+        }
+        if let Some(last) = entries.last_mut() {
+            last.rejected.push(record);
+        }
+    }
 }
 
 /// Reads a JSON map kept under `key` (absent: empty).

@@ -1,4 +1,5 @@
 //! Handlers, one module per area of the management API.
+pub mod crm;
 pub mod embedded;
 pub mod failures;
 pub mod health;

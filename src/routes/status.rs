@@ -243,5 +243,11 @@ pub fn render_metrics(o: &Overview, counters: &Counters) -> String {
         "counter",
     );
     out.sample("gcb_records_failed_total", &[], counters.records_failed);
+    out.family(
+        "gcb_records_rejected_total",
+        "Records of authentic CRM deliveries that could not be mapped or broke Gong's rules (in the failure store)",
+        "counter",
+    );
+    out.sample("gcb_records_rejected_total", &[], counters.records_rejected);
     out.0
 }

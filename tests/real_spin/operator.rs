@@ -491,9 +491,37 @@ pub async fn logs_are_json_lines_without_a_secret(ctx: &Ctx) -> anyhow::Result<(
         .options(&mock)
         .var("api_token", &api_token)
         .var("webhook_bearer_token", &bearer)
+        .var("pipedrive_webhook_user", "pd-user-31337")
+        .var("pipedrive_webhook_password", "pd-pass-73313")
         .var("inbox_release_seconds", "0");
     let webhook_secret = options.vars["webhook_secret"].clone();
     let spin = ctx.start(&options, "spin").await?;
+    // A Pipedrive delivery, authentic and not: its Basic auth never reaches the logs.
+    let pipedrive = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/crm/testdata/pipedrive/organization_create.json"
+    ))?;
+    let pd_basic = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode("pd-user-31337:pd-pass-73313")
+    };
+    for (auth, status) in [
+        (format!("Basic {pd_basic}"), 202),
+        ("Basic cGQ6d3Jvbmc=".to_owned(), 401),
+    ] {
+        spin.bridge
+            .raw(
+                "POST",
+                "/webhooks/pipedrive",
+                &[
+                    ("authorization", auth.as_str()),
+                    ("content-type", "application/json"),
+                ],
+                pipedrive.clone(),
+            )
+            .await?
+            .expect(status);
+    }
     let auth = format!("Bearer {api_token}");
     let call = |method: &'static str, path: &'static str| {
         let auth = auth.clone();
@@ -638,6 +666,9 @@ pub async fn logs_are_json_lines_without_a_secret(ctx: &Ctx) -> anyhow::Result<(
         webhook_secret.trim_start_matches("whsec_"),
         GONG_ACCESS_KEY_SECRET,
         basic.as_str(),
+        "pd-user-31337",
+        "pd-pass-73313",
+        pd_basic.as_str(),
     ];
     for secret in secrets {
         ensure!(

@@ -1,0 +1,82 @@
+//! `POST /webhooks/{crm}`: a CRM's own webhook (`crm::Receiver`). Verified on the raw body (401
+//! when not authentic); then answered 2xx whatever its content: records that cannot be mapped or
+//! break Gong's rules go to the failure store, unreadable or unmapped deliveries are ignored
+//! (said in the answer and the log), and only the store can refuse (503, the CRM re-delivers).
+
+use serde_json::json;
+
+use crate::bridge::Bridge;
+use crate::crm::{self, Receiver, VerifyError};
+use crate::ports::{Request, Response};
+use crate::problem::{json_response, ApiError};
+
+pub fn receive(
+    bridge: &Bridge,
+    request: &Request,
+    receiver: &dyn Receiver,
+) -> Result<Response, ApiError> {
+    let now = bridge.clock.now().unix_timestamp();
+    receiver
+        .verify(bridge.config, request.headers(), request.body(), now)
+        .map_err(|e| match e {
+            VerifyError::NotConfigured(variables) => ApiError::NotConfigured(variables),
+            VerifyError::Refused(why) => {
+                ApiError::Unauthorized(format!("{} webhook: {why}", receiver.name()))
+            }
+        })?;
+    let source = receiver.name();
+    let delivery = match receiver.parse(request.body()) {
+        Ok(delivery) => delivery,
+        Err(why) => {
+            return Ok(ignored(
+                source,
+                "",
+                &format!("the delivery could not be read: {why}"),
+            ))
+        }
+    };
+    if let (Some(why), true) = (&delivery.ignored, delivery.changes.is_empty()) {
+        return Ok(ignored(source, &delivery.id, why));
+    }
+    let id = delivery.id.clone();
+    let outcome = crm::accept(bridge, receiver, delivery)?;
+    let status_urls: Vec<String> = outcome
+        .records
+        .iter()
+        .take(100)
+        .map(|(t, id)| format!("/records/{}/{id}/status", t.as_str()))
+        .collect();
+    let mut response = json_response(
+        202,
+        &json!({
+            "status": "ACCEPTED",
+            "source": source,
+            "delivery": id,
+            "accepted": outcome.accepted,
+            "rejected": outcome.rejected,
+            "ignored": outcome.ignored,
+            "statusUrls": status_urls,
+        }),
+    );
+    if let Some(first) = status_urls
+        .first()
+        .and_then(|u| http::HeaderValue::from_str(u).ok())
+    {
+        response.headers_mut().insert(http::header::LOCATION, first);
+    }
+    if outcome.compact_inbox {
+        response
+            .extensions_mut()
+            .insert(crate::app::FollowUp::CompactInbox);
+    }
+    Ok(response)
+}
+
+/// 202 for an authentic delivery the bridge does not act on, with why (also logged).
+fn ignored(source: &str, delivery: &str, why: &str) -> Response {
+    crate::log::warn(format!("{source} delivery {delivery:?} ignored: {why}")).emit();
+    json_response(
+        202,
+        &json!({"status": "IGNORED", "source": source, "delivery": delivery, "reason": why}),
+    )
+}
