@@ -191,6 +191,8 @@ pub const ADMISSION_WAIT_MS: &str = "admission_wait_ms";
 /// Pipedrive's webhook Basic auth (the webhook's `http_auth_user` / `http_auth_password`).
 pub const PIPEDRIVE_WEBHOOK_USER: &str = "pipedrive_webhook_user";
 pub const PIPEDRIVE_WEBHOOK_PASSWORD: &str = "pipedrive_webhook_password";
+/// Close's webhook subscription `signature_key` (64 hex characters).
+pub const CLOSE_WEBHOOK_SIGNATURE_KEY: &str = "close_webhook_signature_key";
 
 /// How long a webhook waits for room at the store's admission line before it is refused (503
 /// `store-full`). Default 5 s: half of Pipedrive's 10 s, inside every CRM's timeout, and inside

@@ -74,6 +74,7 @@ fn secrets_are_marked_secret_and_outbound_is_the_gong_host() {
         "webhook_bearer_token",
         "pipedrive_webhook_user",
         "pipedrive_webhook_password",
+        "close_webhook_signature_key",
     ] {
         let line = vars
             .iter()

@@ -7,7 +7,9 @@
 //! fails): a record that cannot be mapped or breaks Gong's rules goes to the failure store with
 //! the field, the rule and the source's id, and the rest of the delivery goes on.
 
+pub mod close;
 pub mod pipedrive;
+pub mod signature;
 
 use std::collections::BTreeMap;
 
@@ -75,7 +77,7 @@ pub trait Receiver: Sync {
 }
 
 /// Every receiver, by name.
-pub const RECEIVERS: &[&dyn Receiver] = &[&pipedrive::Pipedrive];
+pub const RECEIVERS: &[&dyn Receiver] = &[&pipedrive::Pipedrive, &close::Close];
 
 pub fn receiver(name: &str) -> Option<&'static dyn Receiver> {
     RECEIVERS.iter().copied().find(|r| r.name() == name)

@@ -5,24 +5,14 @@
 
 use base64::Engine;
 use serde_json::Value;
-use sha2::Digest;
-use subtle::ConstantTimeEq;
 
+use super::signature::same_secret;
 use super::{Change, Delivery, Receiver, VerifyError};
 use crate::ports::Config;
 
 use crate::settings::{PIPEDRIVE_WEBHOOK_PASSWORD as PASSWORD, PIPEDRIVE_WEBHOOK_USER as USER};
 
 pub struct Pipedrive;
-
-/// Compares two secrets in constant time (over SHA-256 digests, so their lengths do not leak).
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    bool::from(
-        sha2::Sha256::digest(a)
-            .as_slice()
-            .ct_eq(sha2::Sha256::digest(b).as_slice()),
-    )
-}
 
 /// An id Pipedrive sends as a string or a number.
 fn id_text(v: &Value) -> Option<String> {

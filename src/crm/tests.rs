@@ -404,3 +404,192 @@ fn an_unmappable_pipedrive_record_is_accepted_into_the_failure_store() {
         .iter()
         .all(|c| !c.path.starts_with("/v2/crm/entities")));
 }
+
+// ----- Close ----------------------------------------------------------------------------------
+
+const CLOSE_KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+fn close_headers(body: &[u8], timestamp: i64, key_hex: &str) -> http::HeaderMap {
+    use hmac::Mac;
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(&hex::decode(key_hex).unwrap()).unwrap();
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(body);
+    let mut h = http::HeaderMap::new();
+    h.insert(
+        "close-sig-hash",
+        hex::encode(mac.finalize().into_bytes()).parse().unwrap(),
+    );
+    h.insert(
+        "close-sig-timestamp",
+        timestamp.to_string().parse().unwrap(),
+    );
+    h
+}
+
+/// The Close records one sample maps to.
+fn close_mapped(body: &[u8]) -> Vec<(ObjectType, Value)> {
+    use super::close::Close;
+    let delivery = Close.parse(body).unwrap();
+    let mapping = mapping(&Close).unwrap();
+    delivery
+        .changes
+        .into_iter()
+        .map(|change| match change {
+            Change::Upsert {
+                object,
+                record,
+                event,
+            } => {
+                let o = mapping.object(&object).unwrap();
+                (
+                    o.to,
+                    mapping
+                        .apply(
+                            o,
+                            &Input {
+                                record: &record,
+                                event: &event,
+                            },
+                        )
+                        .unwrap(),
+                )
+            }
+            Change::Delete { object, id, at } => {
+                let o = mapping.object(&object).unwrap();
+                (o.to, mapping.deleted(o, &id, &at).unwrap())
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn close_signature_good_wrong_missing_and_stale() {
+    use super::close::Close;
+    let config = configured(&[("close_webhook_signature_key", CLOSE_KEY)]);
+    let body = sample("close/opportunity_updated_won.json");
+    let now = 1_700_000_000;
+    assert_eq!(
+        Close.verify(&config, &close_headers(&body, now, CLOSE_KEY), &body, now),
+        Ok(())
+    );
+    let other_key = "f".repeat(64);
+    assert!(matches!(
+        Close.verify(&config, &close_headers(&body, now, &other_key), &body, now),
+        Err(VerifyError::Refused(_))
+    ));
+    assert!(
+        matches!(
+            Close.verify(&config, &close_headers(b"{}", now, CLOSE_KEY), &body, now),
+            Err(VerifyError::Refused(_))
+        ),
+        "another body"
+    );
+    assert!(matches!(
+        Close.verify(&config, &http::HeaderMap::new(), &body, now),
+        Err(VerifyError::Refused(_))
+    ));
+    let stale = Close.verify(
+        &config,
+        &close_headers(&body, now - 301, CLOSE_KEY),
+        &body,
+        now,
+    );
+    assert!(
+        matches!(&stale, Err(VerifyError::Refused(why)) if why.contains("301 s")),
+        "{stale:?}"
+    );
+    assert!(matches!(
+        Close.verify(
+            &configured(&[]),
+            &close_headers(&body, now, CLOSE_KEY),
+            &body,
+            now
+        ),
+        Err(VerifyError::NotConfigured(_))
+    ));
+}
+
+#[test]
+fn the_default_close_mapping_is_a_valid_document() {
+    assert_eq!(mapping(&super::close::Close).unwrap().check(), Vec::new());
+}
+
+/// CRM-NOTES §5, on Close's own examples.
+#[test]
+fn close_samples_map_to_the_documented_gong_records() {
+    let deal = close_mapped(&sample("close/opportunity_updated_won.json"));
+    assert_eq!(
+        deal,
+        vec![(
+            ObjectType::Deal,
+            json!({
+                "objectId": "oppo_8H4sjNso7FyBFaeR3RXi5PMJbilfo0c6UPCxsJtEhCO",
+                "modifiedDate": "2019-01-15T12:48:23Z",
+                "name": "KLine – Won",
+                "accountId": "lead_zwqYhEFwzPyfCErS8uQ77is2wFLvr9BgVi6cTfbFM68",
+                "amount": 1000.0,
+                "status": "WON",
+                "stage": "stat_wMS9M6HC2O3CSEOzF5g2vEGt6RM5R3RfhIQixdnmjf2",
+                "ownerId": "user_N6KhMpzHRCYQHdn4gRNIFNN5JExnsrprKA6ekxM63XA",
+                "closeDate": "2019-01-15",
+                "createdDate": "2019-01-15T12:41:24Z"
+            })
+        )]
+    );
+    let lead = close_mapped(&sample("close/lead_created.json"));
+    assert_eq!(lead.len(), 2, "the lead and its one contact: {lead:?}");
+    assert_eq!(lead[0].0, ObjectType::Account);
+    assert_eq!(
+        (lead[0].1["name"].as_str(), &lead[0].1["domains"]),
+        (
+            Some("Bluth Company"),
+            &json!(["thebluthcompany.tumblr.com"])
+        )
+    );
+    let contact = &lead[1];
+    assert_eq!(contact.0, ObjectType::Contact);
+    assert_eq!(
+        (
+            contact.1["firstName"].as_str(),
+            contact.1["emailAddress"].as_str(),
+            contact.1["phoneNumber"].as_str(),
+            contact.1["title"].as_str()
+        ),
+        (
+            Some("Gob"),
+            Some("gob@example.com"),
+            Some("+18004445555"),
+            Some("sr. vice president")
+        )
+    );
+    assert_eq!(
+        contact.1["accountId"], lead[0].1["objectId"],
+        "the embedded contact belongs to the lead"
+    );
+}
+
+#[test]
+fn close_deletes_and_merges() {
+    let deleted = json!({"event": {"id": "ev_1", "object_type": "contact", "object_id": "cont_1", "action": "deleted", "date_updated": "2024-05-01T10:00:00.123456", "data": null}});
+    assert_eq!(
+        close_mapped(deleted.to_string().as_bytes()),
+        vec![(
+            ObjectType::Contact,
+            json!({"objectId": "cont_1", "modifiedDate": "2024-05-01T10:00:00Z", "isDeleted": true})
+        )]
+    );
+    let merged = json!({"event": {"id": "ev_2", "object_type": "lead", "object_id": "lead_dest", "action": "merged", "date_updated": "2024-05-01T10:00:00",
+        "meta": {"merge_source_lead_id": "lead_src", "merge_destination_lead_id": "lead_dest"},
+        "data": {"id": "lead_dest", "display_name": "Dest", "date_updated": "2024-05-01T10:00:00+00:00", "contacts": []}}});
+    let out = close_mapped(merged.to_string().as_bytes());
+    assert_eq!(
+        out[0],
+        (
+            ObjectType::Account,
+            json!({"objectId": "lead_src", "modifiedDate": "2024-05-01T10:00:00Z", "isDeleted": true})
+        ),
+        "the source lead is deleted"
+    );
+    assert_eq!(out[1].1["objectId"], "lead_dest");
+}
