@@ -142,6 +142,7 @@ fn cases() -> Vec<Case> {
         case!(engine::retry_and_discard_while_a_flush_holds_the_lease_are_accepted_and_applied),
         case!(engine::a_bulk_uploaded_record_has_a_true_status_at_each_stage),
         case!(crm::pipedrive_deliveries_reach_gong_mapped),
+        case!(crm::close_deliveries_reach_gong_mapped),
         case!(crm::a_pipedrive_bulk_edit_of_5000_at_1024_keys_is_accepted),
         case!(burst::a_burst_of_5000_webhooks_at_1024_keys_is_accepted_by_two_redis_replicas, needs: Redis, expected: None),
     ]

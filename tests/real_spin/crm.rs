@@ -230,3 +230,78 @@ pub async fn a_pipedrive_bulk_edit_of_5000_at_1024_keys_is_accepted(
     );
     Ok(())
 }
+
+const CLOSE_KEY: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+async fn close(
+    bridge: Bridge,
+    body: &Value,
+    key_hex: &str,
+) -> anyhow::Result<crate::client::Reply> {
+    use hmac::Mac;
+    let body = serde_json::to_vec(body)?;
+    let timestamp = crate::client::unix_now().to_string();
+    let key = hex::decode(key_hex).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key)?;
+    mac.update(timestamp.as_bytes());
+    mac.update(&body);
+    let hash = hex::encode(mac.finalize().into_bytes());
+    bridge
+        .raw(
+            "POST",
+            "/webhooks/close",
+            &[
+                ("close-sig-hash", hash.as_str()),
+                ("close-sig-timestamp", timestamp.as_str()),
+                ("content-type", "application/json"),
+            ],
+            body,
+        )
+        .await
+}
+
+/// Close's documented deliveries reach Gong mapped: the won opportunity as a DEAL (cents to
+/// units), the created lead as an ACCOUNT with its contact; a wrong key is 401.
+pub async fn close_deliveries_reach_gong_mapped(ctx: &Ctx) -> anyhow::Result<()> {
+    let mock = MockGong::start().await;
+    let options = ctx
+        .options(&mock)
+        .var("close_webhook_signature_key", CLOSE_KEY);
+    let spin = ctx.start(&options, "spin").await?;
+    let bridge = spin.bridge;
+    close(
+        bridge,
+        &sample("close/opportunity_updated_won.json"),
+        &"0".repeat(64),
+    )
+    .await?
+    .expect(401);
+    let won = close(
+        bridge,
+        &sample("close/opportunity_updated_won.json"),
+        CLOSE_KEY,
+    )
+    .await?
+    .expect(202);
+    ensure!(won["accepted"] == 1, "{won}");
+    let lead = close(bridge, &sample("close/lead_created.json"), CLOSE_KEY)
+        .await?
+        .expect(202);
+    ensure!(lead["accepted"] == 2, "the lead and its contact: {lead}");
+    bridge.force_flush().await?.expect(200);
+    let deal = uploaded(&mock, "DEAL").pop().unwrap_or_default();
+    ensure!(
+        deal["amount"] == 1000.0 && deal["status"] == "WON" && deal["closeDate"] == "2019-01-15",
+        "the won opportunity: {deal}"
+    );
+    let account = uploaded(&mock, "ACCOUNT").pop().unwrap_or_default();
+    let contact = uploaded(&mock, "CONTACT").pop().unwrap_or_default();
+    ensure!(
+        account["name"] == "Bluth Company"
+            && contact["accountId"] == account["objectId"]
+            && contact["emailAddress"] == "gob@example.com",
+        "{account} {contact}"
+    );
+    println!("real-spin: close: won opportunity -> DEAL (1000.0, WON), lead -> ACCOUNT + CONTACT of it, wrong key -> 401");
+    Ok(())
+}
