@@ -493,9 +493,28 @@ pub async fn logs_are_json_lines_without_a_secret(ctx: &Ctx) -> anyhow::Result<(
         .var("webhook_bearer_token", &bearer)
         .var("pipedrive_webhook_user", "pd-user-31337")
         .var("pipedrive_webhook_password", "pd-pass-73313")
+        .var(
+            "close_webhook_signature_key",
+            "c105e5ecc105e5ecc105e5ecc105e5ecc105e5ecc105e5ecc105e5ecc105e5ec",
+        )
         .var("inbox_release_seconds", "0");
     let webhook_secret = options.vars["webhook_secret"].clone();
     let spin = ctx.start(&options, "spin").await?;
+    // A Close delivery with a wrong signature: refused, and the key is never printed.
+    let ts = unix_now().to_string();
+    spin.bridge
+        .raw(
+            "POST",
+            "/webhooks/close",
+            &[
+                ("close-sig-hash", "00"),
+                ("close-sig-timestamp", ts.as_str()),
+                ("content-type", "application/json"),
+            ],
+            b"{}".to_vec(),
+        )
+        .await?
+        .expect(401);
     // A Pipedrive delivery, authentic and not: its Basic auth never reaches the logs.
     let pipedrive = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -668,6 +687,7 @@ pub async fn logs_are_json_lines_without_a_secret(ctx: &Ctx) -> anyhow::Result<(
         basic.as_str(),
         "pd-user-31337",
         "pd-pass-73313",
+        "c105e5ecc105e5ecc105e5ecc105e5ecc105e5ecc105e5ecc105e5ecc105e5ec",
         pd_basic.as_str(),
     ];
     for secret in secrets {
