@@ -27,6 +27,8 @@ pub enum FollowUp {
     ApplyCommands,
     /// Index the bulk file just uploaded, record by record (`outbox::sent`).
     IndexBulk,
+    /// Read the records of the thin notifications just queued (`crm::fetch`).
+    Fetch,
 }
 
 /// Handles one request; never panics on bad input, and every error becomes problem+json.
@@ -83,6 +85,17 @@ pub fn follow_up(bridge: &Bridge, first: Option<FollowUp>) {
                     .emit();
             }
         }
+        Some(FollowUp::Fetch) => match crate::crm::fetch::drain(bridge) {
+            Ok(drained) if drained.stopped.is_some() => crate::log::warn(format!(
+                "the fetch queue stopped: {}",
+                drained.stopped.unwrap_or_default()
+            ))
+            .emit(),
+            Ok(_) => {}
+            Err(e) => crate::log::error("reading queued notifications after the answer failed")
+                .field("error", e.to_string())
+                .emit(),
+        },
         Some(FollowUp::IndexBulk) => {
             if let Err(e) = crate::outbox::sent::fold_now(bridge) {
                 crate::log::error("indexing the bulk file after the answer failed")

@@ -109,3 +109,16 @@ pub const NEXT_CHECK: &str = "flush/next-check";
 pub const NEXT_AGE_SWEEP: &str = "retention/next-sweep";
 /// Operator commands waiting for the engine, `command/{nanos}-{random}`.
 pub const COMMAND_PREFIX: &str = "command/";
+
+// ----- the CRM receivers (`crm`) -----------------------------------------------------------------
+
+/// Thin notifications waiting to be read from the CRM's API, `fetch/{source}/{received}/{unique}`.
+pub const FETCH_PREFIX: &str = "fetch/";
+/// The lease of whoever drains the fetch queue.
+pub const FETCH_LEASE: &str = "lease/fetch";
+/// `crm/health/{source}`: the CRM's API refused the bridge (a rejected token).
+pub const SOURCE_HEALTH_PREFIX: &str = "crm/health/";
+/// `crm/objects/{source}`: the CRM's object ids → names, read once.
+pub const SOURCE_OBJECTS_PREFIX: &str = "crm/objects/";
+/// `quota/{source}`: the shared call budget of a CRM's API.
+pub const SOURCE_QUOTA_PREFIX: &str = "quota/";

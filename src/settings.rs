@@ -193,6 +193,10 @@ pub const PIPEDRIVE_WEBHOOK_USER: &str = "pipedrive_webhook_user";
 pub const PIPEDRIVE_WEBHOOK_PASSWORD: &str = "pipedrive_webhook_password";
 /// Close's webhook subscription `signature_key` (64 hex characters).
 pub const CLOSE_WEBHOOK_SIGNATURE_KEY: &str = "close_webhook_signature_key";
+/// Attio: the webhook's secret, the API token its records are read with, and the API's host.
+pub const ATTIO_WEBHOOK_SECRET: &str = "attio_webhook_secret";
+pub const ATTIO_API_TOKEN: &str = "attio_api_token";
+pub const ATTIO_BASE_URL: &str = "attio_base_url";
 
 /// How long a webhook waits for room at the store's admission line before it is refused (503
 /// `store-full`). Default 5 s: half of Pipedrive's 10 s, inside every CRM's timeout, and inside

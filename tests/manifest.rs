@@ -75,6 +75,8 @@ fn secrets_are_marked_secret_and_outbound_is_the_gong_host() {
         "pipedrive_webhook_user",
         "pipedrive_webhook_password",
         "close_webhook_signature_key",
+        "attio_webhook_secret",
+        "attio_api_token",
     ] {
         let line = vars
             .iter()
@@ -86,7 +88,8 @@ fn secrets_are_marked_secret_and_outbound_is_the_gong_host() {
         );
     }
     let component = section(&text, "component.gong-crm-bridge");
-    assert!(component.contains(&r#"allowed_outbound_hosts = ["{{ gong_base_url }}"]"#));
+    assert!(component
+        .contains(&r#"allowed_outbound_hosts = ["{{ gong_base_url }}", "{{ attio_base_url }}"]"#));
     assert!(component.contains(&r#"key_value_stores = ["default"]"#));
     assert!(text.contains("route = \"/...\""));
 }

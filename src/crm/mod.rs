@@ -7,7 +7,9 @@
 //! fails): a record that cannot be mapped or breaks Gong's rules goes to the failure store with
 //! the field, the rule and the source's id, and the rest of the delivery goes on.
 
+pub mod attio;
 pub mod close;
+pub mod fetch;
 pub mod pipedrive;
 pub mod signature;
 
@@ -36,6 +38,17 @@ pub enum Change {
         object: String,
         id: String,
         at: String,
+    },
+    /// A thin notification (Attio): the record is read from the CRM's API after the answer.
+    /// `object_id` is the CRM's id of the object (resolved to its name then).
+    Fetch {
+        object_id: String,
+        record_id: String,
+    },
+    /// A thin notification that a record is gone (deleted, merged away): no fetch needed.
+    Gone {
+        object_id: String,
+        record_id: String,
     },
 }
 
@@ -77,7 +90,7 @@ pub trait Receiver: Sync {
 }
 
 /// Every receiver, by name.
-pub const RECEIVERS: &[&dyn Receiver] = &[&pipedrive::Pipedrive, &close::Close];
+pub const RECEIVERS: &[&dyn Receiver] = &[&pipedrive::Pipedrive, &close::Close, &attio::Attio];
 
 pub fn receiver(name: &str) -> Option<&'static dyn Receiver> {
     RECEIVERS.iter().copied().find(|r| r.name() == name)
@@ -101,6 +114,8 @@ pub struct Outcome {
     pub rejected: usize,
     /// Changes of objects the mapping does not map.
     pub ignored: usize,
+    /// Thin notifications kept to be read from the CRM's API after the answer.
+    pub queued: usize,
     /// The Gong records accepted, `(type, objectId)`, in delivery order.
     pub records: Vec<(ObjectType, String)>,
     /// The inbox should be compacted after the answer.
@@ -113,19 +128,40 @@ struct Mapped {
     raw: Value,
 }
 
-/// Maps a verified delivery and hands it to the accept path, one inbox write per Gong type.
+/// Maps a verified delivery and hands it to the accept path, one inbox write per Gong type;
+/// thin notifications go to the fetch queue (one write) and are read after the answer.
 pub fn accept(
     bridge: &Bridge,
     receiver: &dyn Receiver,
     delivery: Delivery,
 ) -> Result<Outcome, Fault> {
+    let (thin, changes): (Vec<Change>, Vec<Change>) = delivery
+        .changes
+        .into_iter()
+        .partition(|c| matches!(c, Change::Fetch { .. } | Change::Gone { .. }));
+    let mut outcome = map_and_accept(bridge, receiver, &delivery.id, changes)?;
+    if !thin.is_empty() {
+        outcome.queued = thin.len();
+        outcome.compact_inbox |= fetch::enqueue(bridge, receiver.name(), &delivery.id, thin)?;
+    }
+    Ok(outcome)
+}
+
+/// Maps changes that carry their record (or a delete) and accepts them.
+pub fn map_and_accept(
+    bridge: &Bridge,
+    receiver: &dyn Receiver,
+    delivery: &str,
+    changes: Vec<Change>,
+) -> Result<Outcome, Fault> {
     let mapping = mapping(receiver)?;
     let now = bridge.clock.now();
     let mut by_type: BTreeMap<ObjectType, (Vec<Mapped>, Vec<RejectedRecord>)> = BTreeMap::new();
     let mut outcome = Outcome::default();
-    for change in delivery.changes {
+    for change in changes {
         let object_name = match &change {
             Change::Upsert { object, .. } | Change::Delete { object, .. } => object.clone(),
+            Change::Fetch { .. } | Change::Gone { .. } => continue,
         };
         let Some(object) = mapping.object(&object_name) else {
             outcome.ignored += 1;
@@ -158,6 +194,7 @@ pub fn accept(
                 json!({"object": object_name, "deleted": id, "at": at}),
                 id,
             ),
+            Change::Fetch { .. } | Change::Gone { .. } => continue,
         };
         let slot = by_type.entry(object.to).or_default();
         match mapped {
@@ -178,7 +215,7 @@ pub fn accept(
             receiver.name(),
             mapped.into_iter().map(|m| (m.record, m.raw)).collect(),
             rejected,
-            &delivery.id,
+            delivery,
         )?;
         outcome.accepted += accepted.accepted;
         outcome.rejected += accepted.rejected;

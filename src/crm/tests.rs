@@ -65,6 +65,9 @@ fn mapped(name: &str) -> Vec<(ObjectType, Value)> {
                 let o = mapping.object(&object).unwrap();
                 out.push((o.to, mapping.deleted(o, &id, &at).unwrap()));
             }
+            thin @ (Change::Fetch { .. } | Change::Gone { .. }) => {
+                panic!("a thin change: {thin:?}")
+            }
         }
     }
     out
@@ -459,6 +462,9 @@ fn close_mapped(body: &[u8]) -> Vec<(ObjectType, Value)> {
                 let o = mapping.object(&object).unwrap();
                 (o.to, mapping.deleted(o, &id, &at).unwrap())
             }
+            thin @ (Change::Fetch { .. } | Change::Gone { .. }) => {
+                panic!("a thin change: {thin:?}")
+            }
         })
         .collect()
 }
@@ -592,4 +598,320 @@ fn close_deletes_and_merges() {
         "the source lead is deleted"
     );
     assert_eq!(out[1].1["objectId"], "lead_dest");
+}
+
+// ----- Attio ----------------------------------------------------------------------------------
+
+const ATTIO_SECRET: &str = "attio-secret-text";
+
+fn attio_sign(body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(ATTIO_SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+fn attio_config() -> crate::testing::MapConfig {
+    configured(&[
+        ("attio_webhook_secret", ATTIO_SECRET),
+        ("attio_api_token", "attio-token"),
+        ("attio_base_url", "https://attio.test"),
+        ("gong_calls_per_second", "0"),
+    ])
+}
+
+fn attio_webhook(body: &[u8]) -> crate::ports::Request {
+    let signature = attio_sign(body);
+    request(
+        "POST",
+        "/webhooks/attio",
+        &[
+            ("attio-signature", &signature),
+            ("content-type", "application/json"),
+        ],
+        body,
+    )
+}
+
+fn answer(status: u16, body: &[u8]) -> crate::testing::Scripted {
+    let response = http::Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("retry-after", "2")
+        .body(body.to_vec())
+        .unwrap();
+    crate::testing::Scripted {
+        answer: Ok(response),
+        takes: std::time::Duration::from_millis(5),
+    }
+}
+
+#[test]
+fn attio_signature_good_wrong_missing_and_both_header_names() {
+    use super::attio::Attio;
+    let config = attio_config();
+    let body = sample("attio/webhook_record_updated.json");
+    let headers = |name: &str, value: &str| {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+        h
+    };
+    assert_eq!(
+        Attio.verify(
+            &config,
+            &headers("attio-signature", &attio_sign(&body)),
+            &body,
+            0
+        ),
+        Ok(())
+    );
+    assert_eq!(
+        Attio.verify(
+            &config,
+            &headers("x-attio-signature", &attio_sign(&body)),
+            &body,
+            0
+        ),
+        Ok(())
+    );
+    assert!(matches!(
+        Attio.verify(
+            &config,
+            &headers("attio-signature", &attio_sign(b"other")),
+            &body,
+            0
+        ),
+        Err(VerifyError::Refused(_))
+    ));
+    assert!(matches!(
+        Attio.verify(&config, &http::HeaderMap::new(), &body, 0),
+        Err(VerifyError::Refused(_))
+    ));
+    assert!(matches!(
+        Attio.verify(
+            &configured(&[]),
+            &headers("attio-signature", "00"),
+            &body,
+            0
+        ),
+        Err(VerifyError::NotConfigured(_))
+    ));
+}
+
+#[test]
+fn attio_notifications_are_thin_changes() {
+    use super::attio::Attio;
+    let updated = Attio
+        .parse(&sample("attio/webhook_record_updated.json"))
+        .unwrap();
+    assert_eq!(
+        updated.changes,
+        vec![Change::Fetch {
+            object_id: "97052eb9-e65e-443f-a297-f2d9a4a7f795".into(),
+            record_id: "bf071e1f-6035-429d-b874-d83ea64ea13b".into()
+        }]
+    );
+    let merged = Attio
+        .parse(&sample("attio/webhook_record_merged_legacy.json"))
+        .unwrap();
+    assert_eq!(
+        merged.changes,
+        vec![
+            Change::Gone {
+                object_id: "97052eb9-e65e-443f-a297-f2d9a4a7f795".into(),
+                record_id: "3405be95-8375-46a0-bde0-03b3753f8c79".into()
+            },
+            Change::Fetch {
+                object_id: "97052eb9-e65e-443f-a297-f2d9a4a7f795".into(),
+                record_id: "bf071e1f-6035-429d-b874-d83ea64ea13b".into()
+            },
+        ]
+    );
+    let deleted = Attio
+        .parse(&sample("attio/webhook_record_deleted.json"))
+        .unwrap();
+    assert!(
+        matches!(deleted.changes.as_slice(), [Change::Gone { .. }]),
+        "{deleted:?}"
+    );
+    assert_eq!(mapping(&Attio).unwrap().check(), Vec::new());
+}
+
+#[test]
+fn an_attio_person_maps_to_the_documented_contact() {
+    use super::attio::Attio;
+    let record = super::attio::record(&sample("attio/get_record_person.json")).unwrap();
+    let m = mapping(&Attio).unwrap();
+    let out = m
+        .apply(
+            m.object("people").unwrap(),
+            &Input {
+                record: &record,
+                event: &json!({"fetched_at": "2024-06-01T00:00:00Z"}),
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        out,
+        json!({"objectId": "bf071e1f-6035-429d-b874-d83ea64ea13b", "modifiedDate": "2024-06-01T00:00:00Z", "firstName": "John", "lastName": "Smith",
+               "emailAddress": "john-smith@attio.com", "phoneNumber": "+15558675309", "title": "Software Engineer", "accountId": "f528bd86-8142-4359-9a8c-b651d50a27b1"})
+    );
+}
+
+/// Answer first, fetch after: the notification is queued (no API call before the answer), the
+/// record is read after it and reaches Gong; an API outage keeps the notification (backoff), a
+/// refused token shows on /healthz, a 404 deletes; nothing is lost.
+#[test]
+fn attio_notifications_are_fetched_after_the_answer_and_survive_api_failures() {
+    let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_700_000_000));
+    let outbound = ScriptedGong::new(&clock);
+    let config = attio_config();
+    let b = bridge(&kv, &config, &outbound, &clock);
+    let body = sample("attio/webhook_record_updated.json");
+    let answer_first = handle(&b, attio_webhook(&body));
+    let reply: Value = serde_json::from_slice(answer_first.response.body()).unwrap();
+    assert_eq!(
+        (answer_first.response.status().as_u16(), &reply["queued"]),
+        (202, &json!(1)),
+        "{reply}"
+    );
+    assert!(outbound.calls().is_empty(), "no API call before the answer");
+    assert!(kv
+        .map
+        .borrow()
+        .keys()
+        .any(|k| k.starts_with("fetch/attio/")));
+
+    // Attio fails (500): the notification stays, with a backoff.
+    outbound
+        .queue
+        .borrow_mut()
+        .push_back(answer(500, br#"{"message":"boom"}"#));
+    follow_up(&b.with_budget(clock.now()), answer_first.first);
+    assert!(
+        kv.map
+            .borrow()
+            .keys()
+            .any(|k| k.starts_with("fetch/attio/")),
+        "kept after a failed read"
+    );
+    // The token is refused: /healthz says so, the notification waits.
+    clock.advance(std::time::Duration::from_secs(30));
+    outbound
+        .queue
+        .borrow_mut()
+        .push_back(answer(401, br#"{"message":"invalid token"}"#));
+    crate::crm::fetch::drain(&b.with_budget(clock.now())).unwrap();
+    let health: Value = serde_json::from_slice(
+        handle(&b, request("GET", "/healthz", &[], b""))
+            .response
+            .body(),
+    )
+    .unwrap();
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert!(
+        health["sources"][0]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("attio_api_token"),
+        "{health}"
+    );
+    assert!(kv
+        .map
+        .borrow()
+        .keys()
+        .any(|k| k.starts_with("fetch/attio/")));
+    // Fixed: the object is resolved once, the record read, mapped and flushed to Gong.
+    clock.advance(std::time::Duration::from_secs(60));
+    outbound
+        .queue
+        .borrow_mut()
+        .push_back(answer(200, &sample("attio/get_object_people.json")));
+    outbound
+        .queue
+        .borrow_mut()
+        .push_back(answer(200, &sample("attio/get_record_person.json")));
+    let flushed: Value = serde_json::from_slice(
+        handle(
+            &b.with_budget(clock.now()),
+            request(
+                "POST",
+                "/flush?force=true",
+                &[("authorization", "Bearer token")],
+                b"",
+            ),
+        )
+        .response
+        .body(),
+    )
+    .unwrap();
+    assert_eq!(flushed["fetched"]["fetched"], 1, "{flushed}");
+    assert!(
+        !kv.map.borrow().keys().any(|k| k.starts_with("fetch/")),
+        "the notification is done"
+    );
+    let health: Value = serde_json::from_slice(
+        handle(&b, request("GET", "/healthz", &[], b""))
+            .response
+            .body(),
+    )
+    .unwrap();
+    assert_eq!(health["status"], "ok", "{health}");
+    let uploads: Vec<_> = outbound
+        .calls()
+        .into_iter()
+        .filter(|c| c.path.starts_with("/v2/crm/entities"))
+        .collect();
+    assert_eq!(uploads.len(), 1, "{:?}", outbound.calls());
+    let line: Value = serde_json::from_slice(&outbound.bodies.borrow()[uploads[0].index]).unwrap();
+    assert_eq!(
+        (line["objectId"].as_str(), line["emailAddress"].as_str()),
+        (
+            Some("bf071e1f-6035-429d-b874-d83ea64ea13b"),
+            Some("john-smith@attio.com")
+        )
+    );
+    let reads = outbound
+        .calls()
+        .iter()
+        .filter(|c| c.path.starts_with("/v2/objects/"))
+        .count();
+
+    // The same record again, now gone (404): deleted in Gong, the object not resolved again.
+    clock.advance(std::time::Duration::from_secs(60));
+    let again = handle(&b, attio_webhook(&body));
+    outbound
+        .queue
+        .borrow_mut()
+        .push_back(answer(404, br#"{"status_code":404,"code":"not_found"}"#));
+    follow_up(&b.with_budget(clock.now()), again.first);
+    assert_eq!(
+        outbound
+            .calls()
+            .iter()
+            .filter(|c| c.path.starts_with("/v2/objects/"))
+            .count(),
+        reads + 1,
+        "one read, no second object lookup"
+    );
+    handle(
+        &b.with_budget(clock.now()),
+        request(
+            "POST",
+            "/flush?force=true",
+            &[("authorization", "Bearer token")],
+            b"",
+        ),
+    );
+    let last = outbound
+        .calls()
+        .into_iter()
+        .rev()
+        .find(|c| c.path.starts_with("/v2/crm/entities"))
+        .unwrap();
+    let line: Value = serde_json::from_slice(&outbound.bodies.borrow()[last.index]).unwrap();
+    assert_eq!(line["isDeleted"], true, "{line}");
 }

@@ -126,6 +126,14 @@ pub(super) fn apply(
     };
     let mut out = Vec::with_capacity(items.len());
     for item in items {
+        // `take` reads a member of each element (Attio's `domains[].domain`).
+        let item = match (&rule.take, rule.convert) {
+            (Some(pointer), c) if c != Convert::FirstMatching => match item.pointer(pointer) {
+                Some(v) if !v.is_null() => v,
+                _ => continue,
+            },
+            _ => item,
+        };
         if let Some(v) = one(rule, item, mapping, object)? {
             if !out.contains(&v) {
                 out.push(v);

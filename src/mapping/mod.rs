@@ -67,7 +67,8 @@ pub struct FieldRule {
     pub when: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub equals: Option<Value>,
-    /// `firstMatching`: what to take from the element found (a pointer into it).
+    /// `firstMatching`: what to take from the element found (a pointer into it); with `each`,
+    /// what to take from every element.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub take: Option<String>,
     /// `splitName`: `first` or `last`.

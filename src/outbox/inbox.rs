@@ -79,7 +79,7 @@ pub fn buffer_records(
 /// store at once). Only after `admission_wait_ms` (well inside a sender's timeout) is it
 /// refused, saying what it measured. Nothing here depends on the lease being exclusive: two
 /// compactors at once merge the same records twice (duplicates), never lose one.
-fn admit(bridge: &Bridge, layout: Layout, needed: usize) -> Result<usize, Fault> {
+pub(super) fn admit(bridge: &Bridge, layout: Layout, needed: usize) -> Result<usize, Fault> {
     let started = bridge.clock.now();
     let wait = settings::admission_wait(bridge.config);
     loop {

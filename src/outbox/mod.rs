@@ -29,6 +29,15 @@ pub mod shards;
 pub use failures::list_failures;
 pub use flush::{check, run};
 pub use inbox::{buffer_records, compact_inbox_now};
+
+/// Waits for room for `needed` more keys below the admission line (as a delivery does); returns
+/// the inbox keys seen then. For keys of the same kind written elsewhere (the fetch queue).
+pub fn admit_keys(
+    bridge: &crate::bridge::Bridge,
+    needed: usize,
+) -> Result<usize, crate::fault::Fault> {
+    inbox::admit(bridge, crate::settings::layout(bridge.config), needed)
+}
 pub use locate::{locate, Location};
 
 #[cfg(test)]

@@ -55,6 +55,7 @@ pub fn receive(
             "accepted": outcome.accepted,
             "rejected": outcome.rejected,
             "ignored": outcome.ignored,
+            "queued": outcome.queued,
             "statusUrls": status_urls,
         }),
     );
@@ -64,7 +65,12 @@ pub fn receive(
     {
         response.headers_mut().insert(http::header::LOCATION, first);
     }
-    if outcome.compact_inbox {
+    if outcome.queued > 0 {
+        // Thin notifications: their records are read right after this answer.
+        response
+            .extensions_mut()
+            .insert(crate::app::FollowUp::Fetch);
+    } else if outcome.compact_inbox {
         response
             .extensions_mut()
             .insert(crate::app::FollowUp::CompactInbox);

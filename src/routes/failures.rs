@@ -25,8 +25,14 @@ fn object_type_param(raw: &str) -> Result<ObjectType, ApiError> {
 /// `POST /flush[?force=true]`: for a Spin cron trigger or any external scheduler. Also sweeps
 /// expired idempotency keys, so one scheduled call does all the housekeeping.
 pub fn flush_now(bridge: &Bridge, request: &Request) -> Result<Response, ApiError> {
-    let report = outbox::run(bridge, query_flag(request, "force")?)?;
+    let force = query_flag(request, "force")?;
+    // Thin notifications first (their records join this flush), within the same budget.
+    let fetched = crate::crm::fetch::drain(bridge)?;
+    let report = outbox::run(bridge, force)?;
     let mut body = serde_json::to_value(&report).unwrap_or_default();
+    if fetched != crate::crm::fetch::Drained::default() {
+        body["fetched"] = serde_json::to_value(&fetched).unwrap_or_default();
+    }
     let idem = bridge.idempotency();
     match idem.sweep() {
         Ok(removed) => body["expiredKeysRemoved"] = json!(removed),

@@ -17,11 +17,21 @@ pub fn get(bridge: &Bridge) -> Response {
 pub fn health(bridge: &Bridge) -> serde_json::Value {
     let missing = settings::missing_required(bridge.config);
     let malformed = settings::malformed(bridge.config);
+    // A CRM API that refused the bridge (Attio's token): its notifications wait until it is fixed.
+    let sources = crate::crm::fetch::health(bridge).unwrap_or_default();
+    let status = if !missing.is_empty() || !malformed.is_empty() {
+        "misconfigured"
+    } else if !sources.is_empty() {
+        "degraded"
+    } else {
+        "ok"
+    };
     json!({
-        "status": if missing.is_empty() && malformed.is_empty() { "ok" } else { "misconfigured" },
+        "status": status,
         "missingVariables": missing,
         "malformedVariables": malformed,
         "unsetOptionalVariables": settings::unset_optional(bridge.config),
+        "sources": sources,
         "version": env!("CARGO_PKG_VERSION"),
     })
 }
