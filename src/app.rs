@@ -85,7 +85,7 @@ pub fn follow_up(bridge: &Bridge, first: Option<FollowUp>) {
                     .emit();
             }
         }
-        Some(FollowUp::Fetch) => match crate::crm::fetch::drain(bridge) {
+        Some(FollowUp::Fetch) => match crate::crm::fetch::drain(bridge, false) {
             Ok(drained) if drained.stopped.is_some() => crate::log::warn(format!(
                 "the fetch queue stopped: {}",
                 drained.stopped.unwrap_or_default()

@@ -143,6 +143,7 @@ fn cases() -> Vec<Case> {
         case!(engine::a_bulk_uploaded_record_has_a_true_status_at_each_stage),
         case!(crm::pipedrive_deliveries_reach_gong_mapped),
         case!(crm::close_deliveries_reach_gong_mapped),
+        case!(crm::attio_notifications_are_fetched_and_survive_an_api_outage),
         case!(crm::a_pipedrive_bulk_edit_of_5000_at_1024_keys_is_accepted),
         case!(burst::a_burst_of_5000_webhooks_at_1024_keys_is_accepted_by_two_redis_replicas, needs: Redis, expected: None),
     ]

@@ -180,8 +180,9 @@ enum Stop {
 }
 
 /// Drains the queue within the work budget, under the fetch lease (another holder: nothing to
-/// do now). Two holders at once read some records twice: duplicates, never a loss.
-pub fn drain(bridge: &Bridge) -> Result<Drained, Fault> {
+/// do now). Two holders at once read some records twice: duplicates, never a loss. `force`
+/// (`POST /flush?force=true`, an operator's "now") tries keys still in their backoff too.
+pub fn drain(bridge: &Bridge, force: bool) -> Result<Drained, Fault> {
     let lease = crate::lease::acquire(
         bridge.kv,
         bridge.clock,
@@ -192,12 +193,12 @@ pub fn drain(bridge: &Bridge) -> Result<Drained, Fault> {
     let Some(held) = lease else {
         return Ok(Drained::default());
     };
-    let result = drain_held(bridge);
+    let result = drain_held(bridge, force);
     crate::lease::release(bridge.kv, held);
     result
 }
 
-fn drain_held(bridge: &Bridge) -> Result<Drained, Fault> {
+fn drain_held(bridge: &Bridge, force: bool) -> Result<Drained, Fault> {
     let mut keys: Vec<String> = bridge
         .kv
         .keys()?
@@ -215,7 +216,7 @@ fn drain_held(bridge: &Bridge) -> Result<Drained, Fault> {
         let Some(mut queued) = bridge.store().get_json::<Queued>(key)? else {
             continue;
         };
-        if queued.next_at > now {
+        if queued.next_at > now && !force {
             report.keys_left += 1;
             continue;
         }

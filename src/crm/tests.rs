@@ -804,7 +804,7 @@ fn attio_notifications_are_fetched_after_the_answer_and_survive_api_failures() {
         .queue
         .borrow_mut()
         .push_back(answer(401, br#"{"message":"invalid token"}"#));
-    crate::crm::fetch::drain(&b.with_budget(clock.now())).unwrap();
+    crate::crm::fetch::drain(&b.with_budget(clock.now()), false).unwrap();
     let health: Value = serde_json::from_slice(
         handle(&b, request("GET", "/healthz", &[], b""))
             .response

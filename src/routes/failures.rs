@@ -27,7 +27,7 @@ fn object_type_param(raw: &str) -> Result<ObjectType, ApiError> {
 pub fn flush_now(bridge: &Bridge, request: &Request) -> Result<Response, ApiError> {
     let force = query_flag(request, "force")?;
     // Thin notifications first (their records join this flush), within the same budget.
-    let fetched = crate::crm::fetch::drain(bridge)?;
+    let fetched = crate::crm::fetch::drain(bridge, force)?;
     let report = outbox::run(bridge, force)?;
     let mut body = serde_json::to_value(&report).unwrap_or_default();
     if fetched != crate::crm::fetch::Drained::default() {

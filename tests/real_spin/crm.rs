@@ -7,7 +7,7 @@ use anyhow::ensure;
 use serde_json::{json, Value};
 
 use crate::client::Bridge;
-use crate::support::mock_gong::MockGong;
+use crate::support::mock_gong::{MockGong, MockResponse};
 use crate::Ctx;
 
 const USER: &str = "pd-hook";
@@ -303,5 +303,119 @@ pub async fn close_deliveries_reach_gong_mapped(ctx: &Ctx) -> anyhow::Result<()>
         "{account} {contact}"
     );
     println!("real-spin: close: won opportunity -> DEAL (1000.0, WON), lead -> ACCOUNT + CONTACT of it, wrong key -> 401");
+    Ok(())
+}
+
+const ATTIO_SECRET: &str = "attio-webhook-secret-for-the-suite";
+
+async fn attio(bridge: Bridge, body: &Value) -> anyhow::Result<crate::client::Reply> {
+    use hmac::Mac;
+    let body = serde_json::to_vec(body)?;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(ATTIO_SECRET.as_bytes())?;
+    mac.update(&body);
+    let signature = hex::encode(mac.finalize().into_bytes());
+    bridge
+        .raw(
+            "POST",
+            "/webhooks/attio",
+            &[
+                ("attio-signature", signature.as_str()),
+                ("content-type", "application/json"),
+            ],
+            body,
+        )
+        .await
+}
+
+/// Attio's documented notification, answered first and fetched after, with Attio's API (a second
+/// recording mock, answering as Attio documents) failing (500, then a refused token) and then
+/// recovering: nothing is lost, the person reaches Gong mapped, `/healthz` says what is wrong
+/// while it is.
+pub async fn attio_notifications_are_fetched_and_survive_an_api_outage(
+    ctx: &Ctx,
+) -> anyhow::Result<()> {
+    let gong = MockGong::start().await;
+    let attio_api = MockGong::start().await;
+    let options = ctx
+        .options(&gong)
+        .var("attio_webhook_secret", ATTIO_SECRET)
+        .var("attio_api_token", "attio-api-token")
+        .var("attio_base_url", &attio_api.base_url());
+    let spin = ctx.start(&options, "spin").await?;
+    let bridge = spin.bridge;
+    let object_path = "/v2/objects/97052eb9-e65e-443f-a297-f2d9a4a7f795";
+    let record_path = "/v2/objects/people/records/bf071e1f-6035-429d-b874-d83ea64ea13b";
+    // Down first: a 500, then a refused token.
+    attio_api.on(
+        "GET",
+        object_path,
+        MockResponse::json(500, json!({"message": "boom"})),
+    );
+    attio_api.on(
+        "GET",
+        object_path,
+        MockResponse::json(
+            401,
+            json!({"status_code": 401, "type": "auth_error", "message": "invalid token"}),
+        ),
+    );
+    let reply = attio(bridge, &sample("attio/webhook_record_updated.json"))
+        .await?
+        .expect(202);
+    ensure!(reply["queued"] == 1, "{reply}");
+    let mut health = Value::Null;
+    for _ in 0..100 {
+        bridge.force_flush().await?;
+        health = bridge.raw("GET", "/healthz", &[], Vec::new()).await?.json();
+        if health["status"] == "degraded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ensure!(
+        health["status"] == "degraded"
+            && health["sources"][0]["problem"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("attio_api_token"),
+        "/healthz while the token is refused: {health}"
+    );
+    ensure!(uploaded(&gong, "CONTACT").is_empty(), "nothing sent yet");
+    // Recovered: Attio answers as it documents.
+    attio_api.always(
+        "GET",
+        object_path,
+        MockResponse::json(200, sample("attio/get_object_people.json")),
+    );
+    attio_api.always(
+        "GET",
+        record_path,
+        MockResponse::json(200, sample("attio/get_record_person.json")),
+    );
+    let mut contacts = Vec::new();
+    for _ in 0..100 {
+        bridge.force_flush().await?.expect(200);
+        contacts = uploaded(&gong, "CONTACT");
+        if !contacts.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let contact = contacts.first().cloned().unwrap_or_default();
+    ensure!(
+        contact["emailAddress"] == "john-smith@attio.com"
+            && contact["objectId"] == "bf071e1f-6035-429d-b874-d83ea64ea13b",
+        "the person in Gong: {contact}"
+    );
+    let health = bridge.raw("GET", "/healthz", &[], Vec::new()).await?.json();
+    ensure!(health["status"] == "ok", "recovered: {health}");
+    ensure!(
+        attio_api
+            .received()
+            .iter()
+            .all(|r| r.header("authorization") == Some("Bearer attio-api-token")),
+        "every read carries the token"
+    );
+    println!("real-spin: attio: notification answered first; Attio 500 then 401 (healthz degraded) then recovered -> CONTACT in Gong, {} Attio calls", attio_api.request_count());
     Ok(())
 }
