@@ -122,3 +122,5 @@ pub const SOURCE_HEALTH_PREFIX: &str = "crm/health/";
 pub const SOURCE_OBJECTS_PREFIX: &str = "crm/objects/";
 /// `quota/{source}`: the shared call budget of a CRM's API.
 pub const SOURCE_QUOTA_PREFIX: &str = "quota/";
+/// `mapping/{source}`: the user's override of a source's default mapping (`PUT /mappings/{source}`).
+pub const MAPPING_PREFIX: &str = "mapping/";

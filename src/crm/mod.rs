@@ -10,6 +10,7 @@
 pub mod attio;
 pub mod close;
 pub mod fetch;
+pub mod overrides;
 pub mod pipedrive;
 pub mod signature;
 
@@ -96,7 +97,7 @@ pub fn receiver(name: &str) -> Option<&'static dyn Receiver> {
     RECEIVERS.iter().copied().find(|r| r.name() == name)
 }
 
-/// The mapping in effect for a source (its default until overrides are stored).
+/// A source's default mapping (compiled in); the one in effect is `overrides::effective`.
 pub fn mapping(receiver: &dyn Receiver) -> Result<Mapping, Fault> {
     serde_json::from_str(receiver.default_mapping()).map_err(|e| {
         Fault::Corrupt(format!(
@@ -154,7 +155,7 @@ pub fn map_and_accept(
     delivery: &str,
     changes: Vec<Change>,
 ) -> Result<Outcome, Fault> {
-    let mapping = mapping(receiver)?;
+    let mapping = overrides::effective(bridge, receiver)?;
     let now = bridge.clock.now();
     let mut by_type: BTreeMap<ObjectType, (Vec<Mapped>, Vec<RejectedRecord>)> = BTreeMap::new();
     let mut outcome = Outcome::default();
@@ -259,9 +260,9 @@ pub fn rejected(
 
 /// Maps a failed change again with the source's current mapping (a retry from the failure
 /// store): the Gong record, or why it still cannot be mapped.
-pub fn remap(source: &str, raw: &str) -> Result<(ObjectType, Value), String> {
+pub fn remap(bridge: &Bridge, source: &str, raw: &str) -> Result<(ObjectType, Value), String> {
     let receiver = receiver(source).ok_or_else(|| format!("no receiver named {source:?}"))?;
-    let mapping = mapping(receiver).map_err(|e| e.to_string())?;
+    let mapping = overrides::effective(bridge, receiver).map_err(|e| e.to_string())?;
     let raw: Value =
         serde_json::from_str(raw).map_err(|e| format!("the kept change is unreadable: {e}"))?;
     let object_name = raw["object"].as_str().unwrap_or_default();

@@ -248,7 +248,7 @@ pub(super) fn apply_waiting(bridge: &Bridge) -> Result<(usize, usize), Fault> {
             // refused is sent again as it was.
             let (object_id, modified, line) = match &f.source {
                 None => (id.clone(), f.modified, shards::raw_line(f.line.as_bytes())?),
-                Some(source) => match remapped(source, &f.line, shard_type) {
+                Some(source) => match remapped(bridge, source, &f.line, shard_type) {
                     Ok((object_id, modified, line)) => {
                         (object_id, modified, shards::raw_line(&line)?)
                     }
@@ -331,11 +331,12 @@ pub fn failure_of(
 /// A CRM's failed change mapped again and validated: (objectId, modifiedDate, line), or why
 /// it still fails.
 fn remapped(
+    bridge: &Bridge,
     source: &str,
     raw: &str,
     object_type: ObjectType,
 ) -> Result<(String, i64, Vec<u8>), String> {
-    let (mapped_type, record) = crate::crm::remap(source, raw)?;
+    let (mapped_type, record) = crate::crm::remap(bridge, source, raw)?;
     if mapped_type != object_type {
         return Err(format!(
             "the mapping now makes it a {mapped_type}, not a {object_type}"
@@ -345,12 +346,17 @@ fn remapped(
         normalize: true,
         ..Default::default()
     };
+    let schema = if object_type.has_schema() {
+        bridge.store().schema(object_type).ok().flatten()
+    } else {
+        None
+    };
     let valid = crate::validation::validate_record(
         object_type,
         record,
         0,
         None,
-        None,
+        schema.as_deref(),
         options,
         &mut Vec::new(),
     )

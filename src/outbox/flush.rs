@@ -231,41 +231,48 @@ fn send_file(
 
 // ----- flushing --------------------------------------------------------------------------------
 
-fn run_bounded(bridge: &Bridge, force: bool, max_files: usize) -> Result<FlushReport, Fault> {
-    let layout = settings::layout(bridge.config);
-    let mut report = FlushReport {
-        scanned: true,
-        ..Default::default()
-    };
+/// What one listing of the store says the engine has to do.
+struct Scan {
+    inbox: Vec<String>,
+    shards: Vec<(ObjectType, u32)>,
+    inflight: Vec<String>,
+    requests_kept: usize,
+    retried_failures: bool,
+    commands_waiting: bool,
+    bulk_waiting: bool,
+}
+
+fn scan(bridge: &Bridge) -> Result<Scan, Fault> {
     let keys = bridge.kv.keys()?;
-    let inbox: Vec<String> = keys
-        .iter()
-        .filter(|k| k.starts_with(INBOX_PREFIX))
-        .cloned()
-        .collect();
-    let shards: Vec<(ObjectType, u32)> = keys
-        .iter()
-        .filter_map(|k| shards::parse_shard_key(k, PENDING_SHARD_PREFIX))
-        .collect();
-    let inflight: Vec<String> = keys
-        .iter()
-        .filter_map(|k| k.strip_prefix(INFLIGHT_PREFIX))
-        .map(str::to_owned)
-        .collect();
-    let requests_kept = keys
-        .iter()
-        .filter(|k| k.starts_with(crate::keys::REQUEST_PREFIX))
-        .count();
-    let retried_failures = keys.iter().any(|k| k == failures::RETRIED_KEY);
-    let commands_waiting = keys.iter().any(|k| k.starts_with(commands::COMMAND_PREFIX));
-    let bulk_waiting = sent::any_waiting(&keys);
-    drop(keys);
-    let limits = settings::flush_limits(bridge.config);
-    let now = bridge.clock.now().unix_timestamp();
-    let blocked = bridge.gong_blocked_until(now)?;
-    let summary = read_summary(bridge)?;
+    Ok(Scan {
+        inbox: keys
+            .iter()
+            .filter(|k| k.starts_with(INBOX_PREFIX))
+            .cloned()
+            .collect(),
+        shards: keys
+            .iter()
+            .filter_map(|k| shards::parse_shard_key(k, PENDING_SHARD_PREFIX))
+            .collect(),
+        inflight: keys
+            .iter()
+            .filter_map(|k| k.strip_prefix(INFLIGHT_PREFIX))
+            .map(str::to_owned)
+            .collect(),
+        requests_kept: keys
+            .iter()
+            .filter(|k| k.starts_with(crate::keys::REQUEST_PREFIX))
+            .count(),
+        retried_failures: keys.iter().any(|k| k == failures::RETRIED_KEY),
+        commands_waiting: keys.iter().any(|k| k.starts_with(commands::COMMAND_PREFIX)),
+        bulk_waiting: sent::any_waiting(&keys),
+    })
+}
+
+/// Shards the summary does not know yet, and whether it lists shards that are gone.
+fn drift(summary: &Summary, shards: &[(ObjectType, u32)]) -> (Vec<(ObjectType, u32)>, bool) {
     let known = |t: ObjectType, n: u32| summary.get(t.as_str()).is_some_and(|s| s.contains_key(&n));
-    let unknown: Vec<(ObjectType, u32)> = shards
+    let unknown = shards
         .iter()
         .copied()
         .filter(|(t, n)| !known(*t, *n))
@@ -275,6 +282,32 @@ fn run_bounded(bridge: &Bridge, force: bool, max_files: usize) -> Result<FlushRe
             .keys()
             .any(|n| !shards.iter().any(|(st, sn)| st.as_str() == t && sn == n))
     });
+    (unknown, stale)
+}
+
+fn run_bounded(bridge: &Bridge, force: bool, max_files: usize) -> Result<FlushReport, Fault> {
+    let layout = settings::layout(bridge.config);
+    let mut report = FlushReport {
+        scanned: true,
+        ..Default::default()
+    };
+    // This listing only decides whether the lease is needed; the work reads a fresh one once it
+    // holds the lease (a holder that finished meanwhile may have written shards since: with the
+    // old listing, the summary would have been "reconciled" down to the shards listed then).
+    let Scan {
+        inbox,
+        shards,
+        inflight,
+        requests_kept,
+        retried_failures,
+        commands_waiting,
+        bulk_waiting,
+    } = scan(bridge)?;
+    let limits = settings::flush_limits(bridge.config);
+    let now = bridge.clock.now().unix_timestamp();
+    let blocked = bridge.gong_blocked_until(now)?;
+    let summary = read_summary(bridge)?;
+    let (unknown, stale) = drift(&summary, &shards);
     let due = due_types(&summary, limits, force, now);
     // Inbox keys merged already need the lease only once they may be released.
     let settling = inbox::settling(bridge)?;
@@ -302,6 +335,16 @@ fn run_bounded(bridge: &Bridge, force: bool, max_files: usize) -> Result<FlushRe
             None => report.note = Some(lease::busy_note(bridge)),
             Some(mut held) => {
                 let result = (|| -> Result<(), Fault> {
+                    let Scan {
+                        inbox,
+                        shards,
+                        inflight,
+                        retried_failures,
+                        commands_waiting,
+                        bulk_waiting,
+                        ..
+                    } = scan(bridge)?;
+                    let (unknown, stale) = drift(&read_summary(bridge)?, &shards);
                     if !unknown.is_empty() || stale {
                         reconcile(bridge, &shards, &unknown)?;
                     }

@@ -1432,3 +1432,39 @@ fn a_forced_flush_waits_for_the_lease_and_says_who_holds_it() {
     let sent = flush(&bridge, true);
     assert_eq!(sent["files"].as_array().unwrap().len(), 1, "{sent}");
 }
+
+/// A delivery of 25 records is sent as one file of 25 (found on real Spin: a forced flush sent a
+/// file of one record, the rest in the next).
+#[test]
+fn a_delivery_of_25_records_goes_out_in_one_file() {
+    doubles!(
+        kv,
+        clock,
+        gong,
+        config,
+        bridge,
+        &[("gong_calls_per_second", "0")]
+    );
+    let records: Vec<String> = (0..25)
+        .map(|i| {
+            format!(
+                r#"{{"objectId":"f{i:02}","modifiedDate":"2024-01-01T00:00:{i:02}Z","name":"x"}}"#
+            )
+        })
+        .collect();
+    let body = format!(
+        r#"{{"type":"record.upserted","timestamp":"2024-01-01T00:00:00Z","data":{{"objectType":"ACCOUNT","records":[{}]}}}}"#,
+        records.join(",")
+    );
+    let answer = handle(&bridge, webhook("msg-25", body.as_bytes()));
+    assert_eq!(answer.response.status(), 202);
+    follow_up(&bridge.with_budget(clock.now()), answer.first);
+    flush(&bridge, true);
+    let uploads: Vec<_> = gong
+        .calls()
+        .into_iter()
+        .filter(|c| c.path.starts_with("/v2/crm/entities"))
+        .collect();
+    assert_eq!(uploads.len(), 1, "{uploads:?}");
+    assert_eq!(uploaded_ids(&gong, 0).len(), 25);
+}
