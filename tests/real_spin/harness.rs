@@ -125,6 +125,16 @@ impl SpinOptions {
             ("webhook_secret", webhook_secret()),
             ("gong_base_url", mock.base_url()),
             ("integration_id", INTEGRATION_ID.to_string()),
+            // The CRM receivers configured too, so that an unauthenticated delivery is a 401 (not
+            // a 503 not-configured, which schemathesis rightly counts as a server error).
+            ("pipedrive_webhook_user", "suite-pipedrive".to_owned()),
+            (
+                "pipedrive_webhook_password",
+                "suite-pipedrive-password".to_owned(),
+            ),
+            ("close_webhook_signature_key", "5e".repeat(32)),
+            ("attio_webhook_secret", "suite-attio-secret".to_owned()),
+            ("attio_api_token", "suite-attio-token".to_owned()),
         ] {
             vars.insert(name.to_owned(), value);
         }
