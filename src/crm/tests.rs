@@ -915,3 +915,136 @@ fn attio_notifications_are_fetched_after_the_answer_and_survive_api_failures() {
     let line: Value = serde_json::from_slice(&outbound.bodies.borrow()[last.index]).unwrap();
     assert_eq!(line["isDeleted"], true, "{line}");
 }
+
+// ----- the mapping API ----------------------------------------------------------------------
+
+fn api(
+    b: &crate::bridge::Bridge,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, Value, Option<String>) {
+    let response = handle(
+        b,
+        request(
+            method,
+            path,
+            &[
+                ("authorization", "Bearer token"),
+                ("content-type", "application/json"),
+            ],
+            body,
+        ),
+    )
+    .response;
+    let etag = response
+        .headers()
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (
+        response.status().as_u16(),
+        serde_json::from_slice(response.body()).unwrap_or_default(),
+        etag,
+    )
+}
+
+/// `PUT /mappings/{source}` checks an override (422 naming each entry, nothing changed), stores a
+/// good one (the new ETag), and the next delivery is mapped with it; a preview maps a delivery
+/// without storing or sending anything.
+#[test]
+fn mappings_are_overridden_field_by_field_checked_and_previewed() {
+    let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_700_000_000));
+    let gong = ScriptedGong::new(&clock);
+    let config = pd_config();
+    let b = bridge(&kv, &config, &gong, &clock);
+    let (status, listed, _) = api(&b, "GET", "/mappings", b"");
+    assert_eq!(
+        (status, listed["mappings"].as_array().map(Vec::len)),
+        (200, Some(3)),
+        "{listed}"
+    );
+    let (status, before, etag_before) = api(&b, "GET", "/mappings/pipedrive", b"");
+    assert_eq!(
+        (status, before["source"].as_str()),
+        (200, Some("pipedrive"))
+    );
+    assert_eq!(api(&b, "GET", "/mappings/nocrm", b"").0, 404);
+
+    let wrong = br#"{"objects": [{"from": "deal", "fields": {"name": {"path": "title"}, "amount": {"path": "/value", "convert": "minorUnits", "scale": -1}}}]}"#;
+    let (status, problem, _) = api(&b, "PUT", "/mappings/pipedrive", wrong);
+    assert_eq!(status, 422, "{problem}");
+    let named: Vec<(&str, &str)> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["field"].as_str().unwrap(), e["rule"].as_str().unwrap()))
+        .collect();
+    assert!(
+        named.contains(&("deal.name", "mapping.pointer"))
+            && named.contains(&("deal.amount", "mapping.converter")),
+        "{named:?}"
+    );
+    assert_eq!(
+        api(&b, "GET", "/mappings/pipedrive", b"").2,
+        etag_before,
+        "a refused override changes nothing"
+    );
+
+    let good = br#"{"objects": [{"from": "deal", "fields": {"name": {"convert": "template", "template": "{/title} ({/currency})"}}}]}"#;
+    let (status, after, etag_after) = api(&b, "PUT", "/mappings/pipedrive", good);
+    assert_eq!(status, 200, "{after}");
+    assert_ne!(etag_after, etag_before);
+    let (_, preview, _) = api(
+        &b,
+        "POST",
+        "/mappings/pipedrive/preview",
+        &sample("pipedrive/deal_create.json"),
+    );
+    assert_eq!(
+        preview["records"][0]["record"]["name"], "Sample Org deal (EUR)",
+        "{preview}"
+    );
+    assert!(
+        kv.map.borrow().keys().all(|k| !k.starts_with("inbox/")),
+        "a preview stores nothing"
+    );
+    assert!(gong.calls().is_empty(), "and sends nothing");
+    let mut deal: Value = serde_json::from_slice(&sample("pipedrive/deal_create.json")).unwrap();
+    deal["data"]["value"] = json!("lots");
+    let (_, preview, _) = api(
+        &b,
+        "POST",
+        "/mappings/pipedrive/preview",
+        deal.to_string().as_bytes(),
+    );
+    assert_eq!(
+        preview["rejected"][0]["problems"][0]["rule"], "convert.number",
+        "{preview}"
+    );
+    // The next delivery is mapped with the override.
+    let answer = handle(
+        &b,
+        pd_webhook(
+            &sample("pipedrive/deal_create.json"),
+            &basic(PD_USER, PD_PASSWORD),
+        ),
+    );
+    follow_up(&b.with_budget(clock.now()), answer.first);
+    handle(
+        &b.with_budget(clock.now()),
+        request(
+            "POST",
+            "/flush?force=true",
+            &[("authorization", "Bearer token")],
+            b"",
+        ),
+    );
+    let upload = gong
+        .calls()
+        .into_iter()
+        .find(|c| c.path.starts_with("/v2/crm/entities"))
+        .unwrap();
+    let line: Value = serde_json::from_slice(&gong.bodies.borrow()[upload.index]).unwrap();
+    assert_eq!(line["name"], "Sample Org deal (EUR)", "{line}");
+}

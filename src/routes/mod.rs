@@ -4,6 +4,7 @@ pub mod embedded;
 pub mod failures;
 pub mod health;
 pub mod integration;
+pub mod mappings;
 pub mod records;
 pub mod requests;
 pub mod schema;

@@ -55,6 +55,7 @@ fn concrete(template: &str) -> String {
         .replace("{objectType}", "ACCOUNT")
         .replace("{objectId}", "acc-1")
         .replace("{clientRequestId}", "req-1")
+        .replace("{source}", "pipedrive")
 }
 
 /// A route in `ROUTES` that `dispatch` forgot would answer 405 (or 404 "no such route").

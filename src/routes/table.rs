@@ -114,6 +114,10 @@ pub const ROUTES: &[Route] = &[
     row("GET", "/requests", Bearer, Management, true, |b, r, _| routes::requests::list(b, r)),
     row("GET", "/requests/{clientRequestId}", Bearer, Management, true, |b, _, p| routes::requests::get(b, p.get("clientRequestId"))),
     row("POST", "/requests/{clientRequestId}/retry", Bearer, Management, true, |b, _, p| routes::requests::retry(b, p.get("clientRequestId"))),
+    row("GET", "/mappings", Bearer, Management, true, |b, _, _| routes::mappings::list(b)),
+    row("GET", "/mappings/{source}", Bearer, Management, true, |b, _, p| routes::mappings::get(b, p.get("source"))),
+    row("PUT", "/mappings/{source}", Bearer, Management, true, |b, r, p| routes::mappings::put(b, r, p.get("source"))),
+    row("POST", "/mappings/{source}/preview", Bearer, Management, true, |b, r, p| routes::mappings::preview(b, r, p.get("source"))),
     row("POST", "/sweep", Bearer, Management, true, |b, _, _| routes::failures::sweep(b)),
     // Its own run is the engine's work: no second check after it.
     row("POST", "/flush", Bearer, Management, false, |b, r, _| routes::failures::flush_now(&b.with_budget(b.clock.now()), r)),
