@@ -155,7 +155,20 @@ pub fn map_and_accept(
     delivery: &str,
     changes: Vec<Change>,
 ) -> Result<Outcome, Fault> {
-    let mapping = overrides::effective(bridge, receiver)?;
+    // A stored override that no longer holds must not make an authentic delivery fail (the CRM
+    // would retry, then give up on us): the default maps it, and the log says why.
+    let mapping = match overrides::effective(bridge, receiver) {
+        Ok(mapping) => mapping,
+        Err(e) => {
+            crate::log::error(
+                "the stored mapping override does not hold; the default mapping is used",
+            )
+            .field("source", receiver.name())
+            .field("error", e.to_string())
+            .emit();
+            mapping(receiver)?
+        }
+    };
     let now = bridge.clock.now();
     let mut by_type: BTreeMap<ObjectType, (Vec<Mapped>, Vec<RejectedRecord>)> = BTreeMap::new();
     let mut outcome = Outcome::default();
