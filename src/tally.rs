@@ -53,6 +53,11 @@ pub struct Counters {
     /// in the failure store; answered 2xx all the same).
     #[serde(default)]
     pub records_rejected: u64,
+    /// Per CRM receiver, by "source event": `deliveries` (authentic, answered 2xx), `refused`
+    /// (not authentic), `ignored` (nothing to act on), `records_accepted`, `records_rejected`
+    /// (to the failure store), `queued` (thin notifications to read).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub crm: BTreeMap<String, u64>,
 }
 
 impl Counters {
@@ -66,6 +71,9 @@ impl Counters {
         self.records_delivered += other.records_delivered;
         self.records_failed += other.records_failed;
         self.records_rejected += other.records_rejected;
+        for (k, v) in &other.crm {
+            *self.crm.entry(k.clone()).or_default() += v;
+        }
         for (k, v) in &other.webhooks_refused {
             *self.webhooks_refused.entry(k.clone()).or_default() += v;
         }
@@ -98,6 +106,18 @@ pub struct Tally {
 impl Tally {
     pub fn new() -> Tally {
         Tally::default()
+    }
+
+    /// One CRM receiver's event, `n` times (see [`Counters::crm`]).
+    pub fn crm(&self, source: &str, event: &str, n: u64) {
+        if n > 0 {
+            *self
+                .delta
+                .borrow_mut()
+                .crm
+                .entry(format!("{source} {event}"))
+                .or_default() += n;
+        }
     }
 
     pub fn records_rejected(&self, records: u64) {

@@ -29,6 +29,7 @@ pub fn receive(
         Ok(delivery) => delivery,
         Err(why) => {
             return Ok(ignored(
+                bridge,
                 source,
                 "",
                 &format!("the delivery could not be read: {why}"),
@@ -36,10 +37,19 @@ pub fn receive(
         }
     };
     if let (Some(why), true) = (&delivery.ignored, delivery.changes.is_empty()) {
-        return Ok(ignored(source, &delivery.id, why));
+        return Ok(ignored(bridge, source, &delivery.id, why));
     }
     let id = delivery.id.clone();
     let outcome = crm::accept(bridge, receiver, delivery)?;
+    for (event, n) in [
+        ("deliveries", 1),
+        ("records_accepted", outcome.accepted),
+        ("records_rejected", outcome.rejected),
+        ("ignored", outcome.ignored),
+        ("queued", outcome.queued),
+    ] {
+        bridge.tally.crm(source, event, n as u64);
+    }
     let status_urls: Vec<String> = outcome
         .records
         .iter()
@@ -79,7 +89,9 @@ pub fn receive(
 }
 
 /// 202 for an authentic delivery the bridge does not act on, with why (also logged).
-fn ignored(source: &str, delivery: &str, why: &str) -> Response {
+fn ignored(bridge: &Bridge, source: &str, delivery: &str, why: &str) -> Response {
+    bridge.tally.crm(source, "deliveries", 1);
+    bridge.tally.crm(source, "ignored", 1);
     crate::log::warn(format!("{source} delivery {delivery:?} ignored: {why}")).emit();
     json_response(
         202,

@@ -227,6 +227,11 @@ pub fn render_metrics(o: &Overview, counters: &Counters) -> String {
             n,
         );
     }
+    out.family("gcb_crm_total", "Per CRM receiver: deliveries, refused, ignored, records accepted and rejected, notifications queued", "counter");
+    for (key, n) in &counters.crm {
+        let (source, event) = key.split_once(' ').unwrap_or((key, ""));
+        out.sample("gcb_crm_total", &[("source", source), ("event", event)], n);
+    }
     out.family(
         "gcb_records_delivered_total",
         "Records Gong applied",
