@@ -21,6 +21,7 @@ pub fn receive(
         .map_err(|e| match e {
             VerifyError::NotConfigured(variables) => ApiError::NotConfigured(variables),
             VerifyError::Refused(why) => {
+                bridge.tally.crm(receiver.name(), "refused", 1);
                 ApiError::Unauthorized(format!("{} webhook: {why}", receiver.name()))
             }
         })?;

@@ -147,6 +147,13 @@ pub async fn pipedrive_deliveries_reach_gong_mapped(ctx: &Ctx) -> anyhow::Result
         why.contains("domains") && why.contains("convert.domain"),
         "the failure store names the field and the rule: {failures}"
     );
+    let metrics = bridge.get("/metrics").await?.text();
+    for line in [
+        r#"gcb_crm_total{source="pipedrive",event="records_rejected"} 1"#,
+        r#"gcb_crm_total{source="pipedrive",event="refused"} 1"#,
+    ] {
+        ensure!(metrics.contains(line), "/metrics lacks {line}:\n{metrics}");
+    }
     println!("real-spin: pipedrive: documented deal -> DEAL 8 mapped, re-delivery once, newer kept, delete sent, bad website -> failure store");
     Ok(())
 }
