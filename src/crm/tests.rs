@@ -35,42 +35,52 @@ fn pd_config() -> crate::testing::MapConfig {
     ])
 }
 
-/// The Gong records one sample maps to (through the same path as a delivery).
-fn mapped(name: &str) -> Vec<(ObjectType, Value)> {
-    let delivery = Pipedrive.parse(&sample(name)).unwrap();
-    let mapping = mapping(&Pipedrive).unwrap();
+/// The Gong records a delivery maps to with `receiver`'s default mapping (thin changes have
+/// none to show here).
+fn mapped_by(receiver: &dyn Receiver, body: &[u8]) -> Vec<(ObjectType, Value)> {
+    let delivery = receiver.parse(body).unwrap();
+    let mapping = mapping(receiver).unwrap();
     let mut out = Vec::new();
     for change in delivery.changes {
-        match change {
+        let (object, mapped) = match change {
             Change::Upsert {
                 object,
                 record,
                 event,
             } => {
                 let o = mapping.object(&object).unwrap();
-                out.push((
+                (
                     o.to,
-                    mapping
-                        .apply(
-                            o,
-                            &Input {
-                                record: &record,
-                                event: &event,
-                            },
-                        )
-                        .unwrap(),
-                ));
+                    mapping.apply(
+                        o,
+                        &Input {
+                            record: &record,
+                            event: &event,
+                        },
+                    ),
+                )
             }
             Change::Delete { object, id, at } => {
                 let o = mapping.object(&object).unwrap();
-                out.push((o.to, mapping.deleted(o, &id, &at).unwrap()));
+                (o.to, mapping.deleted(o, &id, &at))
             }
             thin @ (Change::Fetch { .. } | Change::Gone { .. }) => {
                 panic!("a thin change: {thin:?}")
             }
-        }
+        };
+        out.push((object, mapped.unwrap()));
     }
     out
+}
+
+/// A Pipedrive sample, mapped.
+fn mapped(name: &str) -> Vec<(ObjectType, Value)> {
+    mapped_by(&Pipedrive, &sample(name))
+}
+
+/// A Close delivery, mapped.
+fn close_mapped(body: &[u8]) -> Vec<(ObjectType, Value)> {
+    mapped_by(&super::close::Close, body)
 }
 
 #[test]
@@ -428,45 +438,6 @@ fn close_headers(body: &[u8], timestamp: i64, key_hex: &str) -> http::HeaderMap 
         timestamp.to_string().parse().unwrap(),
     );
     h
-}
-
-/// The Close records one sample maps to.
-fn close_mapped(body: &[u8]) -> Vec<(ObjectType, Value)> {
-    use super::close::Close;
-    let delivery = Close.parse(body).unwrap();
-    let mapping = mapping(&Close).unwrap();
-    delivery
-        .changes
-        .into_iter()
-        .map(|change| match change {
-            Change::Upsert {
-                object,
-                record,
-                event,
-            } => {
-                let o = mapping.object(&object).unwrap();
-                (
-                    o.to,
-                    mapping
-                        .apply(
-                            o,
-                            &Input {
-                                record: &record,
-                                event: &event,
-                            },
-                        )
-                        .unwrap(),
-                )
-            }
-            Change::Delete { object, id, at } => {
-                let o = mapping.object(&object).unwrap();
-                (o.to, mapping.deleted(o, &id, &at).unwrap())
-            }
-            thin @ (Change::Fetch { .. } | Change::Gone { .. }) => {
-                panic!("a thin change: {thin:?}")
-            }
-        })
-        .collect()
 }
 
 #[test]
