@@ -63,10 +63,11 @@ pub fn send(
     let sent = bridge.outbound.send(request, timeout);
     if let Ok(response) = &sent {
         if response.status().as_u16() == 429 {
-            let retry_after = crate::gong::client::retry_after_seconds(response);
+            let retry_after =
+                crate::gong::client::retry_after_seconds_at(response, Some(bridge.clock.now()));
             let now_ms = now_ms(bridge);
             if let Err(e) = update(bridge, &upstream.quota_key, |state| {
-                quota::block_ms(state, now_ms, retry_after)
+                quota::block_ms(state, now_ms, retry_after, upstream.name)
             }) {
                 crate::log::warn(format!(
                     "could not record {}'s 429 for other replicas",
@@ -230,5 +231,45 @@ mod tests {
             "Gong is not"
         );
         assert!(send(&b, &crm(), request()).is_err());
+    }
+
+    /// Attio sends `Retry-After` as an HTTP-date (developers.attio.com, "Rate limiting"): the
+    /// pause lasts until that date, not a default minute, and says who asked for it.
+    #[test]
+    fn a_retry_after_date_pauses_until_that_date() {
+        let kv = crate::store::memory::MemoryKv::default();
+        let clock = VirtualClock::at(1_684_852_920); // Tue, 23 May 2023 14:42:00 GMT
+        let outbound = ScriptedGong::new(&clock);
+        let config = configured(&[("gong_calls_per_second", "0")]);
+        let b = bridge(&kv, &config, &outbound, &clock);
+        let answer = http::Response::builder()
+            .status(429)
+            .header("retry-after", "Tue, 23 May 2023 14:42:02 GMT")
+            .body(Vec::new())
+            .unwrap();
+        outbound
+            .queue
+            .borrow_mut()
+            .push_back(crate::testing::Scripted {
+                answer: Ok(answer),
+                takes: Duration::ZERO,
+            });
+        assert_eq!(send(&b, &crm(), request()).unwrap().unwrap().status(), 429);
+        let now = clock.now().unix_timestamp();
+        assert_eq!(
+            blocked_until(&b, "quota/attio", now).unwrap(),
+            Some(now + 2),
+            "two seconds, as the date says"
+        );
+        let state: QuotaState = b.store().get_json("quota/attio").unwrap().unwrap();
+        assert!(
+            state
+                .blocked_reason
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("Attio answered 429"),
+            "{:?}",
+            state.blocked_reason
+        );
     }
 }

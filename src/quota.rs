@@ -170,10 +170,10 @@ pub fn usage(state: &QuotaState, limits: QuotaLimits, now_ms: i64) -> Usage {
 
 /// Records Gong's 429 answered at `now_ms` (Unix milliseconds): every replica waits
 /// `retry_after` seconds from that instant (60 when Gong gave none).
-pub fn block_ms(state: &mut QuotaState, now_ms: i64, retry_after: Option<u64>) {
+pub fn block_ms(state: &mut QuotaState, now_ms: i64, retry_after: Option<u64>, who: &str) {
     let seconds = retry_after.unwrap_or(60).clamp(1, 3600) as i64;
     state.blocked_until_ms = state.blocked_until_ms.max(now_ms + seconds * 1000);
-    state.blocked_reason = Some(format!("Gong answered 429; Retry-After {seconds} s"));
+    state.blocked_reason = Some(format!("{who} answered 429; Retry-After {seconds} s"));
 }
 
 /// Whole seconds from `now_ms` until `until_ms`, rounded up (a `Retry-After` never too early).
@@ -224,7 +224,7 @@ mod tests {
     #[test]
     fn a_429_blocks_every_caller_until_retry_after() {
         let mut s = QuotaState::default();
-        block_ms(&mut s, 1_000_000, Some(30));
+        block_ms(&mut s, 1_000_000, Some(30), "Gong");
         assert!(matches!(
             decide(&mut s, QuotaLimits::default(), 1_029_000),
             Decision::Blocked {
@@ -236,7 +236,7 @@ mod tests {
             decide(&mut s, QuotaLimits::default(), 1_030_000),
             Decision::Go
         );
-        block_ms(&mut s, 2_000_000, None);
+        block_ms(&mut s, 2_000_000, None, "Gong");
         assert_eq!(s.blocked_until_ms, 2_060_000);
         assert_eq!(seconds_until(2_060_000, 2_000_001), 60);
     }
@@ -247,7 +247,7 @@ mod tests {
     fn retry_after_is_honoured_to_the_millisecond() {
         let mut s = QuotaState::default();
         let at_ms = 1_700_000_000_250;
-        block_ms(&mut s, at_ms, Some(3));
+        block_ms(&mut s, at_ms, Some(3), "Gong");
         assert!(matches!(
             decide(&mut s, QuotaLimits::default(), at_ms + 2_999),
             Decision::Blocked { .. }

@@ -197,6 +197,9 @@ pub const CLOSE_WEBHOOK_SIGNATURE_KEY: &str = "close_webhook_signature_key";
 pub const ATTIO_WEBHOOK_SECRET: &str = "attio_webhook_secret";
 pub const ATTIO_API_TOKEN: &str = "attio_api_token";
 pub const ATTIO_BASE_URL: &str = "attio_base_url";
+/// `POST /webhooks/custom/{source}`: the shared token a CRM that cannot sign sends
+/// (`X-Webhook-Token`); signed deliveries use `webhook_secret`.
+pub const CUSTOM_WEBHOOK_TOKEN: &str = "custom_webhook_token";
 
 /// How long a webhook waits for room at the store's admission line before it is refused (503
 /// `store-full`). Default 5 s: half of Pipedrive's 10 s, inside every CRM's timeout, and inside

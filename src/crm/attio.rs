@@ -17,11 +17,11 @@ pub struct Attio;
 pub const DEFAULT_BASE_URL: &str = "https://api.attio.com";
 
 impl Receiver for Attio {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         "attio"
     }
 
-    fn default_mapping(&self) -> &'static str {
+    fn default_mapping(&self) -> &str {
         include_str!("defaults/attio.json")
     }
 
@@ -160,4 +160,13 @@ pub fn record(body: &[u8]) -> Option<Value> {
         .get_mut("data")
         .map(Value::take)
         .filter(Value::is_object)
+}
+
+/// The `code` of an Attio error body (`not_found`, `merge_in_progress`, …).
+pub fn error_code(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Value>(body)
+        .ok()?
+        .get("code")?
+        .as_str()
+        .map(str::to_owned)
 }

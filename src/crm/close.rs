@@ -17,11 +17,11 @@ const TOLERANCE_SECONDS: i64 = 300;
 pub struct Close;
 
 impl Receiver for Close {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         "close"
     }
 
-    fn default_mapping(&self) -> &'static str {
+    fn default_mapping(&self) -> &str {
         include_str!("defaults/close.json")
     }
 

@@ -5,7 +5,7 @@
 //! (once, then remembered), its record read through the gateway (the CRM's rate and its 429
 //! `Retry-After`, the platform's hourly cap), mapped and accepted like any delivery. A key goes
 //! only once all of its notifications are accepted; a failed read keeps it, with a backoff. A 404
-//! means the record is gone (deleted in Gong); a refused token stops the drain and is shown on
+//! means the record is gone (deleted in Gong), unless Attio says a merge is in progress; a refused token stops the drain and is shown on
 //! `/healthz` and `/status` while the notifications wait.
 
 use std::collections::BTreeMap;
@@ -68,8 +68,9 @@ fn objects_key(source: &str) -> String {
     format!("{}{source}", crate::keys::SOURCE_OBJECTS_PREFIX)
 }
 
-/// Attio's API as an upstream of the gateway: its own shared budget (Attio allows 100 reads a
-/// second per workspace; the bridge keeps to 10) and its 429 pause.
+/// Attio's API as an upstream of the gateway: its own shared budget (Attio allows 100 reads and
+/// 25 writes a second across its API; the bridge keeps to 10) and its 429 pause (until the
+/// HTTP-date its `Retry-After` names).
 fn upstream(source: &str) -> Upstream {
     Upstream {
         name: "Attio",
@@ -321,11 +322,15 @@ fn read(
                 event: json!({"fetched_at": now, "record_id": item.record_id}),
             })
         }
-        404 => Ok(Change::Delete {
-            object,
-            id: item.record_id.clone(),
-            at: now,
-        }),
+        // Only `not_found` means gone: during a merge Attio answers 404 `merge_in_progress` for
+        // the record that survives it.
+        404 if attio::error_code(response.body()).as_deref() != Some("merge_in_progress") => {
+            Ok(Change::Delete {
+                object,
+                id: item.record_id.clone(),
+                at: now,
+            })
+        }
         status => Err(classify(status, response.body())),
     }
 }

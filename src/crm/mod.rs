@@ -9,9 +9,11 @@
 
 pub mod attio;
 pub mod close;
+pub mod custom;
 pub mod fetch;
 pub mod overrides;
 pub mod pipedrive;
+pub mod schema_plan;
 pub mod signature;
 
 use std::collections::BTreeMap;
@@ -75,9 +77,9 @@ pub enum VerifyError {
 /// One CRM's webhook.
 pub trait Receiver: Sync {
     /// `pipedrive`: the route's path segment and the failure store's source name.
-    fn name(&self) -> &'static str;
-    /// The default mapping document (JSON), compiled in.
-    fn default_mapping(&self) -> &'static str;
+    fn name(&self) -> &str;
+    /// The default mapping document (JSON): compiled in, or empty for a custom source.
+    fn default_mapping(&self) -> &str;
     /// Checks the delivery's authentication against the raw body.
     fn verify(
         &self,
@@ -95,6 +97,37 @@ pub const RECEIVERS: &[&dyn Receiver] = &[&pipedrive::Pipedrive, &close::Close, 
 
 pub fn receiver(name: &str) -> Option<&'static dyn Receiver> {
     RECEIVERS.iter().copied().find(|r| r.name() == name)
+}
+
+/// A source by name: a built-in receiver, or a custom source the user stored a mapping for.
+pub enum Source {
+    Builtin(&'static dyn Receiver),
+    Custom(Box<custom::Custom>),
+}
+
+impl std::ops::Deref for Source {
+    type Target = dyn Receiver;
+    fn deref(&self) -> &(dyn Receiver + 'static) {
+        match self {
+            Source::Builtin(r) => *r,
+            Source::Custom(c) => c.as_ref(),
+        }
+    }
+}
+
+/// The source named `name`, if it exists (a custom source exists once its mapping is stored).
+pub fn source(bridge: &Bridge, name: &str) -> Result<Option<Source>, Fault> {
+    if let Some(builtin) = receiver(name) {
+        return Ok(Some(Source::Builtin(builtin)));
+    }
+    if custom::valid_name(name).is_err() || overrides::stored(bridge, name)?.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(Source::Custom(Box::new(custom::Custom::new(
+        name,
+        None,
+        bridge.clock.now().unix_timestamp(),
+    )))))
 }
 
 /// A source's default mapping (compiled in); the one in effect is `overrides::effective`.
@@ -274,8 +307,12 @@ pub fn rejected(
 /// Maps a failed change again with the source's current mapping (a retry from the failure
 /// store): the Gong record, or why it still cannot be mapped.
 pub fn remap(bridge: &Bridge, source: &str, raw: &str) -> Result<(ObjectType, Value), String> {
-    let receiver = receiver(source).ok_or_else(|| format!("no receiver named {source:?}"))?;
-    let mapping = overrides::effective(bridge, receiver).map_err(|e| e.to_string())?;
+    let receiver = self::source(bridge, source)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| {
+            format!("no source named {source:?} (a custom source's mapping was removed?)")
+        })?;
+    let mapping = overrides::effective(bridge, &*receiver).map_err(|e| e.to_string())?;
     let raw: Value =
         serde_json::from_str(raw).map_err(|e| format!("the kept change is unreadable: {e}"))?;
     let object_name = raw["object"].as_str().unwrap_or_default();
@@ -305,3 +342,6 @@ pub fn remap(bridge: &Bridge, source: &str, raw: &str) -> Result<(ObjectType, Va
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod custom_tests;

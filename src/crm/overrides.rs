@@ -34,6 +34,9 @@ pub fn merged(default: &str, over: Option<&Value>) -> Result<Value, Vec<MappingP
     let mut doc: Value =
         serde_json::from_str(default).map_err(|e| problem("(default)", e.to_string()))?;
     let Some(over) = over else { return Ok(doc) };
+    if let Some(delivery) = over.get("delivery") {
+        doc["delivery"] = delivery.clone();
+    }
     let Some(over_objects) = over.get("objects").and_then(Value::as_array) else {
         return Err(problem(
             "objects",
@@ -118,18 +121,24 @@ pub fn effective(bridge: &Bridge, receiver: &dyn Receiver) -> Result<Mapping, Fa
         })
 }
 
-/// Checks an override against the default and stores it: the mapping in effect, or every problem.
-pub fn put(
-    bridge: &Bridge,
-    receiver: &dyn Receiver,
-    over: Value,
-) -> Result<Result<Mapping, Vec<MappingProblem>>, Fault> {
-    let mapping = match merged(receiver.default_mapping(), Some(&over)).and_then(parse) {
-        Ok(mapping) => mapping,
-        Err(problems) => return Ok(Err(problems)),
-    };
-    bridge.store().put_json(&key(receiver.name()), &over)?;
-    Ok(Ok(mapping))
+/// Checks an override against the source's default: the mapping it makes, or every problem.
+pub fn check(receiver: &dyn Receiver, over: &Value) -> Result<Mapping, Vec<MappingProblem>> {
+    if over.get("delivery").is_some() && super::receiver(receiver.name()).is_some() {
+        return Err(vec![MappingProblem {
+            field: "delivery".into(),
+            rule: "mapping.delivery".into(),
+            message: format!(
+                "{} deliveries are read by its receiver; \"delivery\" describes a custom source's body",
+                receiver.name()
+            ),
+        }]);
+    }
+    merged(receiver.default_mapping(), Some(over)).and_then(parse)
+}
+
+/// Stores a checked override (the caller has done what the mapping asks of Gong first).
+pub fn store(bridge: &Bridge, receiver: &dyn Receiver, over: &Value) -> Result<(), Fault> {
+    bridge.store().put_json(&key(receiver.name()), over)
 }
 
 #[cfg(test)]

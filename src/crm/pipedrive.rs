@@ -24,11 +24,11 @@ fn id_text(v: &Value) -> Option<String> {
 }
 
 impl Receiver for Pipedrive {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         "pipedrive"
     }
 
-    fn default_mapping(&self) -> &'static str {
+    fn default_mapping(&self) -> &str {
         include_str!("defaults/pipedrive.json")
     }
 

@@ -887,6 +887,64 @@ fn attio_notifications_are_fetched_after_the_answer_and_survive_api_failures() {
     assert_eq!(line["isDeleted"], true, "{line}");
 }
 
+/// Attio answers 404 `merge_in_progress` while a merge runs, for the record that survives it
+/// (developers.attio.com, "Merging records"): that is "later", never "gone". Reported by the
+/// CRM-NOTES check; the bridge used to delete the surviving record in Gong.
+#[test]
+fn attio_merge_in_progress_is_retried_not_deleted() {
+    let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_700_000_000));
+    let outbound = ScriptedGong::new(&clock);
+    let config = attio_config();
+    let b = bridge(&kv, &config, &outbound, &clock);
+    let body = sample("attio/webhook_record_updated.json");
+    let answered = handle(&b, attio_webhook(&body));
+    assert_eq!(answered.response.status(), 202);
+    outbound
+        .queue
+        .borrow_mut()
+        .push_back(answer(200, &sample("attio/get_object_people.json")));
+    outbound.queue.borrow_mut().push_back(answer(
+        404,
+        br#"{"status_code":404,"type":"invalid_request_error","code":"merge_in_progress","message":"Record is being merged"}"#,
+    ));
+    follow_up(&b.with_budget(clock.now()), answered.first);
+    assert!(
+        kv.map
+            .borrow()
+            .keys()
+            .any(|k| k.starts_with("fetch/attio/")),
+        "the notification waits for the merge"
+    );
+    clock.advance(std::time::Duration::from_secs(60));
+    outbound
+        .queue
+        .borrow_mut()
+        .push_back(answer(200, &sample("attio/get_record_person.json")));
+    handle(
+        &b.with_budget(clock.now()),
+        request(
+            "POST",
+            "/flush?force=true",
+            &[("authorization", "Bearer token")],
+            b"",
+        ),
+    );
+    let lines: Vec<Value> = outbound
+        .calls()
+        .iter()
+        .filter(|c| c.path.starts_with("/v2/crm/entities"))
+        .map(|c| serde_json::from_slice(&outbound.bodies.borrow()[c.index]).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(
+        lines[0]["isDeleted"],
+        Value::Null,
+        "not deleted: {}",
+        lines[0]
+    );
+    assert_eq!(lines[0]["emailAddress"], "john-smith@attio.com");
+}
+
 // ----- the mapping API ----------------------------------------------------------------------
 
 fn api(

@@ -369,13 +369,30 @@ fn multipart_body(
     body
 }
 
-/// `Retry-After` in seconds (Gong sends seconds; an HTTP-date is not expected and is ignored).
+/// `Retry-After` in seconds (Gong sends seconds; an HTTP-date is read by
+/// [`retry_after_seconds_at`], which knows the time).
 pub fn retry_after_seconds(response: &Response) -> Option<u64> {
+    retry_after_seconds_at(response, None)
+}
+
+/// `Retry-After` in seconds, either form (RFC 9110 §10.2.3): delay-seconds, or an HTTP-date
+/// (Attio sends `Tue, 23 May 2023 14:42:01 GMT`), counted from `now` and rounded up.
+pub fn retry_after_seconds_at(
+    response: &Response,
+    now: Option<time::OffsetDateTime>,
+) -> Option<u64> {
     let value = response
         .headers()
         .get(http::header::RETRY_AFTER)
         .or_else(|| response.headers().get("x-retry-after"))?;
-    value.to_str().ok()?.trim().parse::<u64>().ok()
+    let text = value.to_str().ok()?.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Some(seconds);
+    }
+    let date =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc2822).ok()?;
+    let left = date - now?;
+    Some(left.as_seconds_f64().ceil().max(0.0) as u64)
 }
 
 /// Classifies Gong's answer: the expected success statuses parse into `T`; anything else is a

@@ -21,7 +21,52 @@ use crate::gong::models::ObjectType;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Mapping {
     pub source: String,
+    /// Custom sources only: where a delivery's records, object name and action are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliveryShape>,
     pub objects: Vec<ObjectMapping>,
+}
+
+/// How a custom source's delivery (a body the user built in their CRM) is read. Pointers are
+/// RFC 6901; `object`, `action` and `id` point into each record, or into the whole delivery with
+/// `/$event/…`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeliveryShape {
+    /// Where the records are: an array (each element a record) or one record. Empty: the body.
+    #[serde(default)]
+    pub records: String,
+    /// The CRM object's name (matched against `from`). Absent: the URL's `?object=`, else the
+    /// mapping's only object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    /// What happened; a value in `deleteWhen` deletes the record (otherwise it is upserted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    #[serde(default = "default_delete_when")]
+    pub delete_when: Vec<String>,
+}
+
+fn default_delete_when() -> Vec<String> {
+    ["delete", "deleted", "remove", "removed"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// A custom field's declaration: how Gong's schema for the object type holds it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SchemaDeclaration {
+    /// One of Gong's field types (`STRING`, `NUMBER`, `PICKLIST`, …).
+    #[serde(rename = "type")]
+    pub field_type: String,
+    pub label: String,
+    /// `PICKLIST`: the values, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<Vec<String>>,
+    /// `REFERENCE`: the object type referred to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_to: Option<String>,
 }
 
 /// One CRM object → one Gong object type.
@@ -80,6 +125,10 @@ pub struct FieldRule {
     /// `reference`: the CRM object referred to (its id prefix is applied).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub object: Option<String>,
+    /// A field that is not one of Gong's standard fields: its declaration in Gong's schema
+    /// (required; saving the mapping uploads it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<SchemaDeclaration>,
 }
 
 /// One pointer or several (fallbacks).
@@ -248,6 +297,7 @@ impl Mapping {
                         message,
                     });
                 }
+                problems.extend(check_declaration(object.to, field, rule, &entry));
                 if let Some(target) = rule
                     .object
                     .as_deref()
@@ -266,6 +316,105 @@ impl Mapping {
             }
         }
         problems
+    }
+}
+
+/// A custom field needs a declaration Gong's schema can hold; a standard one needs none.
+fn check_declaration(
+    to: ObjectType,
+    field: &str,
+    rule: &FieldRule,
+    entry: &str,
+) -> Option<MappingProblem> {
+    use crate::gong::models::{FIELD_TYPES, REFERENCE_TARGETS};
+    let problem = |rule: &str, message: String| {
+        Some(MappingProblem {
+            field: entry.to_owned(),
+            rule: rule.into(),
+            message,
+        })
+    };
+    let standard = crate::validation::is_standard_field(to, field);
+    match (&rule.schema, standard) {
+        (None, true) => None,
+        (Some(_), true) => problem(
+            "mapping.schema",
+            format!("{field} is a standard {to} field: it takes no schema declaration"),
+        ),
+        (_, false) if !to.has_schema() => problem(
+            "mapping.custom_field",
+            format!("{field} is not a {to} field, and Gong has no custom fields for {to}"),
+        ),
+        (None, false) => problem(
+            "mapping.custom_field",
+            format!(
+                "{field} is not a standard {to} field: declare it, e.g. \"schema\": {{\"type\": \"STRING\", \"label\": \"{field}\"}} (types: {})",
+                FIELD_TYPES.join(", ")
+            ),
+        ),
+        (Some(d), false) => {
+            if !FIELD_TYPES.contains(&d.field_type.as_str()) {
+                problem(
+                    "mapping.schema.type",
+                    format!(
+                        "{:?} is not a Gong field type (types: {})",
+                        d.field_type,
+                        FIELD_TYPES.join(", ")
+                    ),
+                )
+            } else if d.label.trim().is_empty() {
+                problem("mapping.schema.label", format!("{field} needs a label"))
+            } else if d.field_type == "PICKLIST" && d.values.as_ref().is_none_or(Vec::is_empty) {
+                problem(
+                    "mapping.schema.values",
+                    format!("{field} is a PICKLIST: list its values, in order (\"values\")"),
+                )
+            } else if d.field_type == "REFERENCE"
+                && !d
+                    .reference_to
+                    .as_deref()
+                    .is_some_and(|t| REFERENCE_TARGETS.contains(&t))
+            {
+                problem(
+                    "mapping.schema.referenceTo",
+                    format!(
+                        "{field} is a REFERENCE: say to what (\"referenceTo\": one of {})",
+                        REFERENCE_TARGETS.join(", ")
+                    ),
+                )
+            } else {
+                None
+            }
+        }
+    }
+}
+
+impl Mapping {
+    /// The custom fields this mapping declares, per Gong object type, as schema fields
+    /// (`uniqueName` = the Gong field's name). Two objects mapped to one type share its schema.
+    pub fn declared_fields(&self) -> BTreeMap<ObjectType, Vec<crate::gong::models::SchemaField>> {
+        let mut out: BTreeMap<ObjectType, Vec<crate::gong::models::SchemaField>> = BTreeMap::new();
+        for object in &self.objects {
+            for (name, rule) in &object.fields {
+                let Some(d) = &rule.schema else { continue };
+                let fields = out.entry(object.to).or_default();
+                if fields
+                    .iter()
+                    .any(|f| f.unique_name.as_deref() == Some(name))
+                {
+                    continue;
+                }
+                fields.push(crate::gong::models::SchemaField {
+                    unique_name: Some(name.clone()),
+                    label: Some(d.label.clone()),
+                    field_type: Some(d.field_type.clone()),
+                    reference_to: d.reference_to.clone(),
+                    ordered_value_list: d.values.clone(),
+                    ..Default::default()
+                });
+            }
+        }
+        out
     }
 }
 

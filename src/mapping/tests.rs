@@ -401,3 +401,55 @@ fn a_wrong_mapping_document_names_the_entry() {
         "{problems:?}"
     );
 }
+
+/// A field that is not one of Gong's standard fields must declare how Gong's schema holds it
+/// (type, label, picklist values, reference target); a standard one must not.
+#[test]
+fn custom_fields_declare_their_schema() {
+    let with = |rule: Value| {
+        mapping(json!({"objectId": {"path": "/id", "convert": "id"}, "modifiedDate": {"path": "/m", "convert": "datetime"}, "x": rule}))
+            .check()
+            .into_iter()
+            .map(|p| (p.field, p.rule))
+            .collect::<Vec<_>>()
+    };
+    let named = |rule: &str| vec![("thing.x".to_owned(), rule.to_owned())];
+    assert_eq!(with(json!({"path": "/x"})), named("mapping.custom_field"));
+    assert_eq!(
+        with(json!({"path": "/x", "schema": {"type": "TEXT", "label": "X"}})),
+        named("mapping.schema.type")
+    );
+    assert_eq!(
+        with(json!({"path": "/x", "schema": {"type": "STRING", "label": " "}})),
+        named("mapping.schema.label")
+    );
+    assert_eq!(
+        with(json!({"path": "/x", "schema": {"type": "PICKLIST", "label": "X"}})),
+        named("mapping.schema.values")
+    );
+    assert_eq!(
+        with(
+            json!({"path": "/x", "schema": {"type": "REFERENCE", "label": "X", "referenceTo": "STAGE"}})
+        ),
+        named("mapping.schema.referenceTo")
+    );
+    assert!(with(
+        json!({"path": "/x", "schema": {"type": "PICKLIST", "label": "X", "values": ["a"]}})
+    )
+    .is_empty());
+    let standard = mapping(
+        json!({"objectId": {"path": "/id", "convert": "id"}, "modifiedDate": {"path": "/m", "convert": "datetime"}, "name": {"path": "/n", "schema": {"type": "STRING", "label": "N"}}}),
+    );
+    assert_eq!(standard.check()[0].rule, "mapping.schema");
+    let declared = mapping(json!({"objectId": {"path": "/id", "convert": "id"}, "modifiedDate": {"path": "/m", "convert": "datetime"}, "x": {"path": "/x", "schema": {"type": "NUMBER", "label": "X"}}})).declared_fields();
+    assert_eq!(
+        declared[&ObjectType::Deal][0].unique_name.as_deref(),
+        Some("x")
+    );
+    let stage: Mapping = serde_json::from_value(json!({"source": "s", "objects": [{"from": "st", "to": "STAGE", "fields": {"objectId": {"path": "/id"}, "modifiedDate": {"path": "/m", "convert": "datetime"}, "x": {"path": "/x", "schema": {"type": "STRING", "label": "X"}}}}]})).unwrap();
+    assert_eq!(
+        stage.check()[0].rule,
+        "mapping.custom_field",
+        "STAGE has no custom fields"
+    );
+}

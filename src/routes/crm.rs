@@ -2,11 +2,13 @@
 //! when not authentic); then answered 2xx whatever its content: records that cannot be mapped or
 //! break Gong's rules go to the failure store, unreadable or unmapped deliveries are ignored
 //! (said in the answer and the log), and only the store can refuse (503, the CRM re-delivers).
+//! `POST /webhooks/custom/{source}` is the same, read by the source's stored mapping.
 
 use serde_json::json;
 
 use crate::bridge::Bridge;
-use crate::crm::{self, Receiver, VerifyError};
+use crate::crm::custom::{self, Custom};
+use crate::crm::{self, overrides, Receiver, VerifyError};
 use crate::ports::{Request, Response};
 use crate::problem::{json_response, ApiError};
 
@@ -18,13 +20,62 @@ pub fn receive(
     let now = bridge.clock.now().unix_timestamp();
     receiver
         .verify(bridge.config, request.headers(), request.body(), now)
-        .map_err(|e| match e {
-            VerifyError::NotConfigured(variables) => ApiError::NotConfigured(variables),
-            VerifyError::Refused(why) => {
-                bridge.tally.crm(receiver.name(), "refused", 1);
-                ApiError::Unauthorized(format!("{} webhook: {why}", receiver.name()))
-            }
-        })?;
+        .map_err(|e| refusal(bridge, receiver, e))?;
+    accept_verified(bridge, request, receiver)
+}
+
+/// A custom source's delivery: verified before anything says whether the source exists, then
+/// read by its mapping (404 until one is stored: a 2xx would promise records nobody can map).
+pub fn receive_custom(
+    bridge: &Bridge,
+    request: &Request,
+    source: &str,
+) -> Result<Response, ApiError> {
+    let now = bridge.clock.now().unix_timestamp();
+    let mapping = match custom::valid_name(source) {
+        Ok(()) if overrides::stored(bridge, source)?.is_some() => Some(overrides::effective(
+            bridge,
+            &Custom::new(source, None, now),
+        )?),
+        _ => None,
+    };
+    let object = crate::app::query_pairs(request)
+        .into_iter()
+        .find(|(k, _)| k == "object")
+        .map(|(_, v)| v);
+    let webhook_id = request
+        .headers()
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let has_mapping = mapping.is_some();
+    let receiver = Custom::new(source, mapping, now).with_request(object, webhook_id);
+    let verified = receiver.verify(bridge.config, request.headers(), request.body(), now);
+    verified.map_err(|e| refusal(bridge, &receiver, e))?;
+    if !has_mapping {
+        return Err(ApiError::NotFoundResource(format!(
+            "no custom source named {source:?}: store its mapping first (PUT /mappings/{source}, docs/crm/custom.md)"
+        )));
+    }
+    accept_verified(bridge, request, &receiver)
+}
+
+fn refusal(bridge: &Bridge, receiver: &dyn Receiver, e: VerifyError) -> ApiError {
+    match e {
+        VerifyError::NotConfigured(variables) => ApiError::NotConfigured(variables),
+        VerifyError::Refused(why) => {
+            bridge.tally.crm(receiver.name(), "refused", 1);
+            ApiError::Unauthorized(format!("{} webhook: {why}", receiver.name()))
+        }
+    }
+}
+
+/// An authentic delivery: parsed, mapped and accepted (2xx whatever its content).
+fn accept_verified(
+    bridge: &Bridge,
+    request: &Request,
+    receiver: &dyn Receiver,
+) -> Result<Response, ApiError> {
     let source = receiver.name();
     let delivery = match receiver.parse(request.body()) {
         Ok(delivery) => delivery,

@@ -100,6 +100,7 @@ pub const ROUTES: &[Route] = &[
     row("POST", "/webhooks/pipedrive", SelfAuth, Webhook, true, |b, r, _| routes::crm::receive(b, r, &crate::crm::pipedrive::Pipedrive)),
     row("POST", "/webhooks/close", SelfAuth, Webhook, true, |b, r, _| routes::crm::receive(b, r, &crate::crm::close::Close)),
     row("POST", "/webhooks/attio", SelfAuth, Webhook, true, |b, r, _| routes::crm::receive(b, r, &crate::crm::attio::Attio)),
+    row("POST", "/webhooks/custom/{source}", SelfAuth, Webhook, true, |b, r, p| routes::crm::receive_custom(b, r, p.get("source"))),
     row("GET", "/status", Bearer, Management, true, |b, _, _| routes::status::status(b)),
     row("GET", "/metrics", Bearer, Management, true, |b, _, _| routes::status::metrics(b)),
     row("GET", "/integration", Bearer, Management, true, |b, _, _| routes::integration::list(b)),

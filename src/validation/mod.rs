@@ -29,7 +29,9 @@ pub use datetime::{
 pub use ldjson::{
     build_ldjson, validate_records, validate_records_owned, BodyFormat, RecordBatch, Rejection,
 };
-pub use records::{looks_like_email, validate_record, RecordOptions, ValidRecord};
+pub use records::{
+    is_standard_field, looks_like_email, validate_record, RecordOptions, ValidRecord,
+};
 pub use schema::{validate_schema, ValidSchema};
 
 /// At most this many violations (and warnings) are listed; totals are counted beyond it.

@@ -138,6 +138,13 @@ enum Check<'s> {
     Any,
 }
 
+/// Whether `key` is one of Gong's own fields of `object_type` (the common four or a standard
+/// one); every other key is a custom field, which Gong shows only if the schema declares it.
+pub fn is_standard_field(object_type: ObjectType, key: &str) -> bool {
+    matches!(key, "objectId" | "modifiedDate" | "isDeleted" | "url")
+        || standard_check(object_type, key).is_some()
+}
+
 /// Gong's standard fields per object type (API-NOTES §3.3), besides the common four.
 fn standard_check(object_type: ObjectType, key: &str) -> Option<Check<'static>> {
     use ObjectType::*;
