@@ -77,6 +77,7 @@ fn secrets_are_marked_secret_and_outbound_is_the_gong_host() {
         "close_webhook_signature_key",
         "attio_webhook_secret",
         "attio_api_token",
+        "custom_webhook_token",
     ] {
         let line = vars
             .iter()

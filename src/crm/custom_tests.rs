@@ -208,3 +208,105 @@ fn a_custom_source_is_mapped_by_its_stored_document_with_its_custom_fields() {
     let (_, failures) = api(&b, "GET", "/failures", &Value::Null);
     assert!(failures.to_string().contains("zoho-5002"), "{failures}");
 }
+
+/// docs/crm/custom.md's worked preview, as written there.
+#[test]
+fn the_documented_zoho_preview() {
+    let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_700_000_000));
+    let gong = ScriptedGong::new(&clock);
+    let config = configured(&[("gong_calls_per_second", "0")]);
+    let b = bridge(&kv, &config, &gong, &clock);
+    let doc = include_str!("../../docs/crm/custom.md");
+    let put = {
+        let from = doc.find("curl -sS -X PUT").unwrap();
+        let body_at = from + doc[from..].find("-d '").unwrap() + 4;
+        let text = &doc[body_at..body_at + doc[body_at..].find("'\n").unwrap()];
+        serde_json::from_str::<Value>(text).unwrap()
+    };
+    let (status, stored) = api(&b, "PUT", "/mappings/zoho", &put);
+    assert_eq!(status, 200, "{stored}");
+    let preview_body = {
+        let from = doc.find("/mappings/zoho/preview").unwrap();
+        let body_at = from + doc[from..].find("-d '").unwrap() + 4;
+        let text = &doc[body_at..body_at + doc[body_at..].find("'\n").unwrap()];
+        serde_json::from_str::<Value>(text).unwrap()
+    };
+    let (status, preview) = api(&b, "POST", "/mappings/zoho/preview", &preview_body);
+    assert_eq!(status, 200, "{preview}");
+    let problem = &preview["rejected"][0]["problems"][0];
+    assert!(
+        doc.contains(&format!("\"rule\": {}", problem["rule"]))
+            && doc.contains(&problem["message"].to_string())
+            && doc.contains(&format!("\"delivery\": {}", preview["delivery"])),
+        "{preview}"
+    );
+    let mut good = preview_body.clone();
+    good["data"][0]["Lead_Source"] = json!("Web");
+    let (_, preview) = api(&b, "POST", "/mappings/zoho/preview", &good);
+    let record = &preview["records"][0]["record"];
+    let documented = {
+        let from = doc.rfind("```json\n").unwrap() + 8;
+        serde_json::from_str::<Value>(&doc[from..from + doc[from..].find("```").unwrap()]).unwrap()
+    };
+    assert_eq!(record, &documented, "{preview}");
+}
+
+/// docs/crm/pipedrive.md's custom-field override, as written there: stored (one schema upload
+/// per object type), and Pipedrive's documented custom-field deliveries carry the values.
+#[test]
+fn the_documented_pipedrive_custom_fields() {
+    let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_700_000_000));
+    let gong = ScriptedGong::new(&clock);
+    let config = configured(&[("gong_calls_per_second", "0")]);
+    let b = bridge(&kv, &config, &gong, &clock);
+    let doc = include_str!("../../docs/crm/pipedrive.md");
+    let from = doc
+        .find("curl -sS -X PUT http://127.0.0.1:3000/mappings/pipedrive")
+        .unwrap();
+    let from = doc[from..]
+        .find("**Adding a custom field.**")
+        .map_or(from, |_| from);
+    let adding = doc.find("**Adding a custom field.**").unwrap();
+    let put_at = adding + doc[adding..].find("-d '").unwrap() + 4;
+    let put: Value =
+        serde_json::from_str(&doc[put_at..put_at + doc[put_at..].find("'\n").unwrap()]).unwrap();
+    let (status, stored) = api(&b, "PUT", "/mappings/pipedrive", &put);
+    assert_eq!(status, 200, "{stored}");
+    let schema_types: Vec<String> = gong
+        .calls()
+        .iter()
+        .filter(|c| c.path.starts_with("/v2/crm/entity-schema"))
+        .map(|c| c.path.clone())
+        .collect();
+    assert_eq!(schema_types.len(), 2, "{schema_types:?}");
+    for (sample, field, value) in [
+        (
+            "organization_change_custom_field.json",
+            "employeeCount",
+            json!(978),
+        ),
+        (
+            "deal_change_custom_field.json",
+            "location",
+            json!("Tallinn, Estonia"),
+        ),
+    ] {
+        let body = std::fs::read(format!(
+            "{}/src/crm/testdata/pipedrive/{sample}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let (_, preview, _) = call(
+            &b,
+            "POST",
+            "/mappings/pipedrive/preview",
+            &[("authorization", "Bearer token")],
+            &body,
+        );
+        assert_eq!(preview["records"][0]["record"][field], value, "{preview}");
+        assert!(doc.contains(&format!(
+            "\"{field}\": {}",
+            value.to_string().trim_end_matches(".0")
+        )));
+    }
+}

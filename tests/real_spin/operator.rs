@@ -497,6 +497,7 @@ pub async fn logs_are_json_lines_without_a_secret(ctx: &Ctx) -> anyhow::Result<(
             "close_webhook_signature_key",
             "c105e5ecc105e5ecc105e5ecc105e5ecc105e5ecc105e5ecc105e5ecc105e5ec",
         )
+        .var("custom_webhook_token", "cu-token-42424")
         .var("inbox_release_seconds", "0");
     let webhook_secret = options.vars["webhook_secret"].clone();
     let spin = ctx.start(&options, "spin").await?;
@@ -515,6 +516,21 @@ pub async fn logs_are_json_lines_without_a_secret(ctx: &Ctx) -> anyhow::Result<(
         )
         .await?
         .expect(401);
+    // A custom source's delivery with the right and a wrong token: neither reaches the logs.
+    for token in ["cu-token-42424", "cu-token-wrong"] {
+        spin.bridge
+            .raw(
+                "POST",
+                "/webhooks/custom/zoho",
+                &[
+                    ("x-webhook-token", token),
+                    ("content-type", "application/json"),
+                ],
+                b"{}".to_vec(),
+            )
+            .await?
+            .expect(if token == "cu-token-42424" { 404 } else { 401 });
+    }
     // A Pipedrive delivery, authentic and not: its Basic auth never reaches the logs.
     let pipedrive = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -689,6 +705,8 @@ pub async fn logs_are_json_lines_without_a_secret(ctx: &Ctx) -> anyhow::Result<(
         "pd-pass-73313",
         "c105e5ecc105e5ecc105e5ecc105e5ecc105e5ecc105e5ecc105e5ecc105e5ec",
         pd_basic.as_str(),
+        "cu-token-42424",
+        "cu-token-wrong",
     ];
     for secret in secrets {
         ensure!(
