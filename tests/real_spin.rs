@@ -144,8 +144,10 @@ fn cases() -> Vec<Case> {
         case!(crm::pipedrive_deliveries_reach_gong_mapped),
         case!(crm::close_deliveries_reach_gong_mapped),
         case!(crm::attio_notifications_are_fetched_and_survive_an_api_outage),
+        case!(crm::a_custom_source_with_a_custom_field_reaches_gong),
         case!(crm::a_pipedrive_bulk_edit_of_5000_at_1024_keys_is_accepted),
         case!(burst::a_burst_of_5000_webhooks_at_1024_keys_is_accepted_by_two_redis_replicas, needs: Redis, expected: None),
+        case!(crm::a_pipedrive_bulk_edit_of_5000_is_accepted_by_two_redis_replicas, needs: Redis, expected: None),
     ]
 }
 

@@ -260,12 +260,6 @@ fn the_documented_pipedrive_custom_fields() {
     let config = configured(&[("gong_calls_per_second", "0")]);
     let b = bridge(&kv, &config, &gong, &clock);
     let doc = include_str!("../../docs/crm/pipedrive.md");
-    let from = doc
-        .find("curl -sS -X PUT http://127.0.0.1:3000/mappings/pipedrive")
-        .unwrap();
-    let from = doc[from..]
-        .find("**Adding a custom field.**")
-        .map_or(from, |_| from);
     let adding = doc.find("**Adding a custom field.**").unwrap();
     let put_at = adding + doc[adding..].find("-d '").unwrap() + 4;
     let put: Value =

@@ -7,7 +7,7 @@ use anyhow::ensure;
 use serde_json::{json, Value};
 
 use crate::client::Bridge;
-use crate::support::mock_gong::{MockGong, MockResponse};
+use crate::support::mock_gong::MockGong;
 use crate::Ctx;
 
 const USER: &str = "pd-hook";
@@ -170,7 +170,40 @@ pub async fn a_pipedrive_bulk_edit_of_5000_at_1024_keys_is_accepted(
         .var("pipedrive_webhook_user", USER)
         .var("pipedrive_webhook_password", PASSWORD);
     let spin = ctx.start(&options, "spin").await?;
-    let bridge = spin.bridge;
+    pipedrive_bulk_edit("SQLite, kv_max_keys=1024", &[spin.bridge], &mock).await
+}
+
+/// The same bulk edit spread over two replicas on one Redis (SpinKube): nothing refused, every
+/// person in Gong, the key count within the cap.
+pub async fn a_pipedrive_bulk_edit_of_5000_is_accepted_by_two_redis_replicas(
+    ctx: &Ctx,
+) -> anyhow::Result<()> {
+    let redis = crate::harness::Redis::start(&ctx.dir.join("redis"), 4).await?;
+    let mock = MockGong::start().await;
+    let options = ctx
+        .options(&mock)
+        .redis(&redis.url)
+        .var("kv_max_keys", "1024")
+        .var("pipedrive_webhook_user", USER)
+        .var("pipedrive_webhook_password", PASSWORD);
+    let a = ctx.start(&options, "replica-a").await?;
+    let b = ctx.start(&options, "replica-b").await?;
+    pipedrive_bulk_edit(
+        "two replicas on Redis, kv_max_keys=1024",
+        &[a.bridge, b.bridge],
+        &mock,
+    )
+    .await?;
+    let keys = redis.key_count()?;
+    ensure!(keys <= 1_024, "{keys} Redis keys after the burst");
+    Ok(())
+}
+
+async fn pipedrive_bulk_edit(
+    setting: &str,
+    bridges: &[Bridge],
+    mock: &MockGong,
+) -> anyhow::Result<()> {
     let template = sample("pipedrive/person_create.json");
     let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(50));
     let mut tasks = tokio::task::JoinSet::new();
@@ -184,6 +217,7 @@ pub async fn a_pipedrive_bulk_edit_of_5000_at_1024_keys_is_accepted(
         body["meta"]["entity_id"] = json!(i.to_string());
         body["meta"]["is_bulk_edit"] = json!(true);
         let permits = permits.clone();
+        let bridge = bridges[i as usize % bridges.len()];
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await?;
             let auth = basic(PASSWORD);
@@ -211,15 +245,19 @@ pub async fn a_pipedrive_bulk_edit_of_5000_at_1024_keys_is_accepted(
         refused.extend(joined??);
     }
     let seconds = started.elapsed().as_secs_f64();
-    for _ in 0..10 {
-        bridge.force_flush().await?.expect(200);
-        if uploaded(&mock, "CONTACT").len() >= 5_000 {
+    for round in 0..20 {
+        bridges[round % bridges.len()].force_flush().await?;
+        if uploaded(mock, "CONTACT").len() >= 5_000 {
             break;
         }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let contacts = uploaded(&mock, "CONTACT");
+    let contacts = uploaded(mock, "CONTACT");
     let uploads = mock.received_on("POST", "/v2/crm/entities").len();
-    println!("burst: 5000 Pipedrive deliveries, {} refused, {uploads} uploads, {seconds:.1} s (SQLite, kv_max_keys=1024)", refused.len());
+    println!(
+        "burst: 5000 Pipedrive deliveries, {} refused, {uploads} uploads, {seconds:.1} s ({setting})",
+        refused.len()
+    );
     ensure!(
         refused.is_empty(),
         "{} first attempts not 2xx in time, e.g. {:?}",
@@ -334,15 +372,40 @@ async fn attio(bridge: Bridge, body: &Value) -> anyhow::Result<crate::client::Re
         .await
 }
 
-/// Attio's documented notification, answered first and fetched after, with Attio's API (a second
-/// recording mock, answering as Attio documents) failing (500, then a refused token) and then
-/// recovering: nothing is lost, the person reaches Gong mapped, `/healthz` says what is wrong
-/// while it is.
+/// Flushes until `done` holds (or about 20 s pass), answering the last state seen.
+async fn flush_until<T>(
+    bridge: Bridge,
+    mut look: impl FnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> anyhow::Result<T> {
+    let mut seen = look();
+    for _ in 0..80 {
+        if done(&seen) {
+            break;
+        }
+        bridge.force_flush().await?;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        seen = look();
+    }
+    Ok(seen)
+}
+
+/// Attio's documented notification, answered first and fetched after, against the mock of
+/// Attio's API (`tests/support/mock_attio.rs`) failing every way it documents and recovering:
+/// a 500, a refused token (`/healthz` degraded while it lasts), a 429 whose `Retry-After` is an
+/// HTTP-date, a slow answer, a record being merged (404 `merge_in_progress`: waited for, never
+/// deleted), and finally a record gone (404 `not_found`: deleted in Gong). Nothing is lost.
 pub async fn attio_notifications_are_fetched_and_survive_an_api_outage(
     ctx: &Ctx,
 ) -> anyhow::Result<()> {
+    use crate::support::mock_attio::MockAttio;
     let gong = MockGong::start().await;
-    let attio_api = MockGong::start().await;
+    let attio_api = MockAttio::start("attio-api-token").await;
+    attio_api.add_object(sample("attio/get_object_people.json")["data"].clone());
+    attio_api.put_record(
+        "people",
+        sample("attio/get_record_person.json")["data"].clone(),
+    );
     let options = ctx
         .options(&gong)
         .var("attio_webhook_secret", ATTIO_SECRET)
@@ -351,21 +414,13 @@ pub async fn attio_notifications_are_fetched_and_survive_an_api_outage(
     let spin = ctx.start(&options, "spin").await?;
     let bridge = spin.bridge;
     let object_path = "/v2/objects/97052eb9-e65e-443f-a297-f2d9a4a7f795";
-    let record_path = "/v2/objects/people/records/bf071e1f-6035-429d-b874-d83ea64ea13b";
-    // Down first: a 500, then a refused token.
-    attio_api.on(
-        "GET",
-        object_path,
-        MockResponse::json(500, json!({"message": "boom"})),
-    );
-    attio_api.on(
-        "GET",
-        object_path,
-        MockResponse::json(
-            401,
-            json!({"status_code": 401, "type": "auth_error", "message": "invalid token"}),
-        ),
-    );
+    let record_id = "bf071e1f-6035-429d-b874-d83ea64ea13b";
+    let record_path = format!("/v2/objects/people/records/{record_id}");
+    let contacts = || uploaded(&gong, "CONTACT");
+
+    // Down first: a 500, then the token refused.
+    attio_api.fail_next(object_path);
+    attio_api.set_token("rotated-token");
     let reply = attio(bridge, &sample("attio/webhook_record_updated.json"))
         .await?
         .expect(202);
@@ -387,42 +442,228 @@ pub async fn attio_notifications_are_fetched_and_survive_an_api_outage(
                 .contains("attio_api_token"),
         "/healthz while the token is refused: {health}"
     );
-    ensure!(uploaded(&gong, "CONTACT").is_empty(), "nothing sent yet");
-    // Recovered: Attio answers as it documents.
-    attio_api.always(
-        "GET",
-        object_path,
-        MockResponse::json(200, sample("attio/get_object_people.json")),
-    );
-    attio_api.always(
-        "GET",
-        record_path,
-        MockResponse::json(200, sample("attio/get_record_person.json")),
-    );
-    let mut contacts = Vec::new();
-    for _ in 0..100 {
-        bridge.force_flush().await?.expect(200);
-        contacts = uploaded(&gong, "CONTACT");
-        if !contacts.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    let contact = contacts.first().cloned().unwrap_or_default();
+    ensure!(contacts().is_empty(), "nothing sent yet");
+
+    // Recovered, but rate limited (Retry-After as a date) and then slow.
+    attio_api.set_token("attio-api-token");
+    attio_api.rate_limit_next(&record_path, Duration::from_secs(1));
+    attio_api.slow_next(&record_path, Duration::from_secs(2));
+    let seen = flush_until(bridge, contacts, |c| !c.is_empty()).await?;
+    let contact = seen.first().cloned().unwrap_or_default();
     ensure!(
-        contact["emailAddress"] == "john-smith@attio.com"
-            && contact["objectId"] == "bf071e1f-6035-429d-b874-d83ea64ea13b",
+        contact["emailAddress"] == "john-smith@attio.com" && contact["objectId"] == record_id,
         "the person in Gong: {contact}"
     );
     let health = bridge.raw("GET", "/healthz", &[], Vec::new()).await?.json();
     ensure!(health["status"] == "ok", "recovered: {health}");
+    let record_reads = |api: &MockAttio| {
+        api.received()
+            .iter()
+            .filter(|r| r.path == record_path)
+            .map(|r| r.header("authorization").unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+    };
+    ensure!(
+        record_reads(&attio_api).len() == 2,
+        "the 429, then the slow answer that reached Gong: {:?}",
+        record_reads(&attio_api)
+    );
+
+    // Being merged: Attio answers 404 merge_in_progress until it is done; never a delete.
+    attio_api.set_merging(record_id, true);
+    tokio::time::sleep(Duration::from_millis(1_100)).await; // a new second: a new version
+    attio(bridge, &sample("attio/webhook_record_updated.json"))
+        .await?
+        .expect(202);
+    let reads_before = record_reads(&attio_api).len();
+    flush_until(
+        bridge,
+        || record_reads(&attio_api).len(),
+        |n| *n > reads_before,
+    )
+    .await?;
+    bridge.force_flush().await?;
+    ensure!(
+        contacts().iter().all(|c| c["isDeleted"] != true),
+        "a record being merged is not deleted: {:?}",
+        contacts()
+    );
+    attio_api.set_merging(record_id, false);
+    let seen = flush_until(bridge, contacts, |c| c.len() >= 2).await?;
+    ensure!(
+        seen.len() == 2 && seen.iter().all(|c| c["isDeleted"] != true),
+        "after the merge, the person again, not deleted: {seen:?}"
+    );
+
+    // Gone: 404 not_found deletes it in Gong.
+    attio_api.remove_record("people", record_id);
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    attio(bridge, &sample("attio/webhook_record_updated.json"))
+        .await?
+        .expect(202);
+    let seen = flush_until(bridge, contacts, |c| {
+        c.iter().any(|c| c["isDeleted"] == true)
+    })
+    .await?;
+    ensure!(
+        seen.iter()
+            .any(|c| c["objectId"] == record_id && c["isDeleted"] == true),
+        "deleted in Gong: {seen:?}"
+    );
     ensure!(
         attio_api
             .received()
             .iter()
-            .all(|r| r.header("authorization") == Some("Bearer attio-api-token")),
-        "every read carries the token"
+            .all(|r| matches!(r.header("authorization"), Some("Bearer attio-api-token"))),
+        "every read carries the configured token"
     );
-    println!("real-spin: attio: notification answered first; Attio 500 then 401 (healthz degraded) then recovered -> CONTACT in Gong, {} Attio calls", attio_api.request_count());
+    println!(
+        "real-spin: attio: answered first; Attio 500, 401 (healthz degraded), 429 with an HTTP-date, slow, merge_in_progress (no delete), then recovered and a 404 delete; {} Attio calls, {} CONTACT lines in Gong",
+        attio_api.received().len(),
+        contacts().len()
+    );
+    Ok(())
+}
+
+/// A custom source end to end (docs/crm/custom.md): its mapping stored with a custom field (the
+/// schema reaches Gong first), deliveries by token and by Standard Webhooks signature, a retry
+/// is one version, an older change after a newer leaves the newer, a delete deletes, wrong auth
+/// is 401 and stores nothing, a value the picklist lacks is 202 and in the failure store, and the
+/// custom field's value is in the line Gong receives.
+pub async fn a_custom_source_with_a_custom_field_reaches_gong(ctx: &Ctx) -> anyhow::Result<()> {
+    let mock = MockGong::start().await;
+    let options = ctx
+        .options(&mock)
+        .var("custom_webhook_token", "zoho-token-1");
+    let spin = ctx.start(&options, "spin").await?;
+    let bridge = spin.bridge;
+    let mapping = json!({
+        "delivery": {"records": "/data", "object": "/$event/module", "action": "/$event/operation"},
+        "objects": [{"from": "Deals", "to": "DEAL", "idPrefix": "zoho-", "fields": {
+            "objectId": {"path": "/id", "convert": "id"},
+            "modifiedDate": {"path": "/Modified_Time", "convert": "datetime"},
+            "name": {"path": "/Deal_Name"},
+            "leadSource": {"path": "/Lead_Source", "schema": {"type": "PICKLIST", "label": "Lead source", "values": ["Web", "Partner"]}}
+        }}]
+    });
+    let deal = |id: &str, at: &str, name: &str, source: &str| {
+        json!({"module": "Deals", "operation": "update", "data": [
+            {"id": id, "Modified_Time": at, "Deal_Name": name, "Lead_Source": source}]})
+    };
+    let by_token = |token: &'static str, body: Value| async move {
+        bridge
+            .raw(
+                "POST",
+                "/webhooks/custom/zoho",
+                &[
+                    ("x-webhook-token", token),
+                    ("content-type", "application/json"),
+                ],
+                serde_json::to_vec(&body)?,
+            )
+            .await
+    };
+    // Before the mapping: 404, saying what to do.
+    let early = by_token(
+        "zoho-token-1",
+        deal("1", "2026-12-01T10:00:00Z", "A", "Web"),
+    )
+    .await?;
+    ensure!(
+        early.status == 404 && early.text().contains("PUT /mappings/zoho"),
+        "{}",
+        early.text()
+    );
+
+    let stored = bridge
+        .call_json("PUT", "/mappings/zoho", &mapping)
+        .await?
+        .expect(200);
+    let schema = mock.received_on("POST", "/v2/crm/entity-schema");
+    ensure!(
+        schema.len() == 1
+            && schema[0].query_param("objectType") == Some("DEAL")
+            && schema[0].json()[0]["uniqueName"] == "leadSource",
+        "one DEAL schema upload with the field: {:?} / {stored}",
+        schema.iter().map(|r| r.text()).collect::<Vec<_>>()
+    );
+
+    by_token(
+        "zoho-token-1",
+        deal("1", "2026-12-01T10:00:00Z", "A v1", "Web"),
+    )
+    .await?
+    .expect(202);
+    by_token(
+        "zoho-token-1",
+        deal("1", "2026-12-01T10:00:00Z", "A v1", "Web"),
+    )
+    .await?
+    .expect(202);
+    by_token(
+        "zoho-token-1",
+        deal("2", "2026-12-01T11:00:00Z", "B new", "Partner"),
+    )
+    .await?
+    .expect(202);
+    // Signed with Standard Webhooks instead of the token; then an older copy of B.
+    let older = serde_json::to_vec(&deal("2", "2026-12-01T09:00:00Z", "B old", "Web"))?;
+    let (ts, signature) = crate::support::signing::signed_now("zoho-msg-1", &older);
+    bridge
+        .raw(
+            "POST",
+            "/webhooks/custom/zoho",
+            &[
+                ("webhook-id", "zoho-msg-1"),
+                ("webhook-timestamp", ts.as_str()),
+                ("webhook-signature", signature.as_str()),
+                ("content-type", "application/json"),
+            ],
+            older,
+        )
+        .await?
+        .expect(202);
+    let deleted = json!({"module": "Deals", "operation": "delete", "data": {"id": "3", "Modified_Time": "2026-12-01T12:00:00Z"}});
+    by_token("zoho-token-1", deleted).await?.expect(202);
+    let refused = by_token("wrong-token", deal("4", "2026-12-01T10:00:00Z", "D", "Web")).await?;
+    ensure!(refused.status == 401, "wrong token: {}", refused.status);
+    let bad = by_token(
+        "zoho-token-1",
+        deal("5", "2026-12-01T10:00:00Z", "E", "Fax"),
+    )
+    .await?
+    .expect(202);
+    ensure!(bad["rejected"] == 1, "{bad}");
+
+    let lines = flush_until(bridge, || uploaded(&mock, "DEAL"), |l| l.len() >= 3).await?;
+    let of = |id: &str| {
+        lines
+            .iter()
+            .filter(|l| l["objectId"] == id)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    ensure!(
+        of("zoho-1").len() == 1 && of("zoho-1")[0]["leadSource"] == "Web",
+        "one version of zoho-1, with its custom field: {lines:?}"
+    );
+    ensure!(
+        of("zoho-2").len() == 1 && of("zoho-2")[0]["name"] == "B new",
+        "the newer B stays: {lines:?}"
+    );
+    ensure!(
+        of("zoho-3").first().is_some_and(|l| l["isDeleted"] == true),
+        "{lines:?}"
+    );
+    ensure!(
+        of("zoho-4").is_empty() && of("zoho-5").is_empty(),
+        "{lines:?}"
+    );
+    let failures = bridge.get("/failures").await?.expect(200);
+    ensure!(failures.to_string().contains("zoho-5"), "{failures}");
+    println!(
+        "real-spin: custom source: 1 schema upload, {} DEAL lines, 1 in the failure store, 401 for a wrong token",
+        lines.len()
+    );
     Ok(())
 }

@@ -4,6 +4,10 @@
 
 #[path = "../support/component.rs"]
 pub(crate) mod component_file;
+// The latency bench shares this file and has no Attio case.
+#[allow(dead_code)]
+#[path = "../support/mock_attio.rs"]
+pub(crate) mod mock_attio_file;
 #[path = "../support/mock_gong.rs"]
 pub(crate) mod mock_gong_file;
 #[path = "../support/signing.rs"]
@@ -12,6 +16,8 @@ pub(crate) mod signing_file;
 /// The parts of `tests/support` that need no wasmtime, under the names the other tests use.
 pub(crate) mod support {
     pub(crate) use super::component_file as component;
+    #[allow(unused_imports)]
+    pub(crate) use super::mock_attio_file as mock_attio;
     pub(crate) use super::mock_gong_file as mock_gong;
     pub(crate) use super::signing_file as signing;
 }

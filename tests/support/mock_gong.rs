@@ -191,8 +191,12 @@ struct MockState {
     sticky: HashMap<RouteKey, MockResponse>,
 }
 
+/// What the server answers when nothing is scripted for a request.
+pub type Responder = Box<dyn Fn(&RecordedRequest) -> MockResponse + Send + Sync>;
+
 struct Shared {
     state: Mutex<MockState>,
+    responder: Responder,
 }
 
 impl Shared {
@@ -230,6 +234,12 @@ impl std::fmt::Debug for MockGong {
 impl MockGong {
     /// Starts the server on `127.0.0.1:0` in the current tokio runtime.
     pub async fn start() -> MockGong {
+        Self::start_with(Box::new(default_response)).await
+    }
+
+    /// A server of the same kind (scripts, recording) answering unscripted requests with
+    /// `responder`: another API's mock (`mock_attio`).
+    pub async fn start_with(responder: Responder) -> MockGong {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("MockGong: binding 127.0.0.1:0");
@@ -238,6 +248,7 @@ impl MockGong {
             .expect("MockGong: local address of the listener");
         let shared = Arc::new(Shared {
             state: Mutex::new(MockState::default()),
+            responder,
         });
         let accept_shared = shared.clone();
         let accept_task = tokio::spawn(async move {
@@ -442,7 +453,7 @@ async fn handle(
             .get_mut(&key)
             .and_then(VecDeque::pop_front)
             .or_else(|| state.sticky.get(&key).cloned());
-        let response = scripted.unwrap_or_else(|| default_response(&recorded));
+        let response = scripted.unwrap_or_else(|| (shared.responder)(&recorded));
         state.received.push(recorded);
         response
     };

@@ -20,6 +20,7 @@
 
 pub mod component;
 pub mod kv;
+pub mod mock_attio;
 pub mod mock_gong;
 pub mod outbound;
 pub mod signing;
