@@ -193,6 +193,8 @@ pub const PIPEDRIVE_WEBHOOK_USER: &str = "pipedrive_webhook_user";
 pub const PIPEDRIVE_WEBHOOK_PASSWORD: &str = "pipedrive_webhook_password";
 /// Close's webhook subscription `signature_key` (64 hex characters).
 pub const CLOSE_WEBHOOK_SIGNATURE_KEY: &str = "close_webhook_signature_key";
+/// How old (or far ahead) `close-sig-timestamp` may be, in seconds (default 300).
+pub const CLOSE_SIGNATURE_MAX_AGE_SECONDS: &str = "close_signature_max_age_seconds";
 /// Attio: the webhook's secret, the API token its records are read with, and the API's host.
 pub const ATTIO_WEBHOOK_SECRET: &str = "attio_webhook_secret";
 pub const ATTIO_API_TOKEN: &str = "attio_api_token";

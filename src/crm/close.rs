@@ -11,7 +11,11 @@ use super::{Change, Delivery, Receiver, VerifyError};
 use crate::ports::Config;
 use crate::settings::CLOSE_WEBHOOK_SIGNATURE_KEY as KEY;
 
-/// How far `close-sig-timestamp` may be from now (seconds).
+/// How far `close-sig-timestamp` may be from now (seconds), unless
+/// `close_signature_max_age_seconds` says otherwise. Close documents no window, nor whether a
+/// retry is signed afresh: if its retries keep the first attempt's timestamp, an outage longer
+/// than the window makes every retry a 401, and the operator widens it (a replayed authentic
+/// event changes nothing: its version is already there or older).
 const TOLERANCE_SECONDS: i64 = 300;
 
 pub struct Close;
@@ -59,8 +63,13 @@ impl Receiver for Close {
                 "close-sig-timestamp {timestamp:?} is not Unix seconds"
             ))
         })?;
-        if (now - at).abs() > TOLERANCE_SECONDS {
-            return Err(VerifyError::Refused(format!("close-sig-timestamp is {} s from now (at most {TOLERANCE_SECONDS} s): a replay, or a clock far off", (now - at).abs())));
+        let window = config
+            .get(crate::settings::CLOSE_SIGNATURE_MAX_AGE_SECONDS)
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .filter(|w| *w > 0)
+            .unwrap_or(TOLERANCE_SECONDS);
+        if (now - at).abs() > window {
+            return Err(VerifyError::Refused(format!("close-sig-timestamp is {} s from now (at most {window} s, close_signature_max_age_seconds): a replay, a clock far off, or a retry after a long outage", (now - at).abs())));
         }
         if hmac_sha256_hex_matches(&key, &[timestamp.as_bytes(), body], hash) {
             Ok(())

@@ -476,6 +476,20 @@ fn close_signature_good_wrong_missing_and_stale() {
         matches!(&stale, Err(VerifyError::Refused(why)) if why.contains("301 s")),
         "{stale:?}"
     );
+    let widened = configured(&[
+        ("close_webhook_signature_key", CLOSE_KEY),
+        ("close_signature_max_age_seconds", "86400"),
+    ]);
+    assert_eq!(
+        Close.verify(
+            &widened,
+            &close_headers(&body, now - 3_600, CLOSE_KEY),
+            &body,
+            now
+        ),
+        Ok(()),
+        "a retry an hour later, with the window widened"
+    );
     assert!(matches!(
         Close.verify(
             &configured(&[]),
