@@ -306,7 +306,9 @@ async fn close(
 }
 
 /// Close's documented deliveries reach Gong mapped: the won opportunity as a DEAL (cents to
-/// units), the created lead as an ACCOUNT with its contact; a wrong key is 401.
+/// units), the created lead as an ACCOUNT with its contact. Its retry is one version; an older
+/// change after a newer leaves the newer; a delete and a merge delete; a wrong key is 401 and
+/// stores nothing; an unmappable opportunity is 202 and in the failure store.
 pub async fn close_deliveries_reach_gong_mapped(ctx: &Ctx) -> anyhow::Result<()> {
     let mock = MockGong::start().await;
     let options = ctx
@@ -314,40 +316,101 @@ pub async fn close_deliveries_reach_gong_mapped(ctx: &Ctx) -> anyhow::Result<()>
         .var("close_webhook_signature_key", CLOSE_KEY);
     let spin = ctx.start(&options, "spin").await?;
     let bridge = spin.bridge;
-    close(
-        bridge,
-        &sample("close/opportunity_updated_won.json"),
-        &"0".repeat(64),
-    )
-    .await?
-    .expect(401);
-    let won = close(
-        bridge,
-        &sample("close/opportunity_updated_won.json"),
-        CLOSE_KEY,
-    )
-    .await?
-    .expect(202);
-    ensure!(won["accepted"] == 1, "{won}");
+    let won_sample = sample("close/opportunity_updated_won.json");
+    close(bridge, &won_sample, &"0".repeat(64))
+        .await?
+        .expect(401);
+    ensure!(
+        crate::harness::sqlite_keys_with_prefix(&spin.state_dir, "inbox/") == Some(0),
+        "a refused delivery stored nothing"
+    );
+    for _ in 0..2 {
+        let won = close(bridge, &won_sample, CLOSE_KEY).await?.expect(202);
+        ensure!(won["accepted"] == 1, "{won}");
+    }
+    // An older copy of the same opportunity (an earlier date_updated, another name) after it.
+    let mut older = won_sample.clone();
+    older["event"]["id"] = json!("ev_older");
+    older["event"]["date_updated"] = json!("2019-01-15T12:40:00.000000");
+    older["event"]["data"]["date_updated"] = json!("2019-01-15T12:40:00.000000+00:00");
+    older["event"]["data"]["lead_name"] = json!("Older name");
+    close(bridge, &older, CLOSE_KEY).await?.expect(202);
     let lead = close(bridge, &sample("close/lead_created.json"), CLOSE_KEY)
         .await?
         .expect(202);
     ensure!(lead["accepted"] == 2, "the lead and its contact: {lead}");
-    bridge.force_flush().await?.expect(200);
-    let deal = uploaded(&mock, "DEAL").pop().unwrap_or_default();
+    let deleted = json!({"subscription_id": "whsub_1", "event": {"id": "ev_del", "object_type": "contact", "object_id": "cont_gone", "action": "deleted", "date_updated": "2024-05-01T10:00:00.123456", "data": null}});
+    close(bridge, &deleted, CLOSE_KEY).await?.expect(202);
+    let merged = json!({"subscription_id": "whsub_1", "event": {"id": "ev_merge", "object_type": "lead", "object_id": "lead_dest", "action": "merged", "date_updated": "2024-05-01T10:00:00",
+        "meta": {"merge_source_lead_id": "lead_src", "merge_destination_lead_id": "lead_dest"},
+        "data": {"id": "lead_dest", "display_name": "Dest", "date_updated": "2024-05-01T10:00:00+00:00", "contacts": []}}});
+    close(bridge, &merged, CLOSE_KEY).await?.expect(202);
+    let mut unmappable = won_sample.clone();
+    unmappable["event"]["id"] = json!("ev_bad");
+    unmappable["event"]["object_id"] = json!("oppo_bad");
+    unmappable["event"]["data"]["id"] = json!("oppo_bad");
+    unmappable["event"]["data"]["value"] = json!("a lot");
+    let bad = close(bridge, &unmappable, CLOSE_KEY).await?.expect(202);
+    ensure!(bad["rejected"] == 1, "{bad}");
+
+    let lines = flush_until(
+        bridge,
+        || {
+            (
+                uploaded(&mock, "DEAL"),
+                uploaded(&mock, "ACCOUNT"),
+                uploaded(&mock, "CONTACT"),
+            )
+        },
+        |(d, a, c)| !d.is_empty() && a.len() >= 2 && c.len() >= 2,
+    )
+    .await?;
+    let (deals, accounts, contacts) = lines;
+    let won_id = won_sample["event"]["data"]["id"]
+        .as_str()
+        .unwrap_or_default();
+    let versions: Vec<&Value> = deals.iter().filter(|d| d["objectId"] == won_id).collect();
     ensure!(
-        deal["amount"] == 1000.0 && deal["status"] == "WON" && deal["closeDate"] == "2019-01-15",
-        "the won opportunity: {deal}"
+        versions.len() == 1
+            && versions[0]["amount"] == 1000.0
+            && versions[0]["status"] == "WON"
+            && versions[0]["closeDate"] == "2019-01-15"
+            && versions[0]["name"] != "Older name – Won",
+        "one version of the won opportunity, the newer: {deals:?}"
     );
-    let account = uploaded(&mock, "ACCOUNT").pop().unwrap_or_default();
-    let contact = uploaded(&mock, "CONTACT").pop().unwrap_or_default();
     ensure!(
-        account["name"] == "Bluth Company"
-            && contact["accountId"] == account["objectId"]
-            && contact["emailAddress"] == "gob@example.com",
-        "{account} {contact}"
+        deals.iter().all(|d| d["objectId"] != "oppo_bad"),
+        "the unmappable one is not sent: {deals:?}"
     );
-    println!("real-spin: close: won opportunity -> DEAL (1000.0, WON), lead -> ACCOUNT + CONTACT of it, wrong key -> 401");
+    let account = accounts
+        .iter()
+        .find(|a| a["name"] == "Bluth Company")
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        contacts.iter().any(
+            |c| c["accountId"] == account["objectId"] && c["emailAddress"] == "gob@example.com"
+        ),
+        "{account} {contacts:?}"
+    );
+    ensure!(
+        contacts
+            .iter()
+            .any(|c| c["objectId"] == "cont_gone" && c["isDeleted"] == true),
+        "the deleted contact: {contacts:?}"
+    );
+    ensure!(
+        accounts
+            .iter()
+            .any(|a| a["objectId"] == "lead_src" && a["isDeleted"] == true)
+            && accounts
+                .iter()
+                .any(|a| a["objectId"] == "lead_dest" && a["isDeleted"] != true),
+        "the merge: source deleted, destination kept: {accounts:?}"
+    );
+    let failures = bridge.get("/failures").await?.expect(200);
+    ensure!(failures.to_string().contains("oppo_bad"), "{failures}");
+    println!("real-spin: close: won opportunity -> DEAL (1000.0, WON) once, older copy kept out, lead -> ACCOUNT + CONTACT, delete and merge, unmappable -> failure store, wrong key -> 401");
     Ok(())
 }
 
@@ -579,6 +642,12 @@ pub async fn a_custom_source_with_a_custom_field_reaches_gong(ctx: &Ctx) -> anyh
         .call_json("PUT", "/mappings/zoho", &mapping)
         .await?
         .expect(200);
+    let refused = by_token("wrong-token", deal("4", "2026-12-01T10:00:00Z", "D", "Web")).await?;
+    ensure!(refused.status == 401, "wrong token: {}", refused.status);
+    ensure!(
+        crate::harness::sqlite_keys_with_prefix(&spin.state_dir, "inbox/") == Some(0),
+        "a refused delivery stored nothing"
+    );
     let schema = mock.received_on("POST", "/v2/crm/entity-schema");
     ensure!(
         schema.len() == 1
@@ -625,8 +694,6 @@ pub async fn a_custom_source_with_a_custom_field_reaches_gong(ctx: &Ctx) -> anyh
         .expect(202);
     let deleted = json!({"module": "Deals", "operation": "delete", "data": {"id": "3", "Modified_Time": "2026-12-01T12:00:00Z"}});
     by_token("zoho-token-1", deleted).await?.expect(202);
-    let refused = by_token("wrong-token", deal("4", "2026-12-01T10:00:00Z", "D", "Web")).await?;
-    ensure!(refused.status == 401, "wrong token: {}", refused.status);
     let bad = by_token(
         "zoho-token-1",
         deal("5", "2026-12-01T10:00:00Z", "E", "Fax"),
