@@ -498,6 +498,8 @@ pub async fn logs_are_json_lines_without_a_secret(ctx: &Ctx) -> anyhow::Result<(
             "c105e5ecc105e5ecc105e5ecc105e5ecc105e5ecc105e5ecc105e5ecc105e5ec",
         )
         .var("custom_webhook_token", "cu-token-42424")
+        .var("attio_webhook_secret", "at-secret-64646")
+        .var("attio_api_token", "at-token-46464")
         .var("inbox_release_seconds", "0");
     let webhook_secret = options.vars["webhook_secret"].clone();
     let spin = ctx.start(&options, "spin").await?;
@@ -531,6 +533,19 @@ pub async fn logs_are_json_lines_without_a_secret(ctx: &Ctx) -> anyhow::Result<(
             .await?
             .expect(if token == "cu-token-42424" { 404 } else { 401 });
     }
+    // An Attio notification with a wrong signature: refused; neither Attio secret is printed.
+    spin.bridge
+        .raw(
+            "POST",
+            "/webhooks/attio",
+            &[
+                ("attio-signature", "00"),
+                ("content-type", "application/json"),
+            ],
+            b"{}".to_vec(),
+        )
+        .await?
+        .expect(401);
     // A Pipedrive delivery, authentic and not: its Basic auth never reaches the logs.
     let pipedrive = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -707,6 +722,8 @@ pub async fn logs_are_json_lines_without_a_secret(ctx: &Ctx) -> anyhow::Result<(
         pd_basic.as_str(),
         "cu-token-42424",
         "cu-token-wrong",
+        "at-secret-64646",
+        "at-token-46464",
     ];
     for secret in secrets {
         ensure!(
