@@ -29,6 +29,8 @@ pub enum FollowUp {
     IndexBulk,
     /// Read the records of the thin notifications just queued (`crm::fetch`).
     Fetch,
+    /// Read the first pages of the sync just started (`crm::sync`).
+    Sync,
 }
 
 /// Handles one request; never panics on bad input, and every error becomes problem+json.
@@ -96,6 +98,8 @@ pub fn follow_up(bridge: &Bridge, first: Option<FollowUp>) {
                 .field("error", e.to_string())
                 .emit(),
         },
+        // Its pages are read below, with every running sync.
+        Some(FollowUp::Sync) => {}
         Some(FollowUp::IndexBulk) => {
             if let Err(e) = crate::outbox::sent::fold_now(bridge) {
                 crate::log::error("indexing the bulk file after the answer failed")
@@ -104,6 +108,17 @@ pub fn follow_up(bridge: &Bridge, first: Option<FollowUp>) {
             }
         }
         None => {}
+    }
+    match crate::crm::sync::advance_running(bridge, false) {
+        Ok(step) if step.stopped.is_some() => crate::log::warn(format!(
+            "a sync stopped: {}",
+            step.stopped.unwrap_or_default()
+        ))
+        .emit(),
+        Ok(_) => {}
+        Err(e) => crate::log::error("reading sync pages after the answer failed")
+            .field("error", e.to_string())
+            .emit(),
     }
     if let Err(e) = crate::outbox::check(bridge) {
         crate::log::error("the buffer check after the answer failed")

@@ -63,8 +63,16 @@ pub fn send(
     let sent = bridge.outbound.send(request, timeout);
     if let Ok(response) = &sent {
         if response.status().as_u16() == 429 {
+            // Pipedrive documents `x-ratelimit-reset` (seconds left in its window) instead.
             let retry_after =
-                crate::gong::client::retry_after_seconds_at(response, Some(bridge.clock.now()));
+                crate::gong::client::retry_after_seconds_at(response, Some(bridge.clock.now()))
+                    .or_else(|| {
+                        response
+                            .headers()
+                            .get("x-ratelimit-reset")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.trim().parse::<u64>().ok())
+                    });
             let now_ms = now_ms(bridge);
             if let Err(e) = update(bridge, &upstream.quota_key, |state| {
                 quota::block_ms(state, now_ms, retry_after, upstream.name)

@@ -122,5 +122,11 @@ pub const SOURCE_HEALTH_PREFIX: &str = "crm/health/";
 pub const SOURCE_OBJECTS_PREFIX: &str = "crm/objects/";
 /// `quota/{source}`: the shared call budget of a CRM's API.
 pub const SOURCE_QUOTA_PREFIX: &str = "quota/";
+/// `sync/{source}`: a source's first full sync, its cursor and progress (`crm::sync`).
+pub const SYNC_PREFIX: &str = "sync/";
+/// `lease/sync/{source}`: whoever reads the source's next pages.
+pub const SYNC_LEASE_PREFIX: &str = "lease/sync/";
+/// The sources whose sync is running (what the after-answer work advances).
+pub const SYNC_RUNNING: &str = "crm/sync-running";
 /// `mapping/{source}`: the user's override of a source's default mapping (`PUT /mappings/{source}`).
 pub const MAPPING_PREFIX: &str = "mapping/";

@@ -91,7 +91,12 @@ pub struct ScriptedGong<'c> {
     pub default_takes: Cell<Duration>,
     /// Runs inside the next call, before Gong answers: what another replica does meanwhile.
     pub meanwhile: RefCell<Option<Box<dyn FnOnce() + 'c>>>,
+    /// Answers first when it returns one: another API behind the same port (a CRM's).
+    pub other_api: RefCell<Option<OtherApi<'c>>>,
 }
+
+/// An answer for requests another API serves (`None`: Gong's turn).
+pub type OtherApi<'c> = Box<dyn Fn(&Request) -> Option<Response> + 'c>;
 
 impl<'c> ScriptedGong<'c> {
     pub fn new(clock: &'c VirtualClock) -> ScriptedGong<'c> {
@@ -102,6 +107,7 @@ impl<'c> ScriptedGong<'c> {
             bodies: RefCell::default(),
             default_takes: Cell::new(Duration::from_millis(20)),
             meanwhile: RefCell::default(),
+            other_api: RefCell::default(),
         }
     }
 
@@ -144,6 +150,15 @@ impl Outbound for ScriptedGong<'_> {
         let meanwhile = self.meanwhile.borrow_mut().take();
         if let Some(meanwhile) = meanwhile {
             meanwhile();
+        }
+        let other = self
+            .other_api
+            .borrow()
+            .as_ref()
+            .and_then(|api| api(&request));
+        if let Some(answer) = other {
+            self.clock.advance(self.default_takes.get());
+            return Ok(answer);
         }
         let scripted = self.queue.borrow_mut().pop_front();
         let (answer, takes) = match scripted {

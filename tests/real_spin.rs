@@ -25,6 +25,8 @@ mod management;
 mod operator;
 #[path = "real_spin/replicas.rs"]
 mod replicas;
+#[path = "real_spin/sync.rs"]
+mod sync;
 #[path = "real_spin/webhooks.rs"]
 mod webhooks;
 
@@ -145,6 +147,8 @@ fn cases() -> Vec<Case> {
         case!(crm::close_deliveries_reach_gong_mapped),
         case!(crm::attio_notifications_are_fetched_and_survive_an_api_outage),
         case!(crm::a_custom_source_with_a_custom_field_reaches_gong),
+        case!(sync::a_sync_of_2000_pipedrive_deals_reaches_gong_in_order),
+        case!(sync::a_restart_mid_sync_loses_nothing_and_repeats_at_most_one_page),
         case!(crm::a_pipedrive_bulk_edit_of_5000_at_1024_keys_is_accepted),
         case!(burst::a_burst_of_5000_webhooks_at_1024_keys_is_accepted_by_two_redis_replicas, needs: Redis, expected: None),
         case!(crm::a_pipedrive_bulk_edit_of_5000_is_accepted_by_two_redis_replicas, needs: Redis, expected: None),

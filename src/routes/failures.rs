@@ -28,10 +28,15 @@ pub fn flush_now(bridge: &Bridge, request: &Request) -> Result<Response, ApiErro
     let force = query_flag(request, "force")?;
     // Thin notifications first (their records join this flush), within the same budget.
     let fetched = crate::crm::fetch::drain(bridge, force)?;
+    // Then sync pages, which join this flush too.
+    let synced = crate::crm::sync::advance_running(bridge, force)?;
     let report = outbox::run(bridge, force)?;
     let mut body = serde_json::to_value(&report).unwrap_or_default();
     if fetched != crate::crm::fetch::Drained::default() {
         body["fetched"] = serde_json::to_value(&fetched).unwrap_or_default();
+    }
+    if synced != crate::crm::sync::Advanced::default() {
+        body["synced"] = serde_json::to_value(&synced).unwrap_or_default();
     }
     let idem = bridge.idempotency();
     match idem.sweep() {

@@ -43,6 +43,14 @@ pub fn status(bridge: &Bridge) -> Result<Response, ApiError> {
     body["health"] = super::health::health(bridge);
     body["integration"] = integration(bridge)?;
     body["counters"] = serde_json::to_value(&counters).unwrap_or_default();
+    let now = bridge.clock.now().unix_timestamp();
+    let mut syncs = Vec::new();
+    for api in crate::crm::sync::APIS {
+        if let Some(state) = crate::crm::sync::state(bridge, api.source())? {
+            syncs.push(crate::crm::sync::view(&state, now));
+        }
+    }
+    body["syncs"] = serde_json::Value::Array(syncs);
     Ok(json_response(200, &body))
 }
 

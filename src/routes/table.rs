@@ -119,6 +119,9 @@ pub const ROUTES: &[Route] = &[
     row("GET", "/mappings/{source}", Bearer, Management, true, |b, _, p| routes::mappings::get(b, p.get("source"))),
     row("PUT", "/mappings/{source}", Bearer, Management, true, |b, r, p| routes::mappings::put(b, r, p.get("source"))),
     row("POST", "/mappings/{source}/preview", Bearer, Management, true, |b, r, p| routes::mappings::preview(b, r, p.get("source"))),
+    row("POST", "/sync/{source}", Bearer, Management, true, |b, _, p| routes::sync::start(b, p.get("source"))),
+    row("GET", "/sync/{source}", Bearer, Management, true, |b, _, p| routes::sync::get(b, p.get("source"))),
+    row("DELETE", "/sync/{source}", Bearer, Management, true, |b, _, p| routes::sync::cancel(b, p.get("source"))),
     row("POST", "/sweep", Bearer, Management, true, |b, _, _| routes::failures::sweep(b)),
     // Its own run is the engine's work: no second check after it.
     row("POST", "/flush", Bearer, Management, false, |b, r, _| routes::failures::flush_now(&b.with_budget(b.clock.now()), r)),

@@ -10,6 +10,9 @@ pub(crate) mod component_file;
 pub(crate) mod mock_attio_file;
 #[path = "../support/mock_gong.rs"]
 pub(crate) mod mock_gong_file;
+#[allow(dead_code)]
+#[path = "../support/mock_pipedrive.rs"]
+pub(crate) mod mock_pipedrive_file;
 #[path = "../support/signing.rs"]
 pub(crate) mod signing_file;
 
@@ -19,6 +22,8 @@ pub(crate) mod support {
     #[allow(unused_imports)]
     pub(crate) use super::mock_attio_file as mock_attio;
     pub(crate) use super::mock_gong_file as mock_gong;
+    #[allow(unused_imports)]
+    pub(crate) use super::mock_pipedrive_file as mock_pipedrive;
     pub(crate) use super::signing_file as signing;
 }
 

@@ -22,6 +22,7 @@ pub mod component;
 pub mod kv;
 pub mod mock_attio;
 pub mod mock_gong;
+pub mod mock_pipedrive;
 pub mod outbound;
 pub mod signing;
 pub mod spin;
