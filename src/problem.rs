@@ -54,6 +54,9 @@ pub enum ApiError {
     OutOfTime { budget_ms: u64 },
     #[error("{0}")]
     Kv(#[from] KvError),
+    /// A CRM's API (not Gong) failed or refused: what it said.
+    #[error("{0}")]
+    CrmFailed(String),
     #[error("{}: {error}", .op.describe())]
     Gong { op: Operation, error: GongError },
     #[error("{}: {error}", .op.describe())]
@@ -117,6 +120,7 @@ impl ApiError {
             ApiError::OutOfTime { .. } => (503, "work-budget-spent", "Work budget spent"),
             ApiError::FlushFailed { .. } => (502, "flush-failed", "The flush failed in part"),
             ApiError::Kv(_) => (503, "kv-unavailable", "Key-value store unavailable"),
+            ApiError::CrmFailed(_) => (502, "crm-failed", "The CRM's API failed"),
             ApiError::Gong { error, .. } => match error {
                 // Our validation passed, so a 400 from Gong is about the content: 422 with its words.
                 GongError::Rejected { .. } => (422, "gong-rejected", "Gong rejected the request"),

@@ -15,6 +15,7 @@ pub mod overrides;
 pub mod pipedrive;
 pub mod schema_plan;
 pub mod signature;
+pub mod suggest;
 pub mod sync;
 
 use std::collections::BTreeMap;

@@ -126,8 +126,11 @@ pub(super) fn apply(
     };
     let mut out = Vec::with_capacity(items.len());
     for item in items {
-        // `take` reads a member of each element (Attio's `domains[].domain`).
+        // `take` reads a member of each element (Attio's `domains[].domain`); a scalar element
+        // is taken as it is (Pipedrive's API sends a set's option ids bare, its webhooks as
+        // `{id}` objects: one rule reads both).
         let item = match (&rule.take, rule.convert) {
+            (Some(_), _) if !(item.is_object() || item.is_array()) => item,
             (Some(pointer), c) if c != Convert::FirstMatching => match item.pointer(pointer) {
                 Some(v) if !v.is_null() => v,
                 _ => continue,

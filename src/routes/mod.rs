@@ -9,6 +9,7 @@ pub mod records;
 pub mod requests;
 pub mod schema;
 pub mod status;
+pub mod suggest;
 pub mod sync;
 pub mod table;
 pub mod webhooks;

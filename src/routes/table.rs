@@ -118,6 +118,7 @@ pub const ROUTES: &[Route] = &[
     row("GET", "/mappings", Bearer, Management, true, |b, _, _| routes::mappings::list(b)),
     row("GET", "/mappings/{source}", Bearer, Management, true, |b, _, p| routes::mappings::get(b, p.get("source"))),
     row("PUT", "/mappings/{source}", Bearer, Management, true, |b, r, p| routes::mappings::put(b, r, p.get("source"))),
+    row("GET", "/mappings/{source}/suggest", Bearer, Management, true, |b, _, p| routes::suggest::suggest(b, p.get("source"))),
     row("POST", "/mappings/{source}/preview", Bearer, Management, true, |b, r, p| routes::mappings::preview(b, r, p.get("source"))),
     row("POST", "/sync/{source}", Bearer, Management, true, |b, _, p| routes::sync::start(b, p.get("source"))),
     row("GET", "/sync/{source}", Bearer, Management, true, |b, _, p| routes::sync::get(b, p.get("source"))),

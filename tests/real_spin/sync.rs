@@ -234,3 +234,107 @@ pub async fn a_restart_mid_sync_loses_nothing_and_repeats_at_most_one_page(
     );
     Ok(())
 }
+
+/// The suggestion for a Pipedrive account with custom fields of each type: answered from the
+/// field definitions, saved with `PUT /mappings/pipedrive` (its schema uploaded to Gong), and
+/// used: a webhook's custom fields reach Gong as the suggested fields.
+pub async fn a_suggested_pipedrive_mapping_is_saved_and_used(ctx: &Ctx) -> anyhow::Result<()> {
+    let gong = MockGong::start().await;
+    let api = MockPipedrive::start(TOKEN).await;
+    api.set_fields(
+        "dealFields",
+        vec![
+            json!({"id": 1, "key": "title", "name": "Title", "field_type": "varchar", "edit_flag": false}),
+            json!({"id": 2, "key": "9dc80c50d78a15643bfc4ca79d76156a73a1ca0e", "name": "Customer Type", "field_type": "enum", "edit_flag": true, "options": [{"id": 190, "label": "Private person"}, {"id": 191, "label": "Company"}]}),
+            json!({"id": 3, "key": "a2b4c6d8e0f2a4b6c8d0e2f4a6b8c0d2e4f6a8b0", "name": "ARR", "field_type": "monetary", "edit_flag": true}),
+            json!({"id": 4, "key": "b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1", "name": "Renewal date", "field_type": "date", "edit_flag": true}),
+            json!({"id": 5, "key": "c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2", "name": "Seats", "field_type": "double", "edit_flag": true}),
+            json!({"id": 6, "key": "d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3", "name": "Account manager", "field_type": "user", "edit_flag": true}),
+            json!({"id": 7, "key": "e4e4e4e4e4e4e4e4e4e4e4e4e4e4e4e4e4e4e4e4", "name": "Products", "field_type": "set", "edit_flag": true, "options": [{"id": 1, "label": "Core"}, {"id": 2, "label": "Add-on"}]}),
+            json!({"id": 8, "key": "f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5", "name": "Notes", "field_type": "text", "edit_flag": true}),
+        ],
+    );
+    let options = ctx
+        .options(&gong)
+        .var("pipedrive_api_token", TOKEN)
+        .var("pipedrive_base_url", &api.base_url())
+        .var("pipedrive_webhook_user", "pd")
+        .var("pipedrive_webhook_password", "pd-pass");
+    let spin = ctx.start(&options, "spin").await?;
+    let bridge = spin.bridge;
+    let suggestion = bridge.get("/mappings/pipedrive/suggest").await?.expect(200);
+    ensure!(suggestion["suggested"] == 7, "{suggestion}");
+    let saved = bridge
+        .call_json("PUT", "/mappings/pipedrive", &suggestion)
+        .await?
+        .expect(200);
+    let schema = gong.received_on("POST", "/v2/crm/entity-schema");
+    ensure!(
+        schema.len() == 1 && schema[0].query_param("objectType") == Some("DEAL"),
+        "the DEAL schema is uploaded: {saved}"
+    );
+    let sent_fields = schema[0].json();
+    let customer_type = sent_fields
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["uniqueName"] == "customerType")
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        customer_type["type"] == "PICKLIST"
+            && customer_type["orderedValueList"] == json!(["Private person", "Company"]),
+        "{sent_fields}"
+    );
+    let delivery = json!({"meta": {"version": "2.0", "action": "change", "entity": "deal", "entity_id": "42", "id": "d-42", "timestamp": "2026-03-01T10:00:00Z"},
+        "data": {"id": 42, "title": "Big deal", "value": 1000, "currency": "EUR", "status": "open", "update_time": "2026-03-01T10:00:00Z", "add_time": "2026-01-01T10:00:00Z",
+            "custom_fields": {
+                "9dc80c50d78a15643bfc4ca79d76156a73a1ca0e": {"type": "enum", "id": 191},
+                "a2b4c6d8e0f2a4b6c8d0e2f4a6b8c0d2e4f6a8b0": {"type": "monetary", "value": 12000, "currency": "EUR"},
+                "b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1b1": {"type": "date", "value": "2027-01-31"},
+                "c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2c2": {"type": "double", "value": 25},
+                "d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3d3": {"type": "user", "id": 7},
+                "e4e4e4e4e4e4e4e4e4e4e4e4e4e4e4e4e4e4e4e4": {"type": "set", "values": [{"id": 1}, {"id": 2}]},
+                "f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5f5": {"type": "text", "value": "Renews yearly"}}},
+        "previous": {}});
+    use base64::Engine as _;
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("pd:pd-pass")
+    );
+    let reply = bridge
+        .raw(
+            "POST",
+            "/webhooks/pipedrive",
+            &[
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+            ],
+            serde_json::to_vec(&delivery)?,
+        )
+        .await?
+        .expect(202);
+    ensure!(reply["accepted"] == 1, "{reply}");
+    bridge.force_flush().await?.expect(200);
+    let line = gong
+        .received_on("POST", "/v2/crm/entities")
+        .into_iter()
+        .filter_map(|u| u.part("dataFile").map(|p| p.lines()))
+        .flatten()
+        .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
+        .find(|l| l["objectId"] == "42")
+        .unwrap_or_default();
+    for (field, value) in [
+        ("customerType", json!("Company")),
+        ("arr", json!(12000)),
+        ("renewalDate", json!("2027-01-31")),
+        ("seats", json!(25)),
+        ("accountManager", json!("7")),
+        ("products", json!(["Core", "Add-on"])),
+        ("notes", json!("Renews yearly")),
+    ] {
+        ensure!(line[field] == value, "{field} in Gong: {line}");
+    }
+    println!("real-spin: suggestion: 7 Pipedrive custom fields suggested, saved (DEAL schema uploaded) and their values in Gong");
+    Ok(())
+}

@@ -1,0 +1,241 @@
+//! Mappings suggested from the CRM's own field definitions (Pipedrive's `dealFields`,
+//! `personFields`, `organizationFields`): every custom field becomes a Gong custom field with a
+//! readable `uniqueName`, its label, the Gong type that fits and, for options, a picklist in the
+//! CRM's order, read from both shapes Pipedrive sends (webhooks v2 wrap a value as
+//! `{type, value}` or `{type, id}`; API v2 sends it bare). The result is an override document
+//! for `PUT /mappings/{source}`.
+
+use std::collections::BTreeSet;
+
+use serde_json::{json, Map, Value};
+
+use crate::gong::models::ObjectType;
+
+/// One field list: the CRM object it describes and the Gong type it maps to.
+pub struct FieldList {
+    pub object: &'static str,
+    pub to: ObjectType,
+    /// Pipedrive's path of the list (`/api/v1/dealFields`).
+    pub path: &'static str,
+}
+
+pub const PIPEDRIVE_FIELD_LISTS: &[FieldList] = &[
+    FieldList {
+        object: "organization",
+        to: ObjectType::Account,
+        path: "/api/v1/organizationFields",
+    },
+    FieldList {
+        object: "person",
+        to: ObjectType::Contact,
+        path: "/api/v1/personFields",
+    },
+    FieldList {
+        object: "deal",
+        to: ObjectType::Deal,
+        path: "/api/v1/dealFields",
+    },
+];
+
+/// `Customer type` → `customerType`: ASCII letters and digits, camelCase, starting with a letter.
+pub fn unique_name(label: &str) -> String {
+    let mut out = String::new();
+    for (n, word) in label
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .enumerate()
+    {
+        let lower = word.to_ascii_lowercase();
+        if n == 0 {
+            out.push_str(&lower);
+        } else {
+            let mut chars = lower.chars();
+            if let Some(first) = chars.next() {
+                out.push(first.to_ascii_uppercase());
+                out.extend(chars);
+            }
+        }
+    }
+    if !out.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        out.insert_str(0, "field");
+    }
+    out.truncate(60);
+    out
+}
+
+/// The rule for one custom field, or why it is left out.
+fn rule(field: &Value, unique: &str) -> Result<Value, String> {
+    let key = field["key"].as_str().unwrap_or_default();
+    let label = field["name"].as_str().unwrap_or(unique);
+    let at = |member: &str| {
+        json!([
+            format!("/custom_fields/{key}/{member}"),
+            format!("/custom_fields/{key}")
+        ])
+    };
+    let schema = |kind: &str| json!({"type": kind, "label": label});
+    let options: Vec<(String, String)> = field["options"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| {
+            let id = match &o["id"] {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                _ => return None,
+            };
+            Some((id, o["label"].as_str()?.to_owned()))
+        })
+        .collect();
+    let map: Map<String, Value> = options
+        .iter()
+        .map(|(id, label)| (id.clone(), Value::String(label.clone())))
+        .collect();
+    let labels: Vec<&String> = options.iter().map(|(_, l)| l).collect();
+    let kind = field["field_type"].as_str().unwrap_or_default();
+    Ok(match kind {
+        "varchar" | "varchar_auto" | "text" | "address" | "time" | "timerange" => {
+            json!({"path": at("value"), "schema": schema("STRING")})
+        }
+        "phone" => json!({"path": at("value"), "schema": schema("PHONENUMBER")}),
+        "double" | "int" => {
+            json!({"path": at("value"), "convert": "number", "schema": schema("NUMBER")})
+        }
+        "monetary" => {
+            json!({"path": format!("/custom_fields/{key}/value"), "convert": "number", "schema": schema("CURRENCY")})
+        }
+        "date" | "daterange" => {
+            json!({"path": at("value"), "convert": "date", "schema": schema("DATE")})
+        }
+        "enum" if !options.is_empty() => {
+            json!({"path": at("id"), "convert": "valueMap", "map": map,
+            "schema": {"type": "PICKLIST", "label": label, "values": labels}})
+        }
+        "set" if !options.is_empty() => {
+            json!({"path": at("values"), "each": true, "take": "/id", "convert": "valueMap", "map": map,
+            "schema": schema("STRINGARRAY")})
+        }
+        "user" => json!({"path": at("id"), "convert": "reference", "object": "user",
+            "schema": {"type": "REFERENCE", "label": label, "referenceTo": "USER"}}),
+        "org" => json!({"path": at("id"), "convert": "reference", "object": "organization",
+            "schema": {"type": "REFERENCE", "label": label, "referenceTo": "ACCOUNT"}}),
+        "people" => json!({"path": at("id"), "convert": "reference", "object": "person",
+            "schema": {"type": "REFERENCE", "label": label, "referenceTo": "CONTACT"}}),
+        "enum" | "set" => return Err(format!("{kind} field {label:?} has no options")),
+        other => {
+            return Err(format!(
+                "{label:?} is a {other:?} field, which has no Gong counterpart"
+            ))
+        }
+    })
+}
+
+/// The override document for `lists` (each `(list, its field definitions)`), and what was left
+/// out and why.
+pub fn suggest(lists: &[(&FieldList, Vec<Value>)]) -> Value {
+    let mut objects = Vec::new();
+    let mut skipped = Vec::new();
+    let mut count = 0;
+    for (list, fields) in lists {
+        let mut used: BTreeSet<String> = BTreeSet::new();
+        let mut rules = Map::new();
+        for field in fields {
+            // Pipedrive's own fields have a plain key and edit_flag false.
+            if field["edit_flag"] != Value::Bool(true) {
+                continue;
+            }
+            let label = field["name"].as_str().unwrap_or("field");
+            let mut name = unique_name(label);
+            while crate::validation::is_standard_field(list.to, &name) || used.contains(&name) {
+                name.push('2');
+            }
+            match rule(field, &name) {
+                Ok(rule) => {
+                    used.insert(name.clone());
+                    rules.insert(name, rule);
+                    count += 1;
+                }
+                Err(why) => {
+                    skipped.push(json!({"object": list.object, "key": field["key"], "reason": why}))
+                }
+            }
+        }
+        if !rules.is_empty() {
+            objects.push(json!({"from": list.object, "fields": rules}));
+        }
+    }
+    json!({"objects": objects, "suggested": count, "skipped": skipped})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_become_readable_unique_names() {
+        assert_eq!(unique_name("Customer Type"), "customerType");
+        assert_eq!(unique_name("ARR (€, 2026)"), "arr2026");
+        assert_eq!(unique_name("2nd contact"), "field2ndContact");
+    }
+
+    #[test]
+    fn each_field_type_gets_its_gong_type_and_the_suggestion_is_a_valid_override() {
+        let fields = vec![
+            json!({"key": "title", "name": "Title", "field_type": "varchar", "edit_flag": false}),
+            json!({"key": "a1", "name": "Segment", "field_type": "enum", "edit_flag": true, "options": [{"id": 12, "label": "SMB"}, {"id": 13, "label": "Enterprise"}]}),
+            json!({"key": "a2", "name": "ARR", "field_type": "monetary", "edit_flag": true}),
+            json!({"key": "a3", "name": "Renewal", "field_type": "date", "edit_flag": true}),
+            json!({"key": "a4", "name": "Seats", "field_type": "double", "edit_flag": true}),
+            json!({"key": "a5", "name": "CSM", "field_type": "user", "edit_flag": true}),
+            json!({"key": "a6", "name": "Tags", "field_type": "set", "edit_flag": true, "options": [{"id": 1, "label": "A"}, {"id": 2, "label": "B"}]}),
+            json!({"key": "a7", "name": "Name", "field_type": "varchar", "edit_flag": true}),
+            json!({"key": "a8", "name": "Picture", "field_type": "picture", "edit_flag": true}),
+        ];
+        let suggestion = suggest(&[(&PIPEDRIVE_FIELD_LISTS[2], fields)]);
+        let rules = &suggestion["objects"][0]["fields"];
+        assert_eq!(
+            rules["segment"]["schema"]["values"],
+            json!(["SMB", "Enterprise"])
+        );
+        assert_eq!(rules["arr"]["schema"]["type"], "CURRENCY");
+        assert_eq!(rules["renewal"]["schema"]["type"], "DATE");
+        assert_eq!(rules["seats"]["schema"]["type"], "NUMBER");
+        assert_eq!(rules["csm"]["schema"]["referenceTo"], "USER");
+        assert_eq!(rules["tags"]["schema"]["type"], "STRINGARRAY");
+        assert!(
+            rules.get("name").is_none() && rules["name2"].is_object(),
+            "a standard name is not taken"
+        );
+        assert_eq!(suggestion["skipped"][0]["key"], "a8");
+        let mapping =
+            super::super::overrides::check(&super::super::pipedrive::Pipedrive, &suggestion)
+                .expect("the suggestion is a valid override");
+        let deal = mapping.object("deal").unwrap();
+        // Both shapes Pipedrive sends map alike.
+        let event = json!({});
+        for record in [
+            json!({"id": 1, "update_time": "2026-01-01T00:00:00Z", "custom_fields": {"a1": {"type": "enum", "id": 13}, "a2": {"type": "monetary", "value": 5000, "currency": "EUR"}, "a6": {"type": "set", "values": [{"id": 1}, {"id": 2}]}, "a5": {"type": "user", "id": 7}}}),
+            json!({"id": 1, "update_time": "2026-01-01T00:00:00Z", "custom_fields": {"a1": 13, "a2": {"value": 5000, "currency": "EUR"}, "a6": [1, 2], "a5": 7}}),
+        ] {
+            let out = mapping
+                .apply(
+                    deal,
+                    &crate::mapping::Input {
+                        record: &record,
+                        event: &event,
+                    },
+                )
+                .unwrap();
+            assert_eq!(
+                (&out["segment"], &out["arr"], &out["tags"], &out["csm"]),
+                (
+                    &json!("Enterprise"),
+                    &json!(5000),
+                    &json!(["A", "B"]),
+                    &json!("7")
+                ),
+                "{out}"
+            );
+        }
+    }
+}
