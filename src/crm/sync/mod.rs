@@ -282,7 +282,12 @@ fn advance_held(bridge: &Bridge, api: &dyn SyncApi, force: bool) -> Result<Advan
             }
             Err(PageError::NotNow(why)) => {
                 // No call was made (the CRM's pause, the hourly cap, the budget): not a failed
-                // page; the next advance tries again.
+                // page; the next advance tries again. A cap is said once in the progress.
+                if !why.contains("work budget") && sync.last_error.as_deref() != Some(why.as_str())
+                {
+                    sync.last_error = Some(why.clone());
+                    bridge.store().put_json(&key(api.source()), &sync)?;
+                }
                 report.stopped = Some(why);
                 return Ok(report);
             }

@@ -488,3 +488,46 @@ fn a_missing_or_refused_token_is_said_and_a_sync_can_be_cancelled() {
     assert_eq!(api(&b, "DELETE", "/sync/pipedrive").0, 404);
     assert_eq!(api(&b, "GET", "/sync/close").0, 404);
 }
+
+/// At the platform's hourly cap the sync pauses without counting a failed page, says why in its
+/// progress, and goes on when the hour allows.
+#[test]
+fn the_hourly_cap_pauses_the_sync_and_says_so() {
+    let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_790_000_000));
+    let (served, fail) = (Served::default(), Cell::new(None));
+    let gong = ScriptedGong::new(&clock);
+    *gong.other_api.borrow_mut() = Some(Box::new(fake_pipedrive(dataset(), &served, &fail)));
+    let capped = configured(&[
+        ("pipedrive_api_token", "pd-api"),
+        ("pipedrive_base_url", "https://pd.test"),
+        ("gong_calls_per_second", "0"),
+        ("outbound_hourly_cap", "4"),
+    ]);
+    let b = bridge(&kv, &capped, &gong, &clock);
+    api(&b, "POST", "/sync/pipedrive");
+    let (_, state) = api(&b, "GET", "/sync/pipedrive");
+    assert_eq!(served.borrow().len(), 4, "{state}");
+    assert_eq!(state["status"], "waiting", "{state}");
+    assert!(
+        state["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("outbound_hourly_cap"),
+        "{state}"
+    );
+    let errors: u64 = state["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["errors"].as_u64().unwrap())
+        .sum();
+    assert_eq!(errors, 0, "a cap is not a failed page: {state}");
+    let state = run_to_the_end(&b, &clock, 40);
+    assert_eq!(state["status"], "finished", "{state}");
+    // Gong's uploads share the cap: they follow hour by hour.
+    for _ in 0..20 {
+        clock.advance(std::time::Duration::from_secs(3_600));
+        api(&b, "POST", "/flush?force=true");
+    }
+    each_once(&uploaded(&gong));
+}
