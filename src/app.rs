@@ -20,7 +20,7 @@ pub struct Handled {
 }
 
 /// Work a route asks for after its answer, carried in the response's extensions (never sent).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FollowUp {
     CompactInbox,
     /// Apply the operator command just recorded (`outbox::commands`).
@@ -31,6 +31,13 @@ pub enum FollowUp {
     Fetch,
     /// Read the first pages of the sync just started (`crm::sync`).
     Sync,
+    /// Complete what a CRM delivery's records refer to and the bridge never had
+    /// (`crm::references`), after compacting the inbox if it asked for that.
+    References {
+        source: String,
+        references: Vec<crate::gong::references::Reference>,
+        compact_inbox: bool,
+    },
 }
 
 /// Handles one request; never panics on bad input, and every error becomes problem+json.
@@ -100,6 +107,30 @@ pub fn follow_up(bridge: &Bridge, first: Option<FollowUp>) {
         },
         // Its pages are read below, with every running sync.
         Some(FollowUp::Sync) => {}
+        Some(FollowUp::References {
+            source,
+            references,
+            compact_inbox,
+        }) => {
+            if compact_inbox {
+                if let Err(e) = crate::outbox::compact_inbox_now(bridge) {
+                    crate::log::error("inbox compaction after the answer failed")
+                        .field("error", e.to_string())
+                        .emit();
+                }
+            }
+            match crate::crm::references::resolve(bridge, &source, &references) {
+                Ok(resolved) if !resolved.missing.is_empty() => crate::log::warn(format!(
+                    "{source}: referenced objects still missing in Gong: {}",
+                    resolved.missing.join("; ")
+                ))
+                .emit(),
+                Ok(_) => {}
+                Err(e) => crate::log::error("completing referenced objects failed")
+                    .field("error", e.to_string())
+                    .emit(),
+            }
+        }
         Some(FollowUp::IndexBulk) => {
             if let Err(e) = crate::outbox::sent::fold_now(bridge) {
                 crate::log::error("indexing the bulk file after the answer failed")

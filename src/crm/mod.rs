@@ -13,6 +13,7 @@ pub mod custom;
 pub mod fetch;
 pub mod overrides;
 pub mod pipedrive;
+pub mod references;
 pub mod schema_plan;
 pub mod signature;
 pub mod suggest;
@@ -156,7 +157,12 @@ pub struct Outcome {
     pub records: Vec<(ObjectType, String)>,
     /// The inbox should be compacted after the answer.
     pub compact_inbox: bool,
+    /// What the accepted records refer to (`gong::references`), to be checked after the answer.
+    pub references: Vec<crate::gong::references::Reference>,
 }
+
+/// References checked per delivery at most (a bulk delivery's are left to the sync).
+const MAX_REFERENCES: usize = 20;
 
 /// The Gong record and what to keep if it fails: the change as received.
 struct Mapped {
@@ -247,7 +253,16 @@ pub fn map_and_accept(
         };
         let slot = by_type.entry(object.to).or_default();
         match mapped {
-            Ok(record) => slot.0.push(Mapped { record, raw }),
+            Ok(record) => {
+                for reference in crate::gong::references::of(object.to, &record) {
+                    if outcome.references.len() < MAX_REFERENCES
+                        && !outcome.references.contains(&reference)
+                    {
+                        outcome.references.push(reference);
+                    }
+                }
+                slot.0.push(Mapped { record, raw })
+            }
             Err(problems) => slot.1.push(rejected(
                 receiver.name(),
                 format!("{}{source_id}", object.id_prefix),

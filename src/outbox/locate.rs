@@ -48,6 +48,10 @@ pub struct Location {
     pub requested: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub poll_error: Option<String>,
+    /// Objects the waiting version refers to that Gong never got from the bridge, in words
+    /// ("ACCOUNT 123 was never sent to Gong: the deal will not show until it is").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missing_references: Option<Vec<String>>,
 }
 
 impl Location {
@@ -73,6 +77,7 @@ impl Location {
             retry: None,
             requested: None,
             poll_error: None,
+            missing_references: None,
         }
     }
 }
@@ -98,6 +103,11 @@ pub fn locate(
         at.latest_modified_date = time::OffsetDateTime::from_unix_timestamp(latest.modified)
             .ok()
             .map(validation::format_gong_datetime);
+        let missing = missing_references(bridge, layout, object_type, object_id)?;
+        if !missing.is_empty() {
+            at.explanation = format!("{}; {}", at.explanation, missing.join("; "));
+            at.missing_references = Some(missing);
+        }
         return Ok(Some(at));
     }
     let held = slot_of(bridge, layout, object_type, object_id)?;
@@ -236,6 +246,40 @@ pub fn locate(
     at.errors = Some(own_errors);
     at.poll_error = poll_error;
     Ok(Some(at))
+}
+
+/// Whether the bridge has (or had) the record at all: pending, sent, or in a bulk file.
+pub fn known(bridge: &Bridge, object_type: ObjectType, object_id: &str) -> Result<bool, Fault> {
+    let layout = settings::layout(bridge.config);
+    Ok(slot_of(bridge, layout, object_type, object_id)?.is_some()
+        || !pending_versions(bridge, layout, object_type, object_id)?.is_empty()
+        || super::sent::find_waiting(bridge, object_type, object_id)?.is_some())
+}
+
+/// What the shard's waiting version refers to that the bridge never had, in words.
+fn missing_references(
+    bridge: &Bridge,
+    layout: Layout,
+    object_type: ObjectType,
+    object_id: &str,
+) -> Result<Vec<String>, Fault> {
+    let Some(line) = slot_of(bridge, layout, object_type, object_id)?.and_then(|s| s.line) else {
+        return Ok(Vec::new());
+    };
+    let record: serde_json::Value = serde_json::from_str(line.get()).unwrap_or_default();
+    let mut missing = Vec::new();
+    for reference in crate::gong::references::of(object_type, &record) {
+        if !known(bridge, reference.object_type, &reference.object_id)? {
+            missing.push(format!(
+                "{} {} ({}) was never sent to Gong: {}",
+                reference.object_type,
+                reference.object_id,
+                reference.field,
+                crate::gong::references::consequence(object_type, reference.field)
+            ));
+        }
+    }
+    Ok(missing)
 }
 
 fn sent_at(mut at: Location, entry: &RecordIndexEntry) -> Location {

@@ -132,6 +132,15 @@ fn accept_verified(
         response
             .extensions_mut()
             .insert(crate::app::FollowUp::Fetch);
+    } else if !outcome.references.is_empty() && crm::references::can_resolve(bridge, source) {
+        // Objects the records refer to and Gong may lack: read right after this answer.
+        response
+            .extensions_mut()
+            .insert(crate::app::FollowUp::References {
+                source: source.to_owned(),
+                references: outcome.references,
+                compact_inbox: outcome.compact_inbox,
+            });
     } else if outcome.compact_inbox {
         response
             .extensions_mut()

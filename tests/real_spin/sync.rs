@@ -338,3 +338,68 @@ pub async fn a_suggested_pipedrive_mapping_is_saved_and_used(ctx: &Ctx) -> anyho
     println!("real-spin: suggestion: 7 Pipedrive custom fields suggested, saved (DEAL schema uploaded) and their values in Gong");
     Ok(())
 }
+
+/// A deal whose organization was never synced: read from Pipedrive by id right after the
+/// webhook's answer and sent to Gong before the deal.
+pub async fn a_deal_whose_organization_was_never_synced_is_completed_by_a_fetch(
+    ctx: &Ctx,
+) -> anyhow::Result<()> {
+    let gong = MockGong::start().await;
+    let api = MockPipedrive::start(TOKEN).await;
+    api.set_list(
+        "organizations",
+        vec![json!({"id": 77, "name": "Never synced Ltd", "update_time": AT})],
+    );
+    api.set_list("users", vec![json!({"id": 5, "name": "Owner", "email": "owner@example.com", "active_flag": true, "modified": "2026-01-01 10:00:00"})]);
+    api.set_list(
+        "stages",
+        vec![json!({"id": 3, "name": "Proposal", "order_nr": 3, "update_time": AT})],
+    );
+    let options = ctx
+        .options(&gong)
+        .var("pipedrive_api_token", TOKEN)
+        .var("pipedrive_base_url", &api.base_url())
+        .var("pipedrive_webhook_user", "pd")
+        .var("pipedrive_webhook_password", "pd-pass");
+    let spin = ctx.start(&options, "spin").await?;
+    let bridge = spin.bridge;
+    let delivery = json!({"meta": {"version": "2.0", "action": "create", "entity": "deal", "entity_id": "501", "id": "d-501", "timestamp": "2026-03-01T10:00:00Z"},
+        "data": {"id": 501, "title": "Deal of an unsynced org", "value": 10, "currency": "EUR", "status": "open", "stage_id": 3, "owner_id": 5, "org_id": 77, "update_time": "2026-03-01T10:00:00Z", "add_time": "2026-03-01T10:00:00Z"}, "previous": {}});
+    use base64::Engine as _;
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("pd:pd-pass")
+    );
+    bridge
+        .raw(
+            "POST",
+            "/webhooks/pipedrive",
+            &[
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+            ],
+            serde_json::to_vec(&delivery)?,
+        )
+        .await?
+        .expect(202);
+    let mut lines = Vec::new();
+    for _ in 0..50 {
+        bridge.force_flush().await?;
+        lines = uploaded(&gong);
+        if lines.iter().any(|(k, _)| k == "DEAL") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let at = |kind: &str, id: &str| lines.iter().position(|(k, i)| k == kind && i == id);
+    let deal = at("DEAL", "501");
+    ensure!(deal.is_some(), "the deal in Gong: {lines:?}");
+    for (kind, id) in [("ACCOUNT", "77"), ("BUSINESS_USER", "5"), ("STAGE", "3")] {
+        ensure!(
+            at(kind, id) < deal && at(kind, id).is_some(),
+            "{kind} {id} before the deal: {lines:?}"
+        );
+    }
+    println!("real-spin: references: a deal's never-synced organization, owner and stage read from Pipedrive by id and sent before it ({} Pipedrive calls)", api.received().len());
+    Ok(())
+}

@@ -41,6 +41,8 @@ pub trait SyncApi: Sync {
     ) -> Result<Request, Vec<String>>;
     /// A page's records and the cursor of the next page (`None`: the last one).
     fn read_page(&self, object: &str, body: &[u8]) -> Result<Page, String>;
+    /// The request for one record of `object` by its id (a referenced object Gong lacks).
+    fn one(&self, config: &dyn Config, object: &str, id: &str) -> Result<Request, Vec<String>>;
 }
 
 #[derive(Debug, Default, PartialEq)]

@@ -99,6 +99,14 @@ impl SyncApi for PipedriveApi {
         get(config, &path)
     }
 
+    fn one(&self, config: &dyn Config, object: &str, id: &str) -> Result<Request, Vec<String>> {
+        let id: String = form_urlencoded::byte_serialize(id.as_bytes()).collect();
+        match object {
+            "user" | "lead" => get(config, &format!("/api/v1/{object}s/{id}")),
+            other => get(config, &format!("/api/v2/{other}s/{id}")),
+        }
+    }
+
     fn read_page(&self, object: &str, body: &[u8]) -> Result<Page, String> {
         let page: Value =
             serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;

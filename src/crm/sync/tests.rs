@@ -87,6 +87,17 @@ fn fake_pipedrive<'t>(
             form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
                 .into_owned()
                 .collect();
+        if let Some((list, id)) = rest.split_once('/') {
+            let found = data.get(list).and_then(|l| {
+                l.iter()
+                    .find(|r| r["id"].to_string().trim_matches('"') == id)
+                    .cloned()
+            });
+            return Some(match found {
+                Some(record) => answer(200, json!({"success": true, "data": record})),
+                None => answer(404, json!({"success": false, "error": "not found"})),
+            });
+        }
         let items = data.get(rest).cloned().unwrap_or_default();
         if rest == "users" {
             return Some(answer(200, json!({"success": true, "data": items})));
@@ -530,4 +541,93 @@ fn the_hourly_cap_pauses_the_sync_and_says_so() {
         api(&b, "POST", "/flush?force=true");
     }
     each_once(&uploaded(&gong));
+}
+
+/// A deal whose organization, owner and stage the bridge never had: read from Pipedrive by id
+/// right after the answer and sent first; without a token, the deal's status says what is
+/// missing and what Gong will do.
+#[test]
+fn a_deal_s_missing_references_are_completed_or_named() {
+    let deal = json!({"meta": {"version": "2.0", "action": "create", "entity": "deal", "entity_id": "7", "id": "w7", "timestamp": "2026-02-01T10:00:00Z"},
+        "data": {"id": 7, "title": "Deal 7", "value": 700, "currency": "EUR", "status": "open", "stage_id": 2, "owner_id": 1, "org_id": 4, "update_time": "2026-02-01T10:00:00Z", "add_time": "2026-01-01T10:00:00Z"}, "previous": {}});
+    use base64::Engine;
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("u:p")
+    );
+    let webhook = || {
+        request(
+            "POST",
+            "/webhooks/pipedrive",
+            &[("authorization", &auth)],
+            deal.to_string().as_bytes(),
+        )
+    };
+
+    // Without an API token: the deal goes, and its status names what Gong lacks.
+    let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_790_000_000));
+    let gong = ScriptedGong::new(&clock);
+    let no_api = configured(&[
+        ("pipedrive_webhook_user", "u"),
+        ("pipedrive_webhook_password", "p"),
+        ("gong_calls_per_second", "0"),
+    ]);
+    let b = bridge(&kv, &no_api, &gong, &clock);
+    let answered = handle(&b, webhook());
+    assert_eq!(answered.response.status(), 202);
+    follow_up(&b.with_budget(clock.now()), answered.first);
+    let (_, status) = api(&b, "GET", "/records/DEAL/7/status");
+    let missing = status["missingReferences"].to_string();
+    assert!(
+        missing.contains(
+            "ACCOUNT 4 (accountId) was never sent to Gong: the deal will not show until it is"
+        ) && missing.contains("BUSINESS_USER 1")
+            && missing.contains("STAGE 2"),
+        "{status}"
+    );
+
+    // With one: the three are read by id after the answer and go to Gong first.
+    let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_790_000_000));
+    let (served, fail) = (Served::default(), Cell::new(None));
+    let gong = ScriptedGong::new(&clock);
+    *gong.other_api.borrow_mut() = Some(Box::new(fake_pipedrive(dataset(), &served, &fail)));
+    let config = config();
+    let b = bridge(&kv, &config, &gong, &clock);
+    let answered = handle(&b, webhook());
+    assert_eq!(answered.response.status(), 202);
+    assert!(
+        served.borrow().is_empty(),
+        "nothing is read before the answer"
+    );
+    follow_up(&b.with_budget(clock.now()), answered.first);
+    let mut read = served.borrow().clone();
+    read.sort();
+    assert_eq!(
+        read,
+        [
+            "/api/v1/users/1",
+            "/api/v2/organizations/4",
+            "/api/v2/stages/2"
+        ]
+    );
+    let (_, status) = api(&b, "GET", "/records/DEAL/7/status");
+    assert!(status.get("missingReferences").is_none(), "{status}");
+    api(&b, "POST", "/flush?force=true");
+    let lines = uploaded(&gong);
+    let at = |kind: &str, id: &str| {
+        lines
+            .iter()
+            .position(|(k, l)| k == kind && l["objectId"] == id)
+    };
+    let deal_at = at("DEAL", "7").expect("the deal");
+    for (kind, id) in [("ACCOUNT", "4"), ("BUSINESS_USER", "1"), ("STAGE", "2")] {
+        assert!(
+            at(kind, id).is_some_and(|n| n < deal_at),
+            "{kind} {id} before the deal: {lines:?}"
+        );
+    }
+    // Known now: the next delivery reads nothing.
+    let again = handle(&b, webhook());
+    follow_up(&b.with_budget(clock.now()), again.first);
+    assert_eq!(served.borrow().len(), 3, "{:?}", served.borrow());
 }
