@@ -205,6 +205,9 @@ pub const CUSTOM_WEBHOOK_TOKEN: &str = "custom_webhook_token";
 /// Pipedrive's REST API (the first full sync, references): its token and host.
 pub const PIPEDRIVE_API_TOKEN: &str = "pipedrive_api_token";
 pub const PIPEDRIVE_BASE_URL: &str = "pipedrive_base_url";
+/// Close's REST API (the first full sync, references): its API key and host.
+pub const CLOSE_API_KEY: &str = "close_api_key";
+pub const CLOSE_BASE_URL: &str = "close_base_url";
 
 /// How long a webhook waits for room at the store's admission line before it is refused (503
 /// `store-full`). Default 5 s: half of Pipedrive's 10 s, inside every CRM's timeout, and inside

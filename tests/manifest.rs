@@ -79,6 +79,7 @@ fn secrets_are_marked_secret_and_outbound_is_the_gong_host() {
         "attio_api_token",
         "custom_webhook_token",
         "pipedrive_api_token",
+        "close_api_key",
     ] {
         let line = vars
             .iter()
@@ -91,7 +92,7 @@ fn secrets_are_marked_secret_and_outbound_is_the_gong_host() {
     }
     let component = section(&text, "component.gong-crm-bridge");
     assert!(component
-        .contains(&r#"allowed_outbound_hosts = ["{{ gong_base_url }}", "{{ attio_base_url }}", "{{ pipedrive_base_url }}"]"#));
+        .contains(&r#"allowed_outbound_hosts = ["{{ gong_base_url }}", "{{ attio_base_url }}", "{{ pipedrive_base_url }}", "{{ close_base_url }}"]"#));
     assert!(component.contains(&r#"key_value_stores = ["default"]"#));
     assert!(text.contains("route = \"/...\""));
 }

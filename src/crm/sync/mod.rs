@@ -11,6 +11,7 @@
 //! twice: wasted work, never a lost page, and a cursor never moves back (the write is dropped
 //! when the stored one is ahead).
 
+pub mod close;
 pub mod pipedrive;
 
 use std::time::Duration;
@@ -39,8 +40,9 @@ pub trait SyncApi: Sync {
         object: &str,
         cursor: Option<&str>,
     ) -> Result<Request, Vec<String>>;
-    /// A page's records and the cursor of the next page (`None`: the last one).
-    fn read_page(&self, object: &str, body: &[u8]) -> Result<Page, String>;
+    /// A page's records and the cursor of the next page (`None`: the last one); `cursor` is
+    /// the one the page was asked with.
+    fn read_page(&self, object: &str, cursor: Option<&str>, body: &[u8]) -> Result<Page, String>;
     /// The request for one record of `object` by its id (a referenced object Gong lacks).
     fn one(&self, config: &dyn Config, object: &str, id: &str) -> Result<Request, Vec<String>>;
 }
@@ -52,7 +54,7 @@ pub struct Page {
 }
 
 /// Every CRM the bridge can sync from.
-pub const APIS: &[&dyn SyncApi] = &[&pipedrive::PipedriveApi];
+pub const APIS: &[&dyn SyncApi] = &[&pipedrive::PipedriveApi, &close::CloseApi];
 
 pub fn api(source: &str) -> Option<&'static dyn SyncApi> {
     APIS.iter().copied().find(|a| a.source() == source)
@@ -270,7 +272,13 @@ fn advance_held(bridge: &Bridge, api: &dyn SyncApi, force: bool) -> Result<Advan
                 return Ok(report);
             }
         };
-        let page = match read(bridge, api, &progress.object, request) {
+        let page = match read(
+            bridge,
+            api,
+            &progress.object,
+            progress.cursor.as_deref(),
+            request,
+        ) {
             Ok(page) => page,
             Err(PageError::Later(why)) => {
                 failed(bridge, &mut sync, now, why.clone(), None)?;
@@ -414,6 +422,7 @@ fn read(
     bridge: &Bridge,
     api: &dyn SyncApi,
     object: &str,
+    cursor: Option<&str>,
     request: Request,
 ) -> Result<Page, PageError> {
     let name = api.upstream().name;
@@ -434,7 +443,7 @@ fn read(
     let said = || String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
     match status {
         200 => api
-            .read_page(object, body)
+            .read_page(object, cursor, body)
             .map_err(|why| PageError::Later(format!("{name}'s {object} page: {why}"))),
         401 | 403 => Err(PageError::Token(format!(
             "{name} refused the API token ({status}): {}",

@@ -107,7 +107,7 @@ impl SyncApi for PipedriveApi {
         }
     }
 
-    fn read_page(&self, object: &str, body: &[u8]) -> Result<Page, String> {
+    fn read_page(&self, object: &str, _cursor: Option<&str>, body: &[u8]) -> Result<Page, String> {
         let page: Value =
             serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
         if page.get("success") == Some(&Value::Bool(false)) {

@@ -631,3 +631,84 @@ fn a_deal_s_missing_references_are_completed_or_named() {
     follow_up(&b.with_budget(clock.now()), again.first);
     assert_eq!(served.borrow().len(), 3, "{:?}", served.borrow());
 }
+
+/// Close: leads (Gong's accounts), contacts and opportunities through `_skip`/`_limit` pages
+/// and `has_more`, with the API key as the Basic user; each record once, accounts first.
+#[test]
+fn a_close_sync_reads_leads_contacts_and_opportunities() {
+    let served = Served::default();
+    let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_790_000_000));
+    let gong = ScriptedGong::new(&clock);
+    let at = "2026-01-01T10:00:00.000000+00:00";
+    let mut data: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+    data.insert("lead", (1..=5).map(|i| json!({"id": format!("lead_{i}"), "display_name": format!("Lead {i}"), "date_updated": at, "contacts": []})).collect());
+    data.insert("contact", (1..=4).map(|i| json!({"id": format!("cont_{i}"), "name": format!("Ann {i}"), "lead_id": "lead_1", "emails": [{"email": format!("a{i}@example.com")}], "date_updated": at})).collect());
+    data.insert("opportunity", (1..=3).map(|i| json!({"id": format!("oppo_{i}"), "lead_id": "lead_2", "lead_name": "Lead 2", "status_label": "Active", "status_type": "active", "value": 10000, "date_updated": at, "date_created": at})).collect());
+    let basic = format!(
+        "Basic {}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "close-key:")
+    );
+    let served_ref = &served;
+    *gong.other_api.borrow_mut() = Some(Box::new(move |req: &Request| {
+        let object = req
+            .uri()
+            .path()
+            .strip_prefix("/api/v1/")?
+            .trim_end_matches('/')
+            .to_owned();
+        served_ref.borrow_mut().push(req.uri().to_string());
+        if req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            != Some(basic.as_str())
+        {
+            return Some(answer(401, json!({"error": "unauthorized"})));
+        }
+        let query: BTreeMap<String, String> =
+            form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                .into_owned()
+                .collect();
+        let skip: usize = query["_skip"].parse().unwrap();
+        let all = data.get(object.as_str()).cloned().unwrap_or_default();
+        let page: Vec<Value> = all.iter().skip(skip).take(2).cloned().collect();
+        Some(answer(
+            200,
+            json!({"data": page, "has_more": skip + 2 < all.len()}),
+        ))
+    }));
+    let config = configured(&[
+        ("close_api_key", "close-key"),
+        ("close_base_url", "https://close.test"),
+        ("gong_calls_per_second", "0"),
+    ]);
+    let b = bridge(&kv, &config, &gong, &clock);
+    let (status, _) = api(&b, "POST", "/sync/close");
+    assert_eq!(status, 202);
+    let mut state = Value::Null;
+    for _ in 0..10 {
+        api(&b, "POST", "/flush?force=true");
+        state = api(&b, "GET", "/sync/close").1;
+        if state["status"] == "finished" {
+            break;
+        }
+    }
+    assert_eq!(state["status"], "finished", "{state}");
+    api(&b, "POST", "/flush?force=true");
+    let lines = uploaded(&gong);
+    let count = |kind: &str| lines.iter().filter(|(k, _)| k == kind).count();
+    assert_eq!(
+        (count("ACCOUNT"), count("CONTACT"), count("DEAL")),
+        (5, 4, 3),
+        "{lines:?}"
+    );
+    let last_account = lines.iter().rposition(|(k, _)| k == "ACCOUNT").unwrap();
+    let first_deal = lines.iter().position(|(k, _)| k == "DEAL").unwrap();
+    assert!(last_account < first_deal);
+    // 3 + 2 + 2 pages, each asked once.
+    assert_eq!(served.borrow().len(), 7, "{:?}", served.borrow());
+    assert!(served
+        .borrow()
+        .iter()
+        .any(|u| u.ends_with("/api/v1/lead/?_skip=4&_limit=100")));
+}
