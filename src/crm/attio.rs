@@ -139,6 +139,25 @@ pub fn get_object(config: &dyn Config, object_id: &str) -> Result<Request, Strin
     get(config, &format!("/v2/objects/{object_id}"))
 }
 
+/// `POST /v2/objects/{object}/records/query` with `{limit, offset}`: a page of records.
+pub fn query_records(
+    config: &dyn Config,
+    object: &str,
+    limit: u64,
+    offset: u64,
+) -> Result<Request, String> {
+    let mut request = get(config, &format!("/v2/objects/{object}/records/query"))?;
+    *request.method_mut() = http::Method::POST;
+    request.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    *request.body_mut() = serde_json::json!({"limit": limit, "offset": offset})
+        .to_string()
+        .into_bytes();
+    Ok(request)
+}
+
 /// `GET /v2/objects/{object}/records/{record_id}`.
 pub fn get_record(config: &dyn Config, object: &str, record_id: &str) -> Result<Request, String> {
     get(config, &format!("/v2/objects/{object}/records/{record_id}"))

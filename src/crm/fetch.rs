@@ -71,7 +71,7 @@ fn objects_key(source: &str) -> String {
 /// Attio's API as an upstream of the gateway: its own shared budget (Attio allows 100 reads and
 /// 25 writes a second across its API; the bridge keeps to 10) and its 429 pause (until the
 /// HTTP-date its `Retry-After` names).
-fn upstream(source: &str) -> Upstream {
+pub fn upstream(source: &str) -> Upstream {
     Upstream {
         name: "Attio",
         quota_key: format!("{}{source}", crate::keys::SOURCE_QUOTA_PREFIX),

@@ -98,7 +98,7 @@ fn fetch(
     let change = Change::Upsert {
         object: object.to_owned(),
         record: body["data"].clone(),
-        event: json!({"timestamp": at, "reference": true}),
+        event: json!({"timestamp": at, "fetched_at": at, "reference": true}),
     };
     super::map_and_accept(
         bridge,

@@ -11,6 +11,7 @@
 //! twice: wasted work, never a lost page, and a cursor never moves back (the write is dropped
 //! when the stored one is ahead).
 
+pub mod attio;
 pub mod close;
 pub mod pipedrive;
 
@@ -54,7 +55,7 @@ pub struct Page {
 }
 
 /// Every CRM the bridge can sync from.
-pub const APIS: &[&dyn SyncApi] = &[&pipedrive::PipedriveApi, &close::CloseApi];
+pub const APIS: &[&dyn SyncApi] = &[&pipedrive::PipedriveApi, &close::CloseApi, &attio::AttioApi];
 
 pub fn api(source: &str) -> Option<&'static dyn SyncApi> {
     APIS.iter().copied().find(|a| a.source() == source)
@@ -305,7 +306,8 @@ fn advance_held(bridge: &Bridge, api: &dyn SyncApi, force: bool) -> Result<Advan
         };
         // The records first, then the cursor: a crash in between repeats this page only.
         let at = crate::validation::format_gong_datetime(bridge.clock.now());
-        let event = json!({"timestamp": at, "sync": sync.run});
+        // `fetched_at`: Attio's records carry no modification time (the read's time stands in).
+        let event = json!({"timestamp": at, "fetched_at": at, "sync": sync.run});
         let changes: Vec<Change> = page
             .records
             .into_iter()

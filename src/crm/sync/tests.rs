@@ -712,3 +712,80 @@ fn a_close_sync_reads_leads_contacts_and_opportunities() {
         .iter()
         .any(|u| u.ends_with("/api/v1/lead/?_skip=4&_limit=100")));
 }
+
+/// Attio: companies, people and deals through `records/query` pages (`limit`, `offset`; a short
+/// page is the last), with the Bearer token; each record once, companies first.
+#[test]
+fn an_attio_sync_queries_companies_people_and_deals() {
+    let served = Served::default();
+    let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_790_000_000));
+    let gong = ScriptedGong::new(&clock);
+    let record = |object: &str, i: usize, values: Value| json!({"id": {"workspace_id": "w", "object_id": object, "record_id": format!("{object}-{i}")}, "created_at": "2026-01-01T00:00:00.000000000Z", "values": values});
+    let mut data: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+    data.insert("companies", (1..=3).map(|i| record("companies", i, json!({"name": [{"value": format!("Co {i}")}], "domains": [{"domain": format!("co{i}.example")}]}))).collect());
+    data.insert("people", (1..=2).map(|i| record("people", i, json!({"name": [{"first_name": "P", "last_name": format!("{i}")}], "email_addresses": [{"email_address": format!("p{i}@co1.example")}], "company": [{"target_object": "companies", "target_record_id": "companies-1"}]}))).collect());
+    data.insert("deals", (1..=2).map(|i| record("deals", i, json!({"name": [{"value": format!("Deal {i}")}], "associated_company": [{"target_object": "companies", "target_record_id": "companies-2"}]}))).collect());
+    let served_ref = &served;
+    *gong.other_api.borrow_mut() = Some(Box::new(move |req: &Request| {
+        let rest = req.uri().path().strip_prefix("/v2/objects/")?;
+        let object = rest.strip_suffix("/records/query")?;
+        served_ref
+            .borrow_mut()
+            .push(format!("{} {}", req.method(), req.uri().path()));
+        if req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            != Some("Bearer attio-token")
+        {
+            return Some(answer(
+                401,
+                json!({"status_code": 401, "code": "unauthorized"}),
+            ));
+        }
+        let query: Value = serde_json::from_slice(req.body()).unwrap();
+        let offset = query["offset"].as_u64().unwrap() as usize;
+        assert_eq!(query["limit"], 500);
+        let page: Vec<Value> = data
+            .get(object)
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .skip(offset)
+            .collect();
+        Some(answer(200, json!({"data": page})))
+    }));
+    let config = configured(&[
+        ("attio_api_token", "attio-token"),
+        ("attio_base_url", "https://attio.test"),
+        ("gong_calls_per_second", "0"),
+    ]);
+    let b = bridge(&kv, &config, &gong, &clock);
+    assert_eq!(api(&b, "POST", "/sync/attio").0, 202);
+    let mut state = Value::Null;
+    for _ in 0..10 {
+        api(&b, "POST", "/flush?force=true");
+        state = api(&b, "GET", "/sync/attio").1;
+        if state["status"] == "finished" {
+            break;
+        }
+    }
+    assert_eq!(state["status"], "finished", "{state}");
+    api(&b, "POST", "/flush?force=true");
+    let lines = uploaded(&gong);
+    let count = |kind: &str| lines.iter().filter(|(k, _)| k == kind).count();
+    assert_eq!(
+        (count("ACCOUNT"), count("CONTACT"), count("DEAL")),
+        (3, 2, 2),
+        "{lines:?}"
+    );
+    assert!(lines
+        .iter()
+        .any(|(k, l)| k == "DEAL" && l["accountId"] == "companies-2"));
+    assert_eq!(
+        served.borrow().len(),
+        3,
+        "one short page each: {:?}",
+        served.borrow()
+    );
+}
