@@ -1,5 +1,6 @@
 //! Mappings suggested from the CRM's own field definitions (Pipedrive's `dealFields`,
-//! `personFields`, `organizationFields`): every custom field becomes a Gong custom field with a
+//! `personFields`, `organizationFields`; Close's `custom_field/{lead,contact,opportunity}`): every
+//! custom field becomes a Gong custom field with a
 //! readable `uniqueName`, its label, the Gong type that fits and, for options, a picklist in the
 //! CRM's order, read from both shapes Pipedrive sends (webhooks v2 wrap a value as
 //! `{type, value}` or `{type, id}`; API v2 sends it bare). The result is an override document
@@ -36,6 +37,94 @@ pub const PIPEDRIVE_FIELD_LISTS: &[FieldList] = &[
         path: "/api/v1/dealFields",
     },
 ];
+
+/// Close's custom-field lists (`/api/v1/custom_field/{object}/`); values sit on the record as
+/// `custom.{id}` (developer.close.com, "Custom Fields").
+pub const CLOSE_FIELD_LISTS: &[FieldList] = &[
+    FieldList {
+        object: "lead",
+        to: ObjectType::Account,
+        path: "/api/v1/custom_field/lead/",
+    },
+    FieldList {
+        object: "contact",
+        to: ObjectType::Contact,
+        path: "/api/v1/custom_field/contact/",
+    },
+    FieldList {
+        object: "opportunity",
+        to: ObjectType::Deal,
+        path: "/api/v1/custom_field/opportunity/",
+    },
+];
+
+/// The rule for one Close custom field: choices → PICKLIST (several: STRINGARRAY), number →
+/// NUMBER, date → DATE, datetime → DATETIME, url → URL, the rest (text, user, contact) → STRING.
+fn close_rule(field: &Value) -> Result<Value, String> {
+    let id = field["id"].as_str().unwrap_or_default();
+    let label = field["name"].as_str().unwrap_or(id);
+    // One JSON Pointer segment: the member's name has a dot, not a slash.
+    let path = format!("/custom.{id}");
+    let schema = |kind: &str| json!({"type": kind, "label": label});
+    let many = field["accepts_multiple_values"] == Value::Bool(true);
+    let choices: Vec<&str> = field["choices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    Ok(match field["type"].as_str().unwrap_or_default() {
+        "choices" if many => json!({"path": path, "each": true, "schema": schema("STRINGARRAY")}),
+        "choices" if !choices.is_empty() => {
+            json!({"path": path, "schema": {"type": "PICKLIST", "label": label, "values": choices}})
+        }
+        "number" => json!({"path": path, "convert": "number", "schema": schema("NUMBER")}),
+        "date" => json!({"path": path, "convert": "date", "schema": schema("DATE")}),
+        "datetime" => json!({"path": path, "convert": "datetime", "schema": schema("DATETIME")}),
+        "url" => json!({"path": path, "schema": schema("URL")}),
+        _ if many => json!({"path": path, "each": true, "schema": schema("STRINGARRAY")}),
+        "text" | "user" | "contact" | "textarea" => {
+            json!({"path": path, "schema": schema("STRING")})
+        }
+        "hidden" => return Err(format!("{label:?} is hidden in Close")),
+        other => {
+            return Err(format!(
+                "{label:?} is a {other:?} field, which has no Gong counterpart"
+            ))
+        }
+    })
+}
+
+/// The override document for Close's `lists`, and what was left out and why.
+pub fn suggest_close(lists: &[(&FieldList, Vec<Value>)]) -> Value {
+    let mut objects = Vec::new();
+    let mut skipped = Vec::new();
+    let mut count = 0;
+    for (list, fields) in lists {
+        let mut used: BTreeSet<String> = BTreeSet::new();
+        let mut rules = Map::new();
+        for field in fields {
+            let mut name = unique_name(field["name"].as_str().unwrap_or("field"));
+            while crate::validation::is_standard_field(list.to, &name) || used.contains(&name) {
+                name.push('2');
+            }
+            match close_rule(field) {
+                Ok(rule) => {
+                    used.insert(name.clone());
+                    rules.insert(name, rule);
+                    count += 1;
+                }
+                Err(why) => {
+                    skipped.push(json!({"object": list.object, "key": field["id"], "reason": why}))
+                }
+            }
+        }
+        if !rules.is_empty() {
+            objects.push(json!({"from": list.object, "fields": rules}));
+        }
+    }
+    json!({"objects": objects, "suggested": count, "skipped": skipped})
+}
 
 /// `Customer type` → `customerType`: ASCII letters and digits, camelCase, starting with a letter.
 pub fn unique_name(label: &str) -> String {
@@ -170,6 +259,37 @@ pub fn suggest(lists: &[(&FieldList, Vec<Value>)]) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn close_custom_fields_are_suggested_and_read_from_custom_members() {
+        let fields = vec![
+            json!({"id": "cf_A", "name": "Source", "type": "choices", "choices": ["Web", "Referral"], "accepts_multiple_values": false}),
+            json!({"id": "cf_B", "name": "Seats", "type": "number"}),
+            json!({"id": "cf_C", "name": "Tags", "type": "choices", "choices": ["x", "y"], "accepts_multiple_values": true}),
+            json!({"id": "cf_D", "name": "Secret", "type": "hidden"}),
+        ];
+        let suggestion = suggest_close(&[(&CLOSE_FIELD_LISTS[2], fields)]);
+        assert_eq!(suggestion["suggested"], 3, "{suggestion}");
+        let mapping = super::super::overrides::check(&super::super::close::Close, &suggestion)
+            .expect("a valid override");
+        let opportunity = mapping.object("opportunity").unwrap();
+        let record = json!({"id": "oppo_1", "date_updated": "2026-01-01T00:00:00+00:00", "lead_id": "lead_1",
+            "custom.cf_A": "Referral", "custom.cf_B": 12, "custom.cf_C": ["x", "y"]});
+        let out = mapping
+            .apply(
+                opportunity,
+                &crate::mapping::Input {
+                    record: &record,
+                    event: &json!({}),
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            (&out["source"], &out["seats"], &out["tags"]),
+            (&json!("Referral"), &json!(12), &json!(["x", "y"])),
+            "{out}"
+        );
+    }
 
     #[test]
     fn labels_become_readable_unique_names() {

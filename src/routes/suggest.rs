@@ -6,53 +6,70 @@ use serde_json::Value;
 
 use crate::bridge::Bridge;
 use crate::crm::suggest::{self, FieldList};
-use crate::crm::sync::pipedrive as api;
-use crate::ports::Response;
+use crate::crm::sync::{self, SyncApi};
+use crate::ports::{Config, Request, Response};
 use crate::problem::{json_response, ApiError};
 
 /// Pages of one field list read at most (500 fields each).
 const MAX_PAGES: usize = 10;
 
 pub fn suggest(bridge: &Bridge, source: &str) -> Result<Response, ApiError> {
-    if source != "pipedrive" {
-        return Err(ApiError::NotFoundResource(format!(
-            "no field definitions to suggest from for {source:?}: suggestions read Pipedrive's (GET /mappings/pipedrive/suggest)"
-        )));
+    let (lists, get, api, build): (_, Getter, &dyn SyncApi, fn(&[(&FieldList, Vec<Value>)]) -> Value) = match source {
+        "pipedrive" => (suggest::PIPEDRIVE_FIELD_LISTS, sync::pipedrive::get, &sync::pipedrive::PipedriveApi, suggest::suggest),
+        "close" => (suggest::CLOSE_FIELD_LISTS, sync::close::get, &sync::close::CloseApi, suggest::suggest_close),
+        _ => {
+            return Err(ApiError::NotFoundResource(format!(
+                "no field definitions to suggest from for {source:?}: suggestions read Pipedrive's and Close's"
+            )))
+        }
+    };
+    let mut read = Vec::new();
+    for list in lists {
+        read.push((list, read_fields(bridge, list, get, api)?));
     }
-    let mut lists = Vec::new();
-    for list in suggest::PIPEDRIVE_FIELD_LISTS {
-        lists.push((list, read_fields(bridge, list)?));
-    }
-    let suggestion = suggest::suggest(&lists);
-    crate::crm::overrides::check(&crate::crm::pipedrive::Pipedrive, &suggestion).map_err(
-        |problems| {
-            ApiError::Internal(format!(
-                "the suggested mapping does not hold: {}",
-                problems
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ))
-        },
-    )?;
+    let suggestion = build(&read);
+    let receiver = crate::crm::receiver(source)
+        .ok_or_else(|| ApiError::NotFoundResource(format!("no receiver named {source:?}")))?;
+    crate::crm::overrides::check(receiver, &suggestion).map_err(|problems| {
+        ApiError::Internal(format!(
+            "the suggested mapping does not hold: {}",
+            problems
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))
+    })?;
     Ok(json_response(200, &suggestion))
 }
 
-fn read_fields(bridge: &Bridge, list: &FieldList) -> Result<Vec<Value>, ApiError> {
+/// How a CRM's API is asked (its authentication and host).
+type Getter = fn(&dyn Config, &str) -> Result<Request, Vec<String>>;
+
+fn read_fields(
+    bridge: &Bridge,
+    list: &FieldList,
+    get: Getter,
+    api: &dyn SyncApi,
+) -> Result<Vec<Value>, ApiError> {
     let mut fields = Vec::new();
     let mut start = 0;
     for _ in 0..MAX_PAGES {
-        let request = api::get(
+        // Pipedrive pages with start/limit, Close with _skip/_limit: both are sent.
+        let request = get(
             bridge.config,
-            &format!("{}?limit=500&start={start}", list.path),
+            &format!(
+                "{}?limit=500&start={start}&_limit=100&_skip={start}",
+                list.path
+            ),
         )
         .map_err(ApiError::NotConfigured)?;
-        let response = match crate::gateway::send(bridge, &api::upstream(), request)? {
+        let response = match crate::gateway::send(bridge, &api.upstream(), request)? {
             Ok(response) => response,
             Err(e) => {
                 return Err(ApiError::CrmFailed(format!(
-                    "Pipedrive could not be reached: {e}"
+                    "{} could not be reached: {e}",
+                    api.upstream().name
                 )))
             }
         };
@@ -60,21 +77,27 @@ fn read_fields(bridge: &Bridge, list: &FieldList) -> Result<Vec<Value>, ApiError
         let body: Value = serde_json::from_slice(response.body()).unwrap_or(Value::Null);
         if status != 200 {
             return Err(ApiError::CrmFailed(format!(
-                "Pipedrive answered {status} for {}: {}",
+                "{} answered {status} for {}: {}",
+                api.upstream().name,
                 list.path,
                 body.get("error").unwrap_or(&body)
             )));
         }
-        fields.extend(body["data"].as_array().cloned().unwrap_or_default());
+        let page = body["data"].as_array().cloned().unwrap_or_default();
+        let read = page.len();
+        fields.extend(page);
         let pagination = body["additional_data"]
             .get("pagination")
             .unwrap_or(&body["additional_data"]);
-        if pagination["more_items_in_collection"] != Value::Bool(true) {
+        // Pipedrive: more_items_in_collection; Close: has_more.
+        let more = pagination["more_items_in_collection"] == Value::Bool(true)
+            || body["has_more"] == Value::Bool(true);
+        if !more || read == 0 {
             break;
         }
         start = pagination["next_start"]
             .as_u64()
-            .map_or(start + 500, |n| n as usize);
+            .map_or(start + read, |n| n as usize);
     }
     Ok(fields)
 }

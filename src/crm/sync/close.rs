@@ -17,7 +17,8 @@ pub struct CloseApi;
 
 const LIMIT: u64 = 100;
 
-fn get(config: &dyn Config, path_and_query: &str) -> Result<Request, Vec<String>> {
+/// A GET of Close's API with the key, or the missing variable.
+pub fn get(config: &dyn Config, path_and_query: &str) -> Result<Request, Vec<String>> {
     let key = config
         .get(CLOSE_API_KEY)
         .ok_or_else(|| vec![CLOSE_API_KEY.to_owned()])?;

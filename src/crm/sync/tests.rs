@@ -789,3 +789,61 @@ fn an_attio_sync_queries_companies_people_and_deals() {
         served.borrow()
     );
 }
+
+/// `GET /mappings/close/suggest` reads Close's three custom-field lists with the API key and
+/// answers an override that `PUT /mappings/close` takes as it is.
+#[test]
+fn a_close_suggestion_is_read_and_saved() {
+    let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_790_000_000));
+    let gong = ScriptedGong::new(&clock);
+    *gong.other_api.borrow_mut() = Some(Box::new(|req: &Request| {
+        let object = req
+            .uri()
+            .path()
+            .strip_prefix("/api/v1/custom_field/")?
+            .trim_end_matches('/')
+            .to_owned();
+        let fields = match object.as_str() {
+            "lead" => {
+                json!([{"id": "cf_L", "name": "Industry", "type": "choices", "choices": ["SaaS", "Retail"]}])
+            }
+            "opportunity" => json!([{"id": "cf_O", "name": "Seats", "type": "number"}]),
+            _ => json!([]),
+        };
+        Some(answer(200, json!({"data": fields, "has_more": false})))
+    }));
+    let config = configured(&[
+        ("close_api_key", "close-key"),
+        ("close_base_url", "https://close.test"),
+        ("gong_calls_per_second", "0"),
+    ]);
+    let b = bridge(&kv, &config, &gong, &clock);
+    let (status, suggestion) = api(&b, "GET", "/mappings/close/suggest");
+    assert_eq!(
+        (status, &suggestion["suggested"]),
+        (200, &json!(2)),
+        "{suggestion}"
+    );
+    let put = handle(
+        &b,
+        request(
+            "PUT",
+            "/mappings/close",
+            &[("authorization", "Bearer token")],
+            suggestion.to_string().as_bytes(),
+        ),
+    );
+    assert_eq!(
+        put.response.status(),
+        200,
+        "{}",
+        String::from_utf8_lossy(put.response.body())
+    );
+    let schema_uploads = gong
+        .calls()
+        .iter()
+        .filter(|c| c.path.starts_with("/v2/crm/entity-schema"))
+        .count();
+    assert_eq!(schema_uploads, 2, "ACCOUNT and DEAL");
+    assert_eq!(api(&b, "GET", "/mappings/attio/suggest").0, 404);
+}
