@@ -14,7 +14,7 @@ use crate::problem::{json_response, ApiError};
 const MAX_PAGES: usize = 10;
 
 pub fn suggest(bridge: &Bridge, source: &str) -> Result<Response, ApiError> {
-    let (lists, get, api, build): (_, Getter, &dyn SyncApi, fn(&[(&FieldList, Vec<Value>)]) -> Value) = match source {
+    let (lists, get, api, build): (_, Getter, &dyn SyncApi, Builder) = match source {
         "pipedrive" => (suggest::PIPEDRIVE_FIELD_LISTS, sync::pipedrive::get, &sync::pipedrive::PipedriveApi, suggest::suggest),
         "close" => (suggest::CLOSE_FIELD_LISTS, sync::close::get, &sync::close::CloseApi, suggest::suggest_close),
         _ => {
@@ -45,6 +45,8 @@ pub fn suggest(bridge: &Bridge, source: &str) -> Result<Response, ApiError> {
 
 /// How a CRM's API is asked (its authentication and host).
 type Getter = fn(&dyn Config, &str) -> Result<Request, Vec<String>>;
+/// How a CRM's field lists become an override.
+type Builder = fn(&[(&FieldList, Vec<Value>)]) -> Value;
 
 fn read_fields(
     bridge: &Bridge,
