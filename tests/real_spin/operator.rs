@@ -191,9 +191,17 @@ fn tail(text: &str, lines: usize) -> String {
 pub async fn the_status_page_works_in_chromium(ctx: &Ctx) -> anyhow::Result<()> {
     use fantoccini::{ClientBuilder, Locator};
     let mock = MockGong::start().await;
+    let pipedrive = crate::support::mock_pipedrive::MockPipedrive::start("pd-page-token").await;
+    pipedrive.set_fields(
+        "dealFields",
+        vec![json!({"id": 2, "key": "9dc80c50d78a15643bfc4ca79d76156a73a1ca0e", "name": "Customer Type", "field_type": "enum", "edit_flag": true, "options": [{"id": 190, "label": "Private person"}, {"id": 191, "label": "Company"}]})],
+    );
     let spin = ctx
         .start(
-            &ctx.options(&mock).var("inbox_release_seconds", "0"),
+            &ctx.options(&mock)
+                .var("inbox_release_seconds", "0")
+                .var("pipedrive_api_token", "pd-page-token")
+                .var("pipedrive_base_url", &pipedrive.base_url()),
             "spin",
         )
         .await?;
@@ -326,6 +334,29 @@ pub async fn the_status_page_works_in_chromium(ctx: &Ctx) -> anyhow::Result<()> 
         ensure!(
             error.is_empty(),
             "the status page shows an error after Retry: {error}"
+        );
+        // Issue 20: the suggestion from Pipedrive's fields, shown and saved from the page.
+        browser
+            .find(Locator::Css("#suggest-go"))
+            .await?
+            .click()
+            .await?;
+        let shown = wait_for_text(&browser, "#suggest-answer", |t| !t.is_empty()).await?;
+        ensure!(
+            shown.starts_with("1 custom field(s) suggested"),
+            "the suggestion: {shown}"
+        );
+        browser
+            .find(Locator::Css("#suggest-save"))
+            .await?
+            .click()
+            .await?;
+        let saved = wait_for_text(&browser, "#suggest-answer", |t| t.starts_with("Saved")).await?;
+        ensure!(saved.contains("1 schema upload"), "saved: {saved}");
+        let mapping = spin.bridge.get("/mappings/pipedrive").await?.expect(200);
+        ensure!(
+            mapping.to_string().contains("customerType"),
+            "the saved mapping: {mapping}"
         );
         anyhow::Ok(())
     }
