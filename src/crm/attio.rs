@@ -121,7 +121,8 @@ fn base_url(config: &dyn Config) -> String {
         .to_owned()
 }
 
-fn get(config: &dyn Config, path: &str) -> Result<Request, String> {
+/// A GET of Attio's API with the token, or why it cannot be made.
+pub fn get(config: &dyn Config, path: &str) -> Result<Request, String> {
     let token = config
         .get(ATTIO_API_TOKEN)
         .ok_or_else(|| format!("{ATTIO_API_TOKEN} is not set: Attio's records cannot be read"))?;

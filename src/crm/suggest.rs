@@ -6,7 +6,7 @@
 //! `{type, value}` or `{type, id}`; API v2 sends it bare). The result is an override document
 //! for `PUT /mappings/{source}`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Map, Value};
 
@@ -116,6 +116,116 @@ pub fn suggest_close(lists: &[(&FieldList, Vec<Value>)]) -> Value {
                 }
                 Err(why) => {
                     skipped.push(json!({"object": list.object, "key": field["id"], "reason": why}))
+                }
+            }
+        }
+        if !rules.is_empty() {
+            objects.push(json!({"from": list.object, "fields": rules}));
+        }
+    }
+    json!({"objects": objects, "suggested": count, "skipped": skipped})
+}
+
+/// Attio's attribute lists (`GET /v2/objects/{object}/attributes`); a record holds each
+/// attribute's values as an array under `values.{api_slug}`, the current one first.
+pub const ATTIO_FIELD_LISTS: &[FieldList] = &[
+    FieldList {
+        object: "companies",
+        to: ObjectType::Account,
+        path: "/v2/objects/companies/attributes",
+    },
+    FieldList {
+        object: "people",
+        to: ObjectType::Contact,
+        path: "/v2/objects/people/attributes",
+    },
+    FieldList {
+        object: "deals",
+        to: ObjectType::Deal,
+        path: "/v2/objects/deals/attributes",
+    },
+];
+
+/// The rule for one Attio attribute (`options`: a select's option titles, in Attio's order).
+fn attio_rule(attribute: &Value, options: &[String]) -> Result<Value, String> {
+    let slug = attribute["api_slug"].as_str().unwrap_or_default();
+    let label = attribute["title"].as_str().unwrap_or(slug);
+    let first = |member: &str| format!("/values/{slug}/0/{member}");
+    let schema = |kind: &str| json!({"type": kind, "label": label});
+    let many = attribute["is_multiselect"] == Value::Bool(true);
+    Ok(match attribute["type"].as_str().unwrap_or_default() {
+        "select" if many => {
+            json!({"path": format!("/values/{slug}"), "each": true, "take": "/option/title", "schema": schema("STRINGARRAY")})
+        }
+        "select" if !options.is_empty() => {
+            json!({"path": first("option/title"), "schema": {"type": "PICKLIST", "label": label, "values": options}})
+        }
+        "text" => json!({"path": first("value"), "schema": schema("STRING")}),
+        "number" | "rating" => {
+            json!({"path": first("value"), "convert": "number", "schema": schema("NUMBER")})
+        }
+        "currency" => {
+            json!({"path": first("currency_value"), "convert": "number", "schema": schema("CURRENCY")})
+        }
+        "checkbox" => {
+            json!({"path": first("value"), "convert": "boolean", "schema": schema("BOOLEAN")})
+        }
+        "date" => json!({"path": first("value"), "convert": "date", "schema": schema("DATE")}),
+        "timestamp" => {
+            json!({"path": first("value"), "convert": "datetime", "schema": schema("DATETIME")})
+        }
+        "status" => json!({"path": first("status/title"), "schema": schema("STRING")}),
+        "email-address" => {
+            json!({"path": first("email_address"), "schema": schema("EMAILADDRESS")})
+        }
+        "phone-number" => {
+            json!({"path": first("original_phone_number"), "schema": schema("PHONENUMBER")})
+        }
+        "domain" => json!({"path": first("domain"), "schema": schema("STRING")}),
+        "personal-name" => json!({"path": first("full_name"), "schema": schema("STRING")}),
+        "record-reference" => {
+            json!({"path": first("target_record_id"), "schema": schema("STRING")})
+        }
+        "actor-reference" => {
+            json!({"path": first("referenced_actor_id"), "schema": schema("STRING")})
+        }
+        "select" => return Err(format!("select {label:?} has no options")),
+        other => {
+            return Err(format!(
+                "{label:?} is a {other:?} attribute, which has no Gong counterpart"
+            ))
+        }
+    })
+}
+
+/// The override document for Attio's `lists` (each with its attributes and the option titles of
+/// its select attributes by slug), and what was left out and why.
+pub fn suggest_attio(lists: &[(&FieldList, Vec<Value>, BTreeMap<String, Vec<String>>)]) -> Value {
+    let mut objects = Vec::new();
+    let mut skipped = Vec::new();
+    let mut count = 0;
+    for (list, attributes, options) in lists {
+        let mut used: BTreeSet<String> = BTreeSet::new();
+        let mut rules = Map::new();
+        for attribute in attributes {
+            // Attio's own attributes are mapped by the default mapping (or have no Gong field).
+            if attribute["is_system_attribute"] != Value::Bool(false) {
+                continue;
+            }
+            let slug = attribute["api_slug"].as_str().unwrap_or_default();
+            let mut name = unique_name(attribute["title"].as_str().unwrap_or(slug));
+            while crate::validation::is_standard_field(list.to, &name) || used.contains(&name) {
+                name.push('2');
+            }
+            let none = Vec::new();
+            match attio_rule(attribute, options.get(slug).unwrap_or(&none)) {
+                Ok(rule) => {
+                    used.insert(name.clone());
+                    rules.insert(name, rule);
+                    count += 1;
+                }
+                Err(why) => {
+                    skipped.push(json!({"object": list.object, "key": slug, "reason": why}))
                 }
             }
         }
@@ -287,6 +397,44 @@ mod tests {
         assert_eq!(
             (&out["source"], &out["seats"], &out["tags"]),
             (&json!("Referral"), &json!(12), &json!(["x", "y"])),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn attio_attributes_are_suggested_from_their_value_arrays() {
+        let attributes = vec![
+            json!({"api_slug": "name", "title": "Name", "type": "text", "is_system_attribute": true}),
+            json!({"api_slug": "tier", "title": "Tier", "type": "select", "is_system_attribute": false, "is_multiselect": false}),
+            json!({"api_slug": "arr", "title": "ARR", "type": "currency", "is_system_attribute": false}),
+            json!({"api_slug": "tags", "title": "Tags", "type": "select", "is_system_attribute": false, "is_multiselect": true}),
+            json!({"api_slug": "where", "title": "HQ", "type": "location", "is_system_attribute": false}),
+        ];
+        let options = BTreeMap::from([(
+            "tier".to_owned(),
+            vec!["Gold".to_owned(), "Silver".to_owned()],
+        )]);
+        let suggestion = suggest_attio(&[(&ATTIO_FIELD_LISTS[0], attributes, options)]);
+        assert_eq!(suggestion["suggested"], 3, "{suggestion}");
+        assert_eq!(suggestion["skipped"][0]["key"], "where");
+        let mapping = super::super::overrides::check(&super::super::attio::Attio, &suggestion)
+            .expect("valid");
+        let companies = mapping.object("companies").unwrap();
+        let record = json!({"id": {"record_id": "c1"}, "values": {"name": [{"value": "Acme"}],
+            "tier": [{"option": {"title": "Gold"}}], "arr": [{"currency_value": "499.00", "currency_code": "EUR"}],
+            "tags": [{"option": {"title": "a"}}, {"option": {"title": "b"}}]}});
+        let out = mapping
+            .apply(
+                companies,
+                &crate::mapping::Input {
+                    record: &record,
+                    event: &json!({"fetched_at": "2026-01-01T00:00:00Z"}),
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            (&out["tier"], &out["arr"], &out["tags"]),
+            (&json!("Gold"), &json!(499.0), &json!(["a", "b"])),
             "{out}"
         );
     }

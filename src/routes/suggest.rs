@@ -17,9 +17,10 @@ pub fn suggest(bridge: &Bridge, source: &str) -> Result<Response, ApiError> {
     let (lists, get, api, build): (_, Getter, &dyn SyncApi, Builder) = match source {
         "pipedrive" => (suggest::PIPEDRIVE_FIELD_LISTS, sync::pipedrive::get, &sync::pipedrive::PipedriveApi, suggest::suggest),
         "close" => (suggest::CLOSE_FIELD_LISTS, sync::close::get, &sync::close::CloseApi, suggest::suggest_close),
+        "attio" => return attio(bridge),
         _ => {
             return Err(ApiError::NotFoundResource(format!(
-                "no field definitions to suggest from for {source:?}: suggestions read Pipedrive's and Close's"
+                "no field definitions to suggest from for {source:?}: suggestions read Pipedrive's, Close's and Attio's"
             )))
         }
     };
@@ -102,4 +103,67 @@ fn read_fields(
             .map_or(start + read, |n| n as usize);
     }
     Ok(fields)
+}
+
+/// Attio: each object's attributes, and the options of its custom selects.
+fn attio(bridge: &Bridge) -> Result<Response, ApiError> {
+    let api = &sync::attio::AttioApi;
+    let get = |path: &str| -> Result<Value, ApiError> {
+        let request = crate::crm::attio::get(bridge.config, path)
+            .map_err(|_| ApiError::NotConfigured(vec![crate::settings::ATTIO_API_TOKEN.into()]))?;
+        let response = match crate::gateway::send(bridge, &api.upstream(), request)? {
+            Ok(response) => response,
+            Err(e) => {
+                return Err(ApiError::CrmFailed(format!(
+                    "Attio could not be reached: {e}"
+                )))
+            }
+        };
+        let body: Value = serde_json::from_slice(response.body()).unwrap_or(Value::Null);
+        match response.status().as_u16() {
+            200 => Ok(body),
+            status => Err(ApiError::CrmFailed(format!(
+                "Attio answered {status} for {path}: {}",
+                body.get("message").unwrap_or(&body)
+            ))),
+        }
+    };
+    let mut read = Vec::new();
+    for list in suggest::ATTIO_FIELD_LISTS {
+        let attributes = get(list.path)?["data"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let mut options = std::collections::BTreeMap::new();
+        for attribute in &attributes {
+            let custom = attribute["is_system_attribute"] == Value::Bool(false);
+            let Some(slug) = attribute["api_slug"]
+                .as_str()
+                .filter(|_| custom && attribute["type"] == "select")
+            else {
+                continue;
+            };
+            let titles: Vec<String> = get(&format!("{}/{slug}/options", list.path))?["data"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|o| o["is_archived"] != Value::Bool(true))
+                .filter_map(|o| o["title"].as_str().map(str::to_owned))
+                .collect();
+            options.insert(slug.to_owned(), titles);
+        }
+        read.push((list, attributes, options));
+    }
+    let suggestion = suggest::suggest_attio(&read);
+    crate::crm::overrides::check(&crate::crm::attio::Attio, &suggestion).map_err(|problems| {
+        ApiError::Internal(format!(
+            "the suggested mapping does not hold: {}",
+            problems
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        ))
+    })?;
+    Ok(json_response(200, &suggestion))
 }

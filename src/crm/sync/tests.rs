@@ -845,5 +845,47 @@ fn a_close_suggestion_is_read_and_saved() {
         .filter(|c| c.path.starts_with("/v2/crm/entity-schema"))
         .count();
     assert_eq!(schema_uploads, 2, "ACCOUNT and DEAL");
-    assert_eq!(api(&b, "GET", "/mappings/attio/suggest").0, 404);
+    assert_eq!(api(&b, "GET", "/mappings/zoho/suggest").0, 404);
+    assert_eq!(
+        api(&b, "GET", "/mappings/attio/suggest").0,
+        503,
+        "no attio_api_token"
+    );
+}
+
+/// `GET /mappings/attio/suggest` reads each object's attributes and its custom selects' options.
+#[test]
+fn an_attio_suggestion_reads_attributes_and_select_options() {
+    let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_790_000_000));
+    let gong = ScriptedGong::new(&clock);
+    *gong.other_api.borrow_mut() = Some(Box::new(|req: &Request| {
+        let path = req.uri().path().strip_prefix("/v2/objects/")?.to_owned();
+        Some(match path.as_str() {
+            "deals/attributes" => answer(
+                200,
+                json!({"data": [
+                {"api_slug": "name", "title": "Deal name", "type": "text", "is_system_attribute": true},
+                {"api_slug": "segment", "title": "Segment", "type": "select", "is_system_attribute": false, "is_multiselect": false}]}),
+            ),
+            "deals/attributes/segment/options" => answer(
+                200,
+                json!({"data": [
+                {"title": "SMB", "is_archived": false}, {"title": "Old", "is_archived": true}, {"title": "Enterprise", "is_archived": false}]}),
+            ),
+            _ => answer(200, json!({"data": []})),
+        })
+    }));
+    let config = configured(&[
+        ("attio_api_token", "attio-token"),
+        ("attio_base_url", "https://attio.test"),
+        ("gong_calls_per_second", "0"),
+    ]);
+    let b = bridge(&kv, &config, &gong, &clock);
+    let (status, suggestion) = api(&b, "GET", "/mappings/attio/suggest");
+    assert_eq!(status, 200, "{suggestion}");
+    assert_eq!(
+        suggestion["objects"][0]["fields"]["segment"]["schema"]["values"],
+        json!(["SMB", "Enterprise"]),
+        "{suggestion}"
+    );
 }
