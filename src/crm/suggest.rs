@@ -198,9 +198,12 @@ fn attio_rule(attribute: &Value, options: &[String]) -> Result<Value, String> {
     })
 }
 
+/// One Attio object's attributes, and its selects' option titles by attribute slug.
+pub type AttioList<'l> = (&'l FieldList, Vec<Value>, BTreeMap<String, Vec<String>>);
+
 /// The override document for Attio's `lists` (each with its attributes and the option titles of
 /// its select attributes by slug), and what was left out and why.
-pub fn suggest_attio(lists: &[(&FieldList, Vec<Value>, BTreeMap<String, Vec<String>>)]) -> Value {
+pub fn suggest_attio(lists: &[AttioList]) -> Value {
     let mut objects = Vec::new();
     let mut skipped = Vec::new();
     let mut count = 0;
