@@ -104,6 +104,10 @@ pub struct SyncState {
     pub next_at: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Records per object of the last finished sync of this source: the CRMs' lists give no
+    /// totals, so the time left is estimated from them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_records: Vec<u64>,
 }
 
 impl SyncState {
@@ -134,9 +138,14 @@ pub fn state(bridge: &Bridge, source: &str) -> Result<Option<SyncState>, Fault> 
 
 /// Starts a sync of `source` (a running one is answered as it is: one sync at a time).
 pub fn start(bridge: &Bridge, api: &dyn SyncApi) -> Result<(SyncState, bool), Fault> {
-    if let Some(current) = state(bridge, api.source())?.filter(SyncState::running) {
+    let before = state(bridge, api.source())?;
+    if let Some(current) = before.clone().filter(SyncState::running) {
         return Ok((current, false));
     }
+    let previous_records = before
+        .filter(|b| b.finished_at.is_some())
+        .map(|b| b.objects.iter().map(|o| o.records).collect())
+        .unwrap_or_default();
     let now = bridge.clock.now().unix_timestamp();
     let fresh = SyncState {
         source: api.source().to_owned(),
@@ -156,6 +165,7 @@ pub fn start(bridge: &Bridge, api: &dyn SyncApi) -> Result<(SyncState, bool), Fa
         attempts: 0,
         next_at: 0,
         last_error: None,
+        previous_records,
     };
     bridge.store().put_json(&key(api.source()), &fresh)?;
     mark_running(bridge, api.source(), true)?;
@@ -467,6 +477,24 @@ pub fn view(sync: &SyncState, now: i64) -> Value {
     } else {
         records
     };
+    // Time left: what the last finished sync read per object, less what this one has, at this
+    // one's pace; unknown for a first sync.
+    let eta_seconds =
+        (sync.running() && !sync.previous_records.is_empty() && records > 0).then(|| {
+            let left: u64 = sync
+                .objects
+                .iter()
+                .zip(&sync.previous_records)
+                .map(|(o, before)| {
+                    if o.done {
+                        0
+                    } else {
+                        before.saturating_sub(o.records)
+                    }
+                })
+                .sum();
+            left * elapsed.max(1) as u64 / records
+        });
     let status = match (&sync.finished_at, &sync.cancelled_at, &sync.last_error) {
         (Some(_), _, _) => "finished",
         (_, Some(_), _) => "cancelled",
@@ -487,6 +515,8 @@ pub fn view(sync: &SyncState, now: i64) -> Value {
         // is done; what is known is the pace and what is left to read.
         "objectsLeft": sync.objects.iter().filter(|o| !o.done).map(|o| o.object.clone()).collect::<Vec<_>>(),
         "nextAttemptAt": (sync.next_at > now).then_some(sync.next_at),
+        "etaSeconds": eta_seconds,
+        "etaBasis": if sync.previous_records.is_empty() { "none yet: the CRM's lists give no totals; the next sync estimates from this one" } else { "the last finished sync's record counts at this sync's pace" },
         "lastError": sync.last_error,
         "objects": sync.objects,
     })

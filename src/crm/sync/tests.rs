@@ -261,8 +261,30 @@ fn a_sync_reads_every_object_in_gongs_order_and_sends_each_once() {
     let pages = served.borrow().len();
     // users 1, stages 2, organizations 2, persons 2, leads 1, deals 3.
     assert_eq!(pages, 11, "{:?}", served.borrow());
-    // Once finished, nothing more is read; a second sync sends nothing Gong already has.
-    api(&b, "POST", "/sync/pipedrive");
+    // Once finished, nothing more is read; a second sync sends nothing Gong already has, and
+    // estimates its time left from the first.
+    let second = handle(
+        &b,
+        request(
+            "POST",
+            "/sync/pipedrive",
+            &[("authorization", "Bearer token")],
+            b"",
+        ),
+    );
+    let second: Value = serde_json::from_slice(second.response.body()).unwrap();
+    assert_eq!(
+        second["etaSeconds"],
+        Value::Null,
+        "nothing read yet: {second}"
+    );
+    assert!(
+        second["etaBasis"]
+            .as_str()
+            .unwrap()
+            .starts_with("the last finished sync"),
+        "{second}"
+    );
     run_to_the_end(&b, &clock, 20);
     assert_eq!(uploaded(&gong).len(), lines.len(), "nothing sent twice");
     assert!(kv
@@ -888,4 +910,36 @@ fn an_attio_suggestion_reads_attributes_and_select_options() {
         json!(["SMB", "Enterprise"]),
         "{suggestion}"
     );
+}
+
+/// The time left comes from the last finished sync's counts at this sync's pace.
+#[test]
+fn the_eta_is_the_last_sync_s_counts_at_this_pace() {
+    use crate::crm::sync::{view, ObjectProgress, SyncState};
+    let object = |name: &str, records: u64, done: bool| ObjectProgress {
+        object: name.into(),
+        records,
+        done,
+        ..ObjectProgress::default()
+    };
+    let sync = SyncState {
+        source: "pipedrive".into(),
+        run: "r".into(),
+        started_at: 1_000,
+        finished_at: None,
+        cancelled_at: None,
+        current: 1,
+        objects: vec![object("user", 10, true), object("deal", 290, false)],
+        attempts: 0,
+        next_at: 0,
+        last_error: None,
+        previous_records: vec![10, 1_000],
+    };
+    // 300 records in 60 s; 710 deals left: 142 s.
+    assert_eq!(view(&sync, 1_060)["etaSeconds"], 142);
+    let first = SyncState {
+        previous_records: Vec::new(),
+        ..sync
+    };
+    assert_eq!(view(&first, 1_060)["etaSeconds"], Value::Null);
 }
