@@ -1,14 +1,15 @@
 //! Mappings suggested from the CRM's own field definitions (Pipedrive's `dealFields`,
-//! `personFields`, `organizationFields`; Close's `custom_field/{lead,contact,opportunity}`): every
-//! custom field becomes a Gong custom field with a
-//! readable `uniqueName`, its label, the Gong type that fits and, for options, a picklist in the
-//! CRM's order, read from both shapes Pipedrive sends (webhooks v2 wrap a value as
+//! `personFields`, `organizationFields`; Close's `custom_field/{lead,contact,opportunity}`;
+//! Attio's object attributes): every custom field becomes a Gong custom field with a readable
+//! `uniqueName`, its label, the Gong type that fits and, for options, a picklist in the CRM's
+//! order. Pipedrive's rules read both shapes it sends (webhooks v2 wrap a value as
 //! `{type, value}` or `{type, id}`; API v2 sends it bare). The result is an override document
-//! for `PUT /mappings/{source}`.
+//! for `PUT /mappings/{source}`; one assembler serves every CRM, each CRM says only how one of
+//! its fields is read.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::gong::models::ObjectType;
 
@@ -16,76 +17,290 @@ use crate::gong::models::ObjectType;
 pub struct FieldList {
     pub object: &'static str,
     pub to: ObjectType,
-    /// Pipedrive's path of the list (`/api/v1/dealFields`).
+    /// The CRM API's path of the list (`/api/v1/dealFields`).
     pub path: &'static str,
 }
 
+const fn list(object: &'static str, to: ObjectType, path: &'static str) -> FieldList {
+    FieldList { object, to, path }
+}
+
 pub const PIPEDRIVE_FIELD_LISTS: &[FieldList] = &[
-    FieldList {
-        object: "organization",
-        to: ObjectType::Account,
-        path: "/api/v1/organizationFields",
-    },
-    FieldList {
-        object: "person",
-        to: ObjectType::Contact,
-        path: "/api/v1/personFields",
-    },
-    FieldList {
-        object: "deal",
-        to: ObjectType::Deal,
-        path: "/api/v1/dealFields",
-    },
+    list(
+        "organization",
+        ObjectType::Account,
+        "/api/v1/organizationFields",
+    ),
+    list("person", ObjectType::Contact, "/api/v1/personFields"),
+    list("deal", ObjectType::Deal, "/api/v1/dealFields"),
 ];
 
-/// Close's custom-field lists (`/api/v1/custom_field/{object}/`); values sit on the record as
-/// `custom.{id}` (developer.close.com, "Custom Fields").
+/// Close's custom-field lists; values sit on the record as `custom.{id}` (developer.close.com,
+/// "Custom Fields").
 pub const CLOSE_FIELD_LISTS: &[FieldList] = &[
-    FieldList {
-        object: "lead",
-        to: ObjectType::Account,
-        path: "/api/v1/custom_field/lead/",
-    },
-    FieldList {
-        object: "contact",
-        to: ObjectType::Contact,
-        path: "/api/v1/custom_field/contact/",
-    },
-    FieldList {
-        object: "opportunity",
-        to: ObjectType::Deal,
-        path: "/api/v1/custom_field/opportunity/",
-    },
+    list("lead", ObjectType::Account, "/api/v1/custom_field/lead/"),
+    list(
+        "contact",
+        ObjectType::Contact,
+        "/api/v1/custom_field/contact/",
+    ),
+    list(
+        "opportunity",
+        ObjectType::Deal,
+        "/api/v1/custom_field/opportunity/",
+    ),
 ];
 
-/// The rule for one Close custom field: choices → PICKLIST (several: STRINGARRAY), number →
-/// NUMBER, date → DATE, datetime → DATETIME, url → URL, the rest (text, user, contact) → STRING.
-fn close_rule(field: &Value) -> Result<Value, String> {
-    let id = field["id"].as_str().unwrap_or_default();
-    let label = field["name"].as_str().unwrap_or(id);
+/// Attio's attribute lists; a record holds each attribute's values as an array under
+/// `values.{api_slug}`, the current one first.
+pub const ATTIO_FIELD_LISTS: &[FieldList] = &[
+    list(
+        "companies",
+        ObjectType::Account,
+        "/v2/objects/companies/attributes",
+    ),
+    list(
+        "people",
+        ObjectType::Contact,
+        "/v2/objects/people/attributes",
+    ),
+    list("deals", ObjectType::Deal, "/v2/objects/deals/attributes"),
+];
+
+/// One suggested rule: where the value is, how it is read, and its Gong declaration.
+struct Rule {
+    path: Value,
+    kind: &'static str,
+    convert: Option<&'static str>,
+    each: bool,
+    take: Option<&'static str>,
+    map: Option<Map<String, Value>>,
+    object: Option<&'static str>,
+    values: Option<Vec<String>>,
+    reference_to: Option<&'static str>,
+}
+
+fn at(path: impl Into<Value>, kind: &'static str) -> Rule {
+    Rule {
+        path: path.into(),
+        kind,
+        convert: None,
+        each: false,
+        take: None,
+        map: None,
+        object: None,
+        values: None,
+        reference_to: None,
+    }
+}
+
+impl Rule {
+    fn convert(mut self, convert: &'static str) -> Rule {
+        self.convert = Some(convert);
+        self
+    }
+    fn each(mut self, take: Option<&'static str>) -> Rule {
+        self.each = true;
+        self.take = take;
+        self
+    }
+    fn map(mut self, map: Map<String, Value>) -> Rule {
+        self.convert = Some("valueMap");
+        self.map = Some(map);
+        self
+    }
+    fn picklist(mut self, values: Vec<String>) -> Rule {
+        self.values = Some(values);
+        self
+    }
+    fn reference(mut self, object: &'static str, to: &'static str) -> Rule {
+        self.convert = Some("reference");
+        self.object = Some(object);
+        self.reference_to = Some(to);
+        self
+    }
+    fn into_value(self, label: &str) -> Value {
+        let mut schema = Map::new();
+        schema.insert("type".into(), self.kind.into());
+        schema.insert("label".into(), label.into());
+        if let Some(values) = self.values {
+            schema.insert("values".into(), values.into());
+        }
+        if let Some(to) = self.reference_to {
+            schema.insert("referenceTo".into(), to.into());
+        }
+        let mut rule = Map::new();
+        rule.insert("path".into(), self.path);
+        if let Some(convert) = self.convert {
+            rule.insert("convert".into(), convert.into());
+        }
+        if self.each {
+            rule.insert("each".into(), true.into());
+        }
+        if let Some(take) = self.take {
+            rule.insert("take".into(), take.into());
+        }
+        if let Some(map) = self.map {
+            rule.insert("map".into(), Value::Object(map));
+        }
+        if let Some(object) = self.object {
+            rule.insert("object".into(), object.into());
+        }
+        rule.insert("schema".into(), Value::Object(schema));
+        Value::Object(rule)
+    }
+}
+
+fn text(v: &Value, key: &str) -> String {
+    match &v[key] {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+/// How one CRM describes a field: its key, its label, whether it is a custom one, and its rule.
+pub struct Dialect {
+    key: &'static str,
+    label: &'static str,
+    custom: fn(&Value) -> bool,
+    /// The rule for a field (`options`: a select's titles, when listed apart), or why none.
+    rule: fn(&Value, &[String]) -> Result<Rule, String>,
+}
+
+/// One CRM object's fields, and option titles listed apart (Attio's selects) by field key.
+pub type Fields<'l> = (&'l FieldList, Vec<Value>, BTreeMap<String, Vec<String>>);
+
+/// The override document for `lists`, read in `dialect`, and what was left out and why.
+pub fn assemble(dialect: &Dialect, lists: &[Fields]) -> Value {
+    let mut objects = Vec::new();
+    let mut skipped = Vec::new();
+    let mut count = 0;
+    for (list, fields, options) in lists {
+        let mut used: BTreeSet<String> = BTreeSet::new();
+        let mut rules = Map::new();
+        for field in fields.iter().filter(|f| (dialect.custom)(f)) {
+            let key = text(field, dialect.key);
+            let label = Some(text(field, dialect.label))
+                .filter(|l| !l.is_empty())
+                .unwrap_or_else(|| key.clone());
+            let mut name = unique_name(&label);
+            while crate::validation::is_standard_field(list.to, &name) || used.contains(&name) {
+                name.push('2');
+            }
+            match (dialect.rule)(field, options.get(&key).map_or(&[][..], Vec::as_slice)) {
+                Ok(rule) => {
+                    used.insert(name.clone());
+                    rules.insert(name, rule.into_value(&label));
+                    count += 1;
+                }
+                Err(why) => {
+                    let mut entry = Map::new();
+                    entry.insert("object".into(), list.object.into());
+                    entry.insert("key".into(), key.into());
+                    entry.insert("reason".into(), why.into());
+                    skipped.push(Value::Object(entry));
+                }
+            }
+        }
+        if !rules.is_empty() {
+            let mut object = Map::new();
+            object.insert("from".into(), list.object.into());
+            object.insert("fields".into(), Value::Object(rules));
+            objects.push(Value::Object(object));
+        }
+    }
+    let mut out = Map::new();
+    out.insert("objects".into(), objects.into());
+    out.insert("suggested".into(), count.into());
+    out.insert("skipped".into(), skipped.into());
+    Value::Object(out)
+}
+
+/// `(option id → label)` and the labels in order, of a field's `options: [{id, label}]`.
+fn options_of(field: &Value, label_key: &str) -> (Map<String, Value>, Vec<String>) {
+    let mut map = Map::new();
+    let mut labels = Vec::new();
+    for option in field["options"].as_array().into_iter().flatten() {
+        let (id, label) = (text(option, "id"), text(option, label_key));
+        if !id.is_empty() && !label.is_empty() {
+            map.insert(id, label.clone().into());
+            labels.push(label);
+        }
+    }
+    (map, labels)
+}
+
+/// Pipedrive: custom fields have `edit_flag: true`; values under `custom_fields.{key}`.
+pub const PIPEDRIVE: Dialect = Dialect {
+    key: "key",
+    label: "name",
+    custom: |f| f["edit_flag"] == Value::Bool(true),
+    rule: pipedrive_rule,
+};
+
+fn pipedrive_rule(field: &Value, _: &[String]) -> Result<Rule, String> {
+    let key = text(field, "key");
+    let label = text(field, "name");
+    // The webhook's wrapped member first, then the API's bare value.
+    let both = |member: &str| {
+        Value::from(vec![
+            format!("/custom_fields/{key}/{member}"),
+            format!("/custom_fields/{key}"),
+        ])
+    };
+    let (map, labels) = options_of(field, "label");
+    let kind = text(field, "field_type");
+    Ok(match kind.as_str() {
+        "varchar" | "varchar_auto" | "text" | "address" | "time" | "timerange" => {
+            at(both("value"), "STRING")
+        }
+        "phone" => at(both("value"), "PHONENUMBER"),
+        "double" | "int" => at(both("value"), "NUMBER").convert("number"),
+        "monetary" => at(format!("/custom_fields/{key}/value"), "CURRENCY").convert("number"),
+        "date" | "daterange" => at(both("value"), "DATE").convert("date"),
+        "enum" if !labels.is_empty() => at(both("id"), "PICKLIST").map(map).picklist(labels),
+        "set" if !labels.is_empty() => at(both("values"), "STRINGARRAY").each(Some("/id")).map(map),
+        "user" => at(both("id"), "REFERENCE").reference("user", "USER"),
+        "org" => at(both("id"), "REFERENCE").reference("organization", "ACCOUNT"),
+        "people" => at(both("id"), "REFERENCE").reference("person", "CONTACT"),
+        "enum" | "set" => return Err(format!("{kind} field {label:?} has no options")),
+        other => {
+            return Err(format!(
+                "{label:?} is a {other:?} field, which has no Gong counterpart"
+            ))
+        }
+    })
+}
+
+/// Close: every listed field is custom; values on the record as `custom.{id}`.
+pub const CLOSE: Dialect = Dialect {
+    key: "id",
+    label: "name",
+    custom: |_| true,
+    rule: close_rule,
+};
+
+fn close_rule(field: &Value, _: &[String]) -> Result<Rule, String> {
+    let label = text(field, "name");
     // One JSON Pointer segment: the member's name has a dot, not a slash.
-    let path = format!("/custom.{id}");
-    let schema = |kind: &str| json!({"type": kind, "label": label});
+    let path = format!("/custom.{}", text(field, "id"));
     let many = field["accepts_multiple_values"] == Value::Bool(true);
-    let choices: Vec<&str> = field["choices"]
+    let choices: Vec<String> = field["choices"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(Value::as_str)
+        .filter_map(|c| c.as_str().map(str::to_owned))
         .collect();
-    Ok(match field["type"].as_str().unwrap_or_default() {
-        "choices" if many => json!({"path": path, "each": true, "schema": schema("STRINGARRAY")}),
-        "choices" if !choices.is_empty() => {
-            json!({"path": path, "schema": {"type": "PICKLIST", "label": label, "values": choices}})
-        }
-        "number" => json!({"path": path, "convert": "number", "schema": schema("NUMBER")}),
-        "date" => json!({"path": path, "convert": "date", "schema": schema("DATE")}),
-        "datetime" => json!({"path": path, "convert": "datetime", "schema": schema("DATETIME")}),
-        "url" => json!({"path": path, "schema": schema("URL")}),
-        _ if many => json!({"path": path, "each": true, "schema": schema("STRINGARRAY")}),
-        "text" | "user" | "contact" | "textarea" => {
-            json!({"path": path, "schema": schema("STRING")})
-        }
+    Ok(match text(field, "type").as_str() {
+        "choices" if many => at(path, "STRINGARRAY").each(None),
+        "choices" if !choices.is_empty() => at(path, "PICKLIST").picklist(choices),
+        "number" => at(path, "NUMBER").convert("number"),
+        "date" => at(path, "DATE").convert("date"),
+        "datetime" => at(path, "DATETIME").convert("datetime"),
+        "url" => at(path, "URL"),
+        _ if many => at(path, "STRINGARRAY").each(None),
+        "text" | "user" | "contact" | "textarea" => at(path, "STRING"),
         "hidden" => return Err(format!("{label:?} is hidden in Close")),
         other => {
             return Err(format!(
@@ -95,100 +310,39 @@ fn close_rule(field: &Value) -> Result<Value, String> {
     })
 }
 
-/// The override document for Close's `lists`, and what was left out and why.
-pub fn suggest_close(lists: &[(&FieldList, Vec<Value>)]) -> Value {
-    let mut objects = Vec::new();
-    let mut skipped = Vec::new();
-    let mut count = 0;
-    for (list, fields) in lists {
-        let mut used: BTreeSet<String> = BTreeSet::new();
-        let mut rules = Map::new();
-        for field in fields {
-            let mut name = unique_name(field["name"].as_str().unwrap_or("field"));
-            while crate::validation::is_standard_field(list.to, &name) || used.contains(&name) {
-                name.push('2');
-            }
-            match close_rule(field) {
-                Ok(rule) => {
-                    used.insert(name.clone());
-                    rules.insert(name, rule);
-                    count += 1;
-                }
-                Err(why) => {
-                    skipped.push(json!({"object": list.object, "key": field["id"], "reason": why}))
-                }
-            }
-        }
-        if !rules.is_empty() {
-            objects.push(json!({"from": list.object, "fields": rules}));
-        }
-    }
-    json!({"objects": objects, "suggested": count, "skipped": skipped})
-}
+/// Attio: custom attributes have `is_system_attribute: false`; values under `values.{slug}`.
+pub const ATTIO: Dialect = Dialect {
+    key: "api_slug",
+    label: "title",
+    custom: |a| a["is_system_attribute"] == Value::Bool(false),
+    rule: attio_rule,
+};
 
-/// Attio's attribute lists (`GET /v2/objects/{object}/attributes`); a record holds each
-/// attribute's values as an array under `values.{api_slug}`, the current one first.
-pub const ATTIO_FIELD_LISTS: &[FieldList] = &[
-    FieldList {
-        object: "companies",
-        to: ObjectType::Account,
-        path: "/v2/objects/companies/attributes",
-    },
-    FieldList {
-        object: "people",
-        to: ObjectType::Contact,
-        path: "/v2/objects/people/attributes",
-    },
-    FieldList {
-        object: "deals",
-        to: ObjectType::Deal,
-        path: "/v2/objects/deals/attributes",
-    },
-];
-
-/// The rule for one Attio attribute (`options`: a select's option titles, in Attio's order).
-fn attio_rule(attribute: &Value, options: &[String]) -> Result<Value, String> {
-    let slug = attribute["api_slug"].as_str().unwrap_or_default();
-    let label = attribute["title"].as_str().unwrap_or(slug);
+fn attio_rule(attribute: &Value, options: &[String]) -> Result<Rule, String> {
+    let slug = text(attribute, "api_slug");
+    let label = text(attribute, "title");
     let first = |member: &str| format!("/values/{slug}/0/{member}");
-    let schema = |kind: &str| json!({"type": kind, "label": label});
     let many = attribute["is_multiselect"] == Value::Bool(true);
-    Ok(match attribute["type"].as_str().unwrap_or_default() {
+    Ok(match text(attribute, "type").as_str() {
         "select" if many => {
-            json!({"path": format!("/values/{slug}"), "each": true, "take": "/option/title", "schema": schema("STRINGARRAY")})
+            at(format!("/values/{slug}"), "STRINGARRAY").each(Some("/option/title"))
         }
         "select" if !options.is_empty() => {
-            json!({"path": first("option/title"), "schema": {"type": "PICKLIST", "label": label, "values": options}})
+            at(first("option/title"), "PICKLIST").picklist(options.to_vec())
         }
-        "text" => json!({"path": first("value"), "schema": schema("STRING")}),
-        "number" | "rating" => {
-            json!({"path": first("value"), "convert": "number", "schema": schema("NUMBER")})
-        }
-        "currency" => {
-            json!({"path": first("currency_value"), "convert": "number", "schema": schema("CURRENCY")})
-        }
-        "checkbox" => {
-            json!({"path": first("value"), "convert": "boolean", "schema": schema("BOOLEAN")})
-        }
-        "date" => json!({"path": first("value"), "convert": "date", "schema": schema("DATE")}),
-        "timestamp" => {
-            json!({"path": first("value"), "convert": "datetime", "schema": schema("DATETIME")})
-        }
-        "status" => json!({"path": first("status/title"), "schema": schema("STRING")}),
-        "email-address" => {
-            json!({"path": first("email_address"), "schema": schema("EMAILADDRESS")})
-        }
-        "phone-number" => {
-            json!({"path": first("original_phone_number"), "schema": schema("PHONENUMBER")})
-        }
-        "domain" => json!({"path": first("domain"), "schema": schema("STRING")}),
-        "personal-name" => json!({"path": first("full_name"), "schema": schema("STRING")}),
-        "record-reference" => {
-            json!({"path": first("target_record_id"), "schema": schema("STRING")})
-        }
-        "actor-reference" => {
-            json!({"path": first("referenced_actor_id"), "schema": schema("STRING")})
-        }
+        "text" => at(first("value"), "STRING"),
+        "number" | "rating" => at(first("value"), "NUMBER").convert("number"),
+        "currency" => at(first("currency_value"), "CURRENCY").convert("number"),
+        "checkbox" => at(first("value"), "BOOLEAN").convert("boolean"),
+        "date" => at(first("value"), "DATE").convert("date"),
+        "timestamp" => at(first("value"), "DATETIME").convert("datetime"),
+        "status" => at(first("status/title"), "STRING"),
+        "email-address" => at(first("email_address"), "EMAILADDRESS"),
+        "phone-number" => at(first("original_phone_number"), "PHONENUMBER"),
+        "domain" => at(first("domain"), "STRING"),
+        "personal-name" => at(first("full_name"), "STRING"),
+        "record-reference" => at(first("target_record_id"), "STRING"),
+        "actor-reference" => at(first("referenced_actor_id"), "STRING"),
         "select" => return Err(format!("select {label:?} has no options")),
         other => {
             return Err(format!(
@@ -196,47 +350,6 @@ fn attio_rule(attribute: &Value, options: &[String]) -> Result<Value, String> {
             ))
         }
     })
-}
-
-/// One Attio object's attributes, and its selects' option titles by attribute slug.
-pub type AttioList<'l> = (&'l FieldList, Vec<Value>, BTreeMap<String, Vec<String>>);
-
-/// The override document for Attio's `lists` (each with its attributes and the option titles of
-/// its select attributes by slug), and what was left out and why.
-pub fn suggest_attio(lists: &[AttioList]) -> Value {
-    let mut objects = Vec::new();
-    let mut skipped = Vec::new();
-    let mut count = 0;
-    for (list, attributes, options) in lists {
-        let mut used: BTreeSet<String> = BTreeSet::new();
-        let mut rules = Map::new();
-        for attribute in attributes {
-            // Attio's own attributes are mapped by the default mapping (or have no Gong field).
-            if attribute["is_system_attribute"] != Value::Bool(false) {
-                continue;
-            }
-            let slug = attribute["api_slug"].as_str().unwrap_or_default();
-            let mut name = unique_name(attribute["title"].as_str().unwrap_or(slug));
-            while crate::validation::is_standard_field(list.to, &name) || used.contains(&name) {
-                name.push('2');
-            }
-            let none = Vec::new();
-            match attio_rule(attribute, options.get(slug).unwrap_or(&none)) {
-                Ok(rule) => {
-                    used.insert(name.clone());
-                    rules.insert(name, rule);
-                    count += 1;
-                }
-                Err(why) => {
-                    skipped.push(json!({"object": list.object, "key": slug, "reason": why}))
-                }
-            }
-        }
-        if !rules.is_empty() {
-            objects.push(json!({"from": list.object, "fields": rules}));
-        }
-    }
-    json!({"objects": objects, "suggested": count, "skipped": skipped})
 }
 
 /// `Customer type` → `customerType`: ASCII letters and digits, camelCase, starting with a letter.
@@ -265,113 +378,10 @@ pub fn unique_name(label: &str) -> String {
     out
 }
 
-/// The rule for one custom field, or why it is left out.
-fn rule(field: &Value, unique: &str) -> Result<Value, String> {
-    let key = field["key"].as_str().unwrap_or_default();
-    let label = field["name"].as_str().unwrap_or(unique);
-    let at = |member: &str| {
-        json!([
-            format!("/custom_fields/{key}/{member}"),
-            format!("/custom_fields/{key}")
-        ])
-    };
-    let schema = |kind: &str| json!({"type": kind, "label": label});
-    let options: Vec<(String, String)> = field["options"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|o| {
-            let id = match &o["id"] {
-                Value::String(s) => s.clone(),
-                Value::Number(n) => n.to_string(),
-                _ => return None,
-            };
-            Some((id, o["label"].as_str()?.to_owned()))
-        })
-        .collect();
-    let map: Map<String, Value> = options
-        .iter()
-        .map(|(id, label)| (id.clone(), Value::String(label.clone())))
-        .collect();
-    let labels: Vec<&String> = options.iter().map(|(_, l)| l).collect();
-    let kind = field["field_type"].as_str().unwrap_or_default();
-    Ok(match kind {
-        "varchar" | "varchar_auto" | "text" | "address" | "time" | "timerange" => {
-            json!({"path": at("value"), "schema": schema("STRING")})
-        }
-        "phone" => json!({"path": at("value"), "schema": schema("PHONENUMBER")}),
-        "double" | "int" => {
-            json!({"path": at("value"), "convert": "number", "schema": schema("NUMBER")})
-        }
-        "monetary" => {
-            json!({"path": format!("/custom_fields/{key}/value"), "convert": "number", "schema": schema("CURRENCY")})
-        }
-        "date" | "daterange" => {
-            json!({"path": at("value"), "convert": "date", "schema": schema("DATE")})
-        }
-        "enum" if !options.is_empty() => {
-            json!({"path": at("id"), "convert": "valueMap", "map": map,
-            "schema": {"type": "PICKLIST", "label": label, "values": labels}})
-        }
-        "set" if !options.is_empty() => {
-            json!({"path": at("values"), "each": true, "take": "/id", "convert": "valueMap", "map": map,
-            "schema": schema("STRINGARRAY")})
-        }
-        "user" => json!({"path": at("id"), "convert": "reference", "object": "user",
-            "schema": {"type": "REFERENCE", "label": label, "referenceTo": "USER"}}),
-        "org" => json!({"path": at("id"), "convert": "reference", "object": "organization",
-            "schema": {"type": "REFERENCE", "label": label, "referenceTo": "ACCOUNT"}}),
-        "people" => json!({"path": at("id"), "convert": "reference", "object": "person",
-            "schema": {"type": "REFERENCE", "label": label, "referenceTo": "CONTACT"}}),
-        "enum" | "set" => return Err(format!("{kind} field {label:?} has no options")),
-        other => {
-            return Err(format!(
-                "{label:?} is a {other:?} field, which has no Gong counterpart"
-            ))
-        }
-    })
-}
-
-/// The override document for `lists` (each `(list, its field definitions)`), and what was left
-/// out and why.
-pub fn suggest(lists: &[(&FieldList, Vec<Value>)]) -> Value {
-    let mut objects = Vec::new();
-    let mut skipped = Vec::new();
-    let mut count = 0;
-    for (list, fields) in lists {
-        let mut used: BTreeSet<String> = BTreeSet::new();
-        let mut rules = Map::new();
-        for field in fields {
-            // Pipedrive's own fields have a plain key and edit_flag false.
-            if field["edit_flag"] != Value::Bool(true) {
-                continue;
-            }
-            let label = field["name"].as_str().unwrap_or("field");
-            let mut name = unique_name(label);
-            while crate::validation::is_standard_field(list.to, &name) || used.contains(&name) {
-                name.push('2');
-            }
-            match rule(field, &name) {
-                Ok(rule) => {
-                    used.insert(name.clone());
-                    rules.insert(name, rule);
-                    count += 1;
-                }
-                Err(why) => {
-                    skipped.push(json!({"object": list.object, "key": field["key"], "reason": why}))
-                }
-            }
-        }
-        if !rules.is_empty() {
-            objects.push(json!({"from": list.object, "fields": rules}));
-        }
-    }
-    json!({"objects": objects, "suggested": count, "skipped": skipped})
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn close_custom_fields_are_suggested_and_read_from_custom_members() {
@@ -381,7 +391,7 @@ mod tests {
             json!({"id": "cf_C", "name": "Tags", "type": "choices", "choices": ["x", "y"], "accepts_multiple_values": true}),
             json!({"id": "cf_D", "name": "Secret", "type": "hidden"}),
         ];
-        let suggestion = suggest_close(&[(&CLOSE_FIELD_LISTS[2], fields)]);
+        let suggestion = assemble(&CLOSE, &[(&CLOSE_FIELD_LISTS[2], fields, BTreeMap::new())]);
         assert_eq!(suggestion["suggested"], 3, "{suggestion}");
         let mapping = super::super::overrides::check(&super::super::close::Close, &suggestion)
             .expect("a valid override");
@@ -417,7 +427,7 @@ mod tests {
             "tier".to_owned(),
             vec!["Gold".to_owned(), "Silver".to_owned()],
         )]);
-        let suggestion = suggest_attio(&[(&ATTIO_FIELD_LISTS[0], attributes, options)]);
+        let suggestion = assemble(&ATTIO, &[(&ATTIO_FIELD_LISTS[0], attributes, options)]);
         assert_eq!(suggestion["suggested"], 3, "{suggestion}");
         assert_eq!(suggestion["skipped"][0]["key"], "where");
         let mapping = super::super::overrides::check(&super::super::attio::Attio, &suggestion)
@@ -462,7 +472,10 @@ mod tests {
             json!({"key": "a7", "name": "Name", "field_type": "varchar", "edit_flag": true}),
             json!({"key": "a8", "name": "Picture", "field_type": "picture", "edit_flag": true}),
         ];
-        let suggestion = suggest(&[(&PIPEDRIVE_FIELD_LISTS[2], fields)]);
+        let suggestion = assemble(
+            &PIPEDRIVE,
+            &[(&PIPEDRIVE_FIELD_LISTS[2], fields, BTreeMap::new())],
+        );
         let rules = &suggestion["objects"][0]["fields"];
         assert_eq!(
             rules["segment"]["schema"]["values"],

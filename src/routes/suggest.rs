@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use crate::bridge::Bridge;
-use crate::crm::suggest::{self, FieldList};
+use crate::crm::suggest::{self, Dialect, FieldList};
 use crate::crm::sync::{self, SyncApi};
 use crate::ports::{Config, Request, Response};
 use crate::problem::{json_response, ApiError};
@@ -14,9 +14,9 @@ use crate::problem::{json_response, ApiError};
 const MAX_PAGES: usize = 10;
 
 pub fn suggest(bridge: &Bridge, source: &str) -> Result<Response, ApiError> {
-    let (lists, get, api, build): (_, Getter, &dyn SyncApi, Builder) = match source {
-        "pipedrive" => (suggest::PIPEDRIVE_FIELD_LISTS, sync::pipedrive::get, &sync::pipedrive::PipedriveApi, suggest::suggest),
-        "close" => (suggest::CLOSE_FIELD_LISTS, sync::close::get, &sync::close::CloseApi, suggest::suggest_close),
+    let (lists, get, api, dialect): (_, Getter, &dyn SyncApi, &Dialect) = match source {
+        "pipedrive" => (suggest::PIPEDRIVE_FIELD_LISTS, sync::pipedrive::get, &sync::pipedrive::PipedriveApi, &suggest::PIPEDRIVE),
+        "close" => (suggest::CLOSE_FIELD_LISTS, sync::close::get, &sync::close::CloseApi, &suggest::CLOSE),
         "attio" => return attio(bridge),
         _ => {
             return Err(ApiError::NotFoundResource(format!(
@@ -26,9 +26,13 @@ pub fn suggest(bridge: &Bridge, source: &str) -> Result<Response, ApiError> {
     };
     let mut read = Vec::new();
     for list in lists {
-        read.push((list, read_fields(bridge, list, get, api)?));
+        read.push((
+            list,
+            read_fields(bridge, list, get, api)?,
+            Default::default(),
+        ));
     }
-    let suggestion = build(&read);
+    let suggestion = suggest::assemble(dialect, &read);
     let receiver = crate::crm::receiver(source)
         .ok_or_else(|| ApiError::NotFoundResource(format!("no receiver named {source:?}")))?;
     crate::crm::overrides::check(receiver, &suggestion).map_err(|problems| {
@@ -46,8 +50,6 @@ pub fn suggest(bridge: &Bridge, source: &str) -> Result<Response, ApiError> {
 
 /// How a CRM's API is asked (its authentication and host).
 type Getter = fn(&dyn Config, &str) -> Result<Request, Vec<String>>;
-/// How a CRM's field lists become an override.
-type Builder = fn(&[(&FieldList, Vec<Value>)]) -> Value;
 
 fn read_fields(
     bridge: &Bridge,
@@ -154,7 +156,7 @@ fn attio(bridge: &Bridge) -> Result<Response, ApiError> {
         }
         read.push((list, attributes, options));
     }
-    let suggestion = suggest::suggest_attio(&read);
+    let suggestion = suggest::assemble(&suggest::ATTIO, &read);
     crate::crm::overrides::check(&crate::crm::attio::Attio, &suggestion).map_err(|problems| {
         ApiError::Internal(format!(
             "the suggested mapping does not hold: {}",
