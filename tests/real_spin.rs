@@ -151,6 +151,8 @@ fn cases() -> Vec<Case> {
         case!(sync::a_restart_mid_sync_loses_nothing_and_repeats_at_most_one_page),
         case!(sync::a_suggested_pipedrive_mapping_is_saved_and_used),
         case!(sync::a_deal_whose_organization_was_never_synced_is_completed_by_a_fetch),
+        case!(sync::a_close_sync_reaches_gong),
+        case!(sync::an_attio_sync_and_suggestion_reach_gong),
         case!(crm::a_pipedrive_bulk_edit_of_5000_at_1024_keys_is_accepted),
         case!(burst::a_burst_of_5000_webhooks_at_1024_keys_is_accepted_by_two_redis_replicas, needs: Redis, expected: None),
         case!(crm::a_pipedrive_bulk_edit_of_5000_is_accepted_by_two_redis_replicas, needs: Redis, expected: None),

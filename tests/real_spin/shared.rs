@@ -8,6 +8,10 @@ pub(crate) mod component_file;
 #[allow(dead_code)]
 #[path = "../support/mock_attio.rs"]
 pub(crate) mod mock_attio_file;
+// The latency bench shares this file and has no Close case.
+#[allow(dead_code)]
+#[path = "../support/mock_close.rs"]
+pub(crate) mod mock_close_file;
 #[path = "../support/mock_gong.rs"]
 pub(crate) mod mock_gong_file;
 #[allow(dead_code)]
@@ -21,6 +25,8 @@ pub(crate) mod support {
     pub(crate) use super::component_file as component;
     #[allow(unused_imports)]
     pub(crate) use super::mock_attio_file as mock_attio;
+    #[allow(unused_imports)]
+    pub(crate) use super::mock_close_file as mock_close;
     pub(crate) use super::mock_gong_file as mock_gong;
     #[allow(unused_imports)]
     pub(crate) use super::mock_pipedrive_file as mock_pipedrive;

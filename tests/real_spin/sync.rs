@@ -403,3 +403,135 @@ pub async fn a_deal_whose_organization_was_never_synced_is_completed_by_a_fetch(
     println!("real-spin: references: a deal's never-synced organization, owner and stage read from Pipedrive by id and sent before it ({} Pipedrive calls)", api.received().len());
     Ok(())
 }
+
+/// Close: leads, contacts and opportunities through `_skip`/`_limit` pages, a 429 (Retry-After)
+/// and a 500 on the way; every record once in Gong, leads (accounts) first.
+pub async fn a_close_sync_reaches_gong(ctx: &Ctx) -> anyhow::Result<()> {
+    use crate::support::mock_close::MockClose;
+    let gong = MockGong::start().await;
+    let api = MockClose::start("close-sync-key").await;
+    let at = "2026-01-01T10:00:00.000000+00:00";
+    api.set_list("lead", (1..=300).map(|i| json!({"id": format!("lead_{i}"), "display_name": format!("Lead {i}"), "url": format!("https://lead{i}.example"), "date_updated": at, "contacts": []})).collect());
+    api.set_list("contact", (1..=400).map(|i| json!({"id": format!("cont_{i}"), "name": format!("Ann Person{i}"), "lead_id": format!("lead_{}", 1 + i % 300), "emails": [{"email": format!("ann{i}@example.com")}], "date_updated": at})).collect());
+    api.set_list("opportunity", (1..=250).map(|i| json!({"id": format!("oppo_{i}"), "lead_id": format!("lead_{}", 1 + i % 300), "lead_name": format!("Lead {i}"), "status_label": "Active", "status_type": "active", "value": 100 * i, "date_updated": at, "date_created": at})).collect());
+    api.rate_limit_next("/api/v1/contact/", 1);
+    api.fail_next("/api/v1/opportunity/");
+    let total = 300 + 400 + 250;
+    let options = ctx
+        .options(&gong)
+        .var("close_api_key", "close-sync-key")
+        .var("close_base_url", &api.base_url());
+    let spin = ctx.start(&options, "spin").await?;
+    let started = Instant::now();
+    spin.bridge
+        .call("POST", "/sync/close", &[], Vec::new())
+        .await?
+        .expect(202);
+    let mut state = Value::Null;
+    for _ in 0..200 {
+        spin.bridge.force_flush().await?;
+        state = spin.bridge.get("/sync/close").await?.json();
+        if state["status"] == "finished" && uploaded(&gong).len() >= total {
+            break;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    ensure!(state["status"] == "finished", "{state}");
+    let lines = uploaded(&gong);
+    let mut seen: BTreeMap<&(String, String), usize> = BTreeMap::new();
+    for line in &lines {
+        *seen.entry(line).or_default() += 1;
+    }
+    ensure!(
+        seen.len() == total && seen.values().all(|n| *n == 1),
+        "{} of {total}, each once",
+        seen.len()
+    );
+    let last_account = lines.iter().rposition(|(k, _)| k == "ACCOUNT");
+    let first_deal = lines.iter().position(|(k, _)| k == "DEAL");
+    ensure!(last_account < first_deal, "accounts before deals");
+    println!(
+        "sync: {total} records, {} Gong uploads, {} CRM calls, {seconds:.1} s (Close: 300 leads, 400 contacts, 250 opportunities; a 429 and a 500 on the way)",
+        gong.received_on("POST", "/v2/crm/entities").len(),
+        api.received().len()
+    );
+    Ok(())
+}
+
+/// Attio: companies, people and deals through `records/query` pages, a 429 (Retry-After as an
+/// HTTP-date) and a 500 on the way; then the suggestion from its attributes, saved and used.
+pub async fn an_attio_sync_and_suggestion_reach_gong(ctx: &Ctx) -> anyhow::Result<()> {
+    use crate::support::mock_attio::MockAttio;
+    let gong = MockGong::start().await;
+    let api = MockAttio::start("attio-sync-token").await;
+    let record = |object: &str, i: usize, values: Value| json!({"id": {"workspace_id": "w", "object_id": object, "record_id": format!("{object}-{i:04}")}, "created_at": "2026-01-01T00:00:00.000000000Z", "values": values});
+    for i in 1..=600 {
+        api.put_record("companies", record("companies", i, json!({"name": [{"value": format!("Co {i}")}], "domains": [{"domain": format!("co{i}.example")}], "tier": [{"option": {"title": if i % 2 == 0 { "Gold" } else { "Silver" }}}]})));
+    }
+    for i in 1..=300 {
+        api.put_record("people", record("people", i, json!({"name": [{"first_name": "P", "last_name": format!("{i}"), "full_name": format!("P {i}")}], "email_addresses": [{"email_address": format!("p{i}@co1.example")}], "company": [{"target_object": "companies", "target_record_id": format!("companies-{:04}", 1 + i % 600)}]})));
+        api.put_record("deals", record("deals", i, json!({"name": [{"value": format!("Deal {i}")}], "associated_company": [{"target_object": "companies", "target_record_id": format!("companies-{:04}", 1 + i % 600)}]})));
+    }
+    api.set_attributes("companies", vec![
+        json!({"api_slug": "name", "title": "Name", "type": "text", "is_system_attribute": true}),
+        json!({"api_slug": "tier", "title": "Tier", "type": "select", "is_system_attribute": false, "is_multiselect": false}),
+    ]);
+    api.set_options("companies", "tier", &["Gold", "Silver"]);
+    api.rate_limit_next_on(
+        "POST",
+        "/v2/objects/companies/records/query",
+        Duration::from_secs(1),
+    );
+    api.fail_next_on("POST", "/v2/objects/people/records/query");
+    let options = ctx
+        .options(&gong)
+        .var("attio_api_token", "attio-sync-token")
+        .var("attio_base_url", &api.base_url());
+    let spin = ctx.start(&options, "spin").await?;
+    let bridge = spin.bridge;
+    // The suggestion first, saved: the sync's companies then carry the tier.
+    let suggestion = bridge.get("/mappings/attio/suggest").await?.expect(200);
+    ensure!(suggestion["suggested"] == 1, "{suggestion}");
+    bridge
+        .call_json("PUT", "/mappings/attio", &suggestion)
+        .await?
+        .expect(200);
+    let started = Instant::now();
+    bridge
+        .call("POST", "/sync/attio", &[], Vec::new())
+        .await?
+        .expect(202);
+    let total = 1_200;
+    let mut state = Value::Null;
+    for _ in 0..200 {
+        bridge.force_flush().await?;
+        state = bridge.get("/sync/attio").await?.json();
+        if state["status"] == "finished" && uploaded(&gong).len() >= total {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    ensure!(state["status"] == "finished", "{state}");
+    let lines = uploaded(&gong);
+    ensure!(
+        lines.len() == total,
+        "{} of {total} records in Gong",
+        lines.len()
+    );
+    let tiers = gong
+        .received_on("POST", "/v2/crm/entities")
+        .into_iter()
+        .filter(|u| u.query_param("objectType") == Some("ACCOUNT"))
+        .filter_map(|u| u.part("dataFile").map(|p| p.lines()))
+        .flatten()
+        .filter(|l| l.contains("\"tier\":\"Gold\""))
+        .count();
+    ensure!(tiers == 300, "{tiers} companies with tier Gold in Gong");
+    println!(
+        "sync: {total} records, {} Gong uploads, {} CRM calls, {seconds:.1} s (Attio: 600 companies with a suggested custom field, 300 people, 300 deals; a 429 and a 500 on the way)",
+        gong.received_on("POST", "/v2/crm/entities").len(),
+        api.received().len()
+    );
+    Ok(())
+}

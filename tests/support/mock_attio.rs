@@ -1,5 +1,7 @@
 //! A mock of Attio's REST API, as far as the bridge reads it: objects (`GET /v2/objects/{id or
-//! slug}`) and records (`GET /v2/objects/{object}/records/{record_id}`), answered as Attio
+//! slug}`), records (`GET /v2/objects/{object}/records/{record_id}`, and pages of them by
+//! `POST /v2/objects/{object}/records/query` with `{limit, offset}`), attributes
+//! (`GET /v2/objects/{object}/attributes`, a select's `…/{slug}/options`), answered as Attio
 //! documents them (`{"data": …}`; errors `{status_code, type, code, message}`), behind a Bearer
 //! token. Faults are scripted per request: a refused token (401), a record gone (404
 //! `not_found`) or being merged (404 `merge_in_progress`), a rate limit (429 with `Retry-After`
@@ -23,6 +25,9 @@ struct AttioState {
     records: BTreeMap<(String, String), Value>,
     /// Record ids whose merge is still being applied.
     merging: BTreeSet<String>,
+    /// Object slug → its attributes; (object slug, attribute slug) → option titles.
+    attributes: BTreeMap<String, Vec<Value>>,
+    options: BTreeMap<(String, String), Vec<String>>,
 }
 
 /// The mock Attio API. Cheap to clone.
@@ -67,6 +72,36 @@ fn answer(state: &Mutex<AttioState>, req: &RecordedRequest) -> MockResponse {
                     "Object not found",
                 ),
             }
+        }
+        ("POST", ["v2", "objects", object, "records", "query"]) => {
+            let query: Value = serde_json::from_slice(&req.body).unwrap_or_default();
+            let limit = query["limit"].as_u64().unwrap_or(500) as usize;
+            let offset = query["offset"].as_u64().unwrap_or(0) as usize;
+            let page: Vec<&Value> = state
+                .records
+                .iter()
+                .filter(|((o, _), _)| o == object)
+                .map(|(_, r)| r)
+                .skip(offset)
+                .take(limit)
+                .collect();
+            MockResponse::json(200, json!({"data": page}))
+        }
+        ("GET", ["v2", "objects", object, "attributes"]) => MockResponse::json(
+            200,
+            json!({"data": state.attributes.get(*object).cloned().unwrap_or_default()}),
+        ),
+        ("GET", ["v2", "objects", object, "attributes", attribute, "options"]) => {
+            let titles = state
+                .options
+                .get(&(object.to_string(), attribute.to_string()))
+                .cloned()
+                .unwrap_or_default();
+            let options: Vec<Value> = titles
+                .iter()
+                .map(|t| json!({"title": t, "is_archived": false}))
+                .collect();
+            MockResponse::json(200, json!({"data": options}))
         }
         ("GET", ["v2", "objects", object, "records", record]) => {
             if state.merging.contains(*record) {
@@ -133,6 +168,19 @@ impl MockAttio {
         self.with(|s| s.records.insert((object_slug.to_owned(), id), record));
     }
 
+    /// Sets an object's attributes, and a select attribute's option titles.
+    pub fn set_attributes(&self, object_slug: &str, attributes: Vec<Value>) {
+        self.with(|s| s.attributes.insert(object_slug.to_owned(), attributes));
+    }
+
+    pub fn set_options(&self, object_slug: &str, attribute: &str, titles: &[&str]) {
+        let titles = titles.iter().map(|t| (*t).to_owned()).collect();
+        self.with(|s| {
+            s.options
+                .insert((object_slug.to_owned(), attribute.to_owned()), titles)
+        });
+    }
+
     /// Deletes a record: reads answer 404 `not_found`.
     pub fn remove_record(&self, object_slug: &str, record_id: &str) {
         self.with(|s| {
@@ -160,9 +208,14 @@ impl MockAttio {
     /// The next request to `path` is rate limited: 429 with `Retry-After` an HTTP-date
     /// `after` from now (Attio's form) and Attio's error body.
     pub fn rate_limit_next(&self, path: &str, after: Duration) {
+        self.rate_limit_next_on("GET", path, after);
+    }
+
+    /// The same for another method (`POST …/records/query`).
+    pub fn rate_limit_next_on(&self, method: &str, path: &str, after: Duration) {
         let date = httpdate(SystemTime::now() + after);
         self.server.on(
-            "GET",
+            method,
             path,
             error(
                 429,
@@ -176,8 +229,13 @@ impl MockAttio {
 
     /// The next request to `path` fails with a 500.
     pub fn fail_next(&self, path: &str) {
+        self.fail_next_on("GET", path);
+    }
+
+    /// The same for another method.
+    pub fn fail_next_on(&self, method: &str, path: &str) {
         self.server.on(
-            "GET",
+            method,
             path,
             error(
                 500,

@@ -21,6 +21,7 @@
 pub mod component;
 pub mod kv;
 pub mod mock_attio;
+pub mod mock_close;
 pub mod mock_gong;
 pub mod mock_pipedrive;
 pub mod outbound;
