@@ -258,6 +258,13 @@ fn a_sync_reads_every_object_in_gongs_order_and_sends_each_once() {
             pair[1]
         );
     }
+    // Where is my record: a synced record answers like any other.
+    let (status, located) = api(&b, "GET", "/records/DEAL/7/status");
+    assert_eq!(status, 200, "{located}");
+    assert!(
+        ["sent", "done"].contains(&located["state"].as_str().unwrap_or_default()),
+        "{located}"
+    );
     let pages = served.borrow().len();
     // users 1, stages 2, organizations 2, persons 2, leads 1, deals 3.
     assert_eq!(pages, 11, "{:?}", served.borrow());
