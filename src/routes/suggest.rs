@@ -48,6 +48,15 @@ pub fn suggest(bridge: &Bridge, source: &str) -> Result<Response, ApiError> {
     Ok(json_response(200, &suggestion))
 }
 
+/// The CRM's API is an option the deployment has not turned on: 409 naming what to set (the
+/// bridge itself is configured, so not a 503).
+fn not_enabled(variables: Vec<String>) -> ApiError {
+    ApiError::Conflict(format!(
+        "reading the CRM's field definitions needs {}: set it, then ask again",
+        variables.join(", ")
+    ))
+}
+
 /// How a CRM's API is asked (its authentication and host).
 type Getter = fn(&dyn Config, &str) -> Result<Request, Vec<String>>;
 
@@ -68,7 +77,7 @@ fn read_fields(
                 list.path
             ),
         )
-        .map_err(ApiError::NotConfigured)?;
+        .map_err(not_enabled)?;
         let response = match crate::gateway::send(bridge, &api.upstream(), request)? {
             Ok(response) => response,
             Err(e) => {
@@ -112,7 +121,7 @@ fn attio(bridge: &Bridge) -> Result<Response, ApiError> {
     let api = &sync::attio::AttioApi;
     let get = |path: &str| -> Result<Value, ApiError> {
         let request = crate::crm::attio::get(bridge.config, path)
-            .map_err(|_| ApiError::NotConfigured(vec![crate::settings::ATTIO_API_TOKEN.into()]))?;
+            .map_err(|_| not_enabled(vec![crate::settings::ATTIO_API_TOKEN.into()]))?;
         let response = match crate::gateway::send(bridge, &api.upstream(), request)? {
             Ok(response) => response,
             Err(e) => {

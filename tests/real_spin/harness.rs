@@ -134,7 +134,6 @@ impl SpinOptions {
             ),
             ("close_webhook_signature_key", "5e".repeat(32)),
             ("attio_webhook_secret", "suite-attio-secret".to_owned()),
-            ("attio_api_token", "suite-attio-token".to_owned()),
             ("custom_webhook_token", "suite-custom-token".to_owned()),
         ] {
             vars.insert(name.to_owned(), value);

@@ -875,10 +875,14 @@ fn a_close_suggestion_is_read_and_saved() {
         .count();
     assert_eq!(schema_uploads, 2, "ACCOUNT and DEAL");
     assert_eq!(api(&b, "GET", "/mappings/zoho/suggest").0, 404);
-    assert_eq!(
-        api(&b, "GET", "/mappings/attio/suggest").0,
-        503,
-        "no attio_api_token"
+    let (status, problem) = api(&b, "GET", "/mappings/attio/suggest");
+    assert_eq!(status, 409, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("attio_api_token"),
+        "{problem}"
     );
 }
 
