@@ -140,6 +140,9 @@ pub fn state(bridge: &Bridge, source: &str) -> Result<Option<SyncState>, Fault> 
 pub fn start(bridge: &Bridge, api: &dyn SyncApi) -> Result<(SyncState, bool), Fault> {
     let before = state(bridge, api.source())?;
     if let Some(current) = before.clone().filter(SyncState::running) {
+        // The mark may have been lost between the two writes of an earlier start: no write
+        // when it is there.
+        mark_running(bridge, api.source(), true)?;
         return Ok((current, false));
     }
     let previous_records = before

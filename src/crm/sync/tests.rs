@@ -954,3 +954,34 @@ fn the_eta_is_the_last_sync_s_counts_at_this_pace() {
     };
     assert_eq!(view(&first, 1_060)["etaSeconds"], Value::Null);
 }
+
+/// A start whose "running" mark was lost (the store failed between the two writes) is not
+/// stuck: asking again marks it, and the next advance reads its pages.
+#[test]
+fn a_sync_whose_running_mark_was_lost_is_picked_up_again() {
+    let (kv, clock) = (MemoryKv::default(), VirtualClock::at(1_790_000_000));
+    let (served, fail) = (Served::default(), Cell::new(None));
+    let gong = ScriptedGong::new(&clock);
+    *gong.other_api.borrow_mut() = Some(Box::new(fake_pipedrive(dataset(), &served, &fail)));
+    let config = config();
+    let b = bridge(&kv, &config, &gong, &clock);
+    handle(
+        &b,
+        request(
+            "POST",
+            "/sync/pipedrive",
+            &[("authorization", "Bearer token")],
+            b"",
+        ),
+    );
+    kv.map.borrow_mut().remove("crm/sync-running");
+    api(&b, "POST", "/flush?force=true");
+    assert!(
+        served.borrow().is_empty(),
+        "without the mark nothing advances it"
+    );
+    let (status, _) = api(&b, "POST", "/sync/pipedrive");
+    assert_eq!(status, 200, "the same sync");
+    let state = run_to_the_end(&b, &clock, 20);
+    assert_eq!(state["status"], "finished", "{state}");
+}
